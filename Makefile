@@ -1,0 +1,27 @@
+# flowgate: `make run` (set up + demo) and `make test` (set up + the whole suite) work on a fresh
+# machine with python3 (>= 3.11). Both start with `make install`, which creates .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install run test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: install
+	$(BIN)/flowgate demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check proxy tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .flowgate-demo

@@ -1,0 +1,145 @@
+"""Builds the aiohttp application: dialect routes at their prefixes, operations routes, resources.
+
+Resources live in ``cleanup_ctx`` (the store, the one shared ClientSession), app state behind
+``web.AppKey``. ``create_app`` takes an already-validated :class:`~proxy.config.Config`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from functools import partial
+
+import aiohttp
+import structlog
+from aiohttp import web
+from orjson import dumps
+
+from .config import Config
+from .context import GATEWAY, Gateway
+from .cors import preflight
+from .dialects import ROUTES, dialect_classes
+from .errors import StoreUnavailable
+from .handler import handle_run
+from .logging import make_access_middleware
+from .policies import build_chain
+from .policies.credits import sweep_expired_holds
+from .store import open_store
+from .tokens import mint_token
+
+
+@web.middleware
+async def unknown_routes(request: web.Request, handler):
+    """Junk paths and wrong methods get a problem+json body, never aiohttp's HTML/text page."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        body = {"type": "about:blank", "title": exc.reason, "status": exc.status, "detail": exc.reason,
+                "code": "not_found" if exc.status == 404 else "method_not_allowed"}
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return web.Response(status=exc.status, body=dumps(body), content_type="application/problem+json",
+                            headers=headers)
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(
+        client_max_size=config.server.max_body_bytes + 1,
+        middlewares=[make_access_middleware(config.server.access_log), unknown_routes],
+        handler_args={"max_field_size": 16384},
+    )
+    gw = Gateway(config=config, store=open_store(config.store))
+    gw.chains = {"key": build_chain(gw, "key"), "token": build_chain(gw, "token")}
+    app[GATEWAY] = gw
+
+    for name, mount in config.dialects.items():
+        dialect = dialect_classes()[name](config.server.max_body_bytes)
+        for method, path, route in ROUTES[name]:
+            if route == "token":
+                handler = partial(mint_token, dialect=dialect)
+            elif route == "preflight":
+                handler = partial(_preflight, config=config)
+            else:
+                handler = partial(handle_run, dialect=dialect, route=route)
+            app.router.add_route(method, mount.prefix + path, handler, name=f"{name}:{route}")
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_session_ctx)
+    app.cleanup_ctx.append(_sweeper_ctx)
+    return app
+
+
+SWEEP_EVERY_S = 5.0
+
+
+async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Settle credit holds left by replicas that died mid-run (idempotent across replicas)."""
+    gw = app[GATEWAY]
+
+    async def sweep_forever() -> None:
+        while True:
+            await asyncio.sleep(SWEEP_EVERY_S)
+            try:
+                await sweep_expired_holds(gw)
+            except StoreUnavailable:
+                pass  # retried on the next round
+            except Exception:
+                structlog.get_logger("flowgate").exception("hold_sweep_failed")
+
+    task = asyncio.create_task(sweep_forever())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _preflight(request: web.Request, config: Config) -> web.Response:
+    return preflight(config.cors, request)
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    gw = app[GATEWAY]
+    await gw.store.start()
+    for account, acct in gw.config.accounts.items():
+        try:
+            await gw.store.seed_account(account, acct.initial_credits)
+        except StoreUnavailable:
+            pass  # seeded on a later start; runs fail closed until the store is back
+    yield
+    await gw.store.close()
+
+
+async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
+    gw = app[GATEWAY]
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+    gw.session = aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None),
+        skip_auto_headers=("User-Agent",),
+    )
+    yield
+    await gw.session.close()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await request.app[GATEWAY].store.ping()
+    except StoreUnavailable:
+        return web.json_response({"status": "unavailable", "store": "unreachable"}, status=503)
+    return web.json_response({"status": "ok", "store": "ok"})
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    resp = web.Response(body=generate_latest())
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp

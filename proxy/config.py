@@ -1,0 +1,489 @@
+"""The configuration model: every option is declared here once, typed, defaulted and documented.
+
+``load_config(path)`` reads YAML, substitutes ``${VAR}`` / ``${VAR:-default}`` in string values,
+validates everything and builds the lookup indexes the request path uses. Nothing is validated per
+request: a config that loads is a config the gateway can serve.
+
+Adding an option: add a typed, defaulted field with a ``Field(description=...)`` to the right
+model, document it in ``config/flowgate.example.yaml``, and read it from the model (never from the
+raw dict).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .protocols import BACKEND_PROTOCOLS
+
+MAX_DURATION_CAP_S = 300.0
+
+
+class ConfigError(Exception):
+    """The config cannot be served. ``problems`` is one line per problem, each naming its key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class Env(StrEnum):
+    """A flow environment. Clients may say the name (any case) or 0/1/2."""
+
+    Development = "Development"
+    Test = "Test"
+    Production = "Production"
+
+    @classmethod
+    def parse(cls, value: str | None) -> Env | None:
+        """The env for a query value, ``Production`` for no value, ``None`` for anything invalid."""
+        if value is None or value == "":
+            return cls.Production
+        return _ENV_ALIASES.get(value.strip().lower())
+
+
+_ENV_ALIASES = {
+    "development": Env.Development, "0": Env.Development,
+    "test": Env.Test, "1": Env.Test,
+    "production": Env.Production, "2": Env.Production,
+}
+ENV_ACCEPTED = "Development, Test, Production, 0, 1 or 2"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Model):
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0 = any free port).")
+    max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above).")
+    backlog: int = Field(4096, gt=0, description="Listen backlog; large so bursts of streams are not refused.")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve /metrics on this separate port too (for sidecars)."
+    )
+    access_log: bool = Field(True, description="Write one JSON access line per request.")
+    shutdown_timeout_s: float = Field(
+        10.0, ge=0, description="On SIGTERM, how long open streams may go on before they are cut."
+    )
+
+
+class LimitsConfig(_Model):
+    max_duration_s: float = Field(
+        MAX_DURATION_CAP_S, gt=0, le=MAX_DURATION_CAP_S, description="Hard cap on every run (seconds, <= 300)."
+    )
+    token_ttl_s: int = Field(60, ge=1, description="Default lifetime of a stream token.")
+    token_ttl_max_s: int = Field(300, ge=1, description="Longest lifetime a client may ask a stream token for.")
+    credit_quantum_tokens: int = Field(
+        1000, ge=1, description="Credit holds grow by this many tokens' worth at a time (the most one run overspends)."
+    )
+    hold_grace_s: float = Field(
+        30.0, ge=1, le=30, description="A hold expires this long after its run's cap; then any replica settles it."
+    )
+
+    @model_validator(mode="after")
+    def _ttl_order(self) -> LimitsConfig:
+        if self.token_ttl_s > self.token_ttl_max_s:
+            raise ValueError("token_ttl_s must not exceed token_ttl_max_s")
+        return self
+
+
+class CorsConfig(_Model):
+    allow_origins: list[str] = Field(["*"], description="Origins allowed on the browser-facing stream route.")
+    max_age_s: int = Field(600, ge=0, description="How long browsers may cache a preflight answer.")
+
+
+class DialectMount(_Model):
+    prefix: str = Field("/", description="Path prefix the dialect's routes are mounted under.")
+
+    @field_validator("prefix")
+    @classmethod
+    def _normalize(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("prefix must start with '/'")
+        if "{" in v or "}" in v or "?" in v or "#" in v:
+            raise ValueError("prefix must be a plain path")
+        return v if v.endswith("/") else v + "/"
+
+
+DialectName = Literal["profitbase", "workflow", "langflow"]
+
+DEFAULT_DIALECTS: dict[str, DialectMount] = {
+    "profitbase": DialectMount(prefix="/"),
+    "workflow": DialectMount(prefix="/"),
+    "langflow": DialectMount(prefix="/langflow/"),
+}
+
+
+class BackendConfig(_Model):
+    url: str = Field(description="Base URL of the backend (http or https); target paths are appended.")
+    protocol: Literal["text", "langflow", "ndjson", "json-array", "sse"] = Field(
+        "text", description="How the backend streams: " + ", ".join(BACKEND_PROTOCOLS) + "."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Headers sent to the backend on every request (e.g. its own API key)."
+    )
+    connect_timeout_s: float = Field(
+        5.0, gt=0, description="Time to connect and receive response headers before a 504."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("url must be an http:// or https:// URL")
+        return v.rstrip("/")
+
+
+class AccountConfig(_Model):
+    initial_credits: int = Field(0, ge=0, description="Balance seeded once in the store; a restart never resets it.")
+
+
+class TargetConfig(_Model):
+    backend: str = Field(description="Name of a backend in `backends`.")
+    path: str = Field("/", description="Path (and query) appended to the backend URL.")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return v if v.startswith("/") else "/" + v
+
+
+class FlowConfig(_Model):
+    id: str = Field(description="Public id used in every URL.", pattern=r"^[A-Za-z0-9_.\-]{1,128}$")
+    name: str | None = Field(None, description="Optional alias; the langflow dialect accepts id or name.")
+    owner: str = Field(description="Account that owns the flow and pays for its runs.")
+    tenant: str | None = Field(None, description="Profitbase tenant id the flow is addressed under.")
+    workspace: str | None = Field(None, description="Profitbase workspace id the flow is addressed under.")
+    published: bool = Field(True, description="Unpublished flows answer 404 everywhere.")
+    max_duration_s: float | None = Field(
+        None, gt=0, description="Per-flow run cap; defaults to limits.max_duration_s, never above it."
+    )
+    credits_per_1k_tokens: int = Field(1000, ge=0, description="Price in credits per 1,000 generated tokens.")
+    on_credits_exhausted: Literal["cut", "allow"] = Field(
+        "cut", description="cut: end the stream when credits run out; allow: finish, balance may go negative."
+    )
+    targets: dict[Env, TargetConfig] = Field(
+        description="Backend target per environment; an env without a target answers 404."
+    )
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _env_names(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            out = {}
+            for k, t in v.items():
+                env = Env.parse(str(k))
+                if env is None or str(k) == "":
+                    raise ValueError(f"unknown environment {k!r} (use {ENV_ACCEPTED})")
+                out[env] = t
+            return out
+        return v
+
+
+class KeyRateLimit(_Model):
+    requests_per_minute: int | None = Field(None, ge=1, description="Token mints + runs per minute for this key.")
+    concurrent_runs: int | None = Field(None, ge=1, description="Runs of this key open at once.")
+
+
+class KeyConfig(_Model):
+    id: str = Field(description="Shown in logs and metrics; the secret never is.", pattern=r"^[A-Za-z0-9_.\-]{1,128}$")
+    sha256: str = Field(description="Hex SHA-256 of the secret (the secret itself is never stored).")
+    owner: str = Field(description="Account the key belongs to; it can run only this owner's flows.")
+    policies: list[Literal["Execute"]] = Field(
+        default_factory=lambda: ["Execute"], description="Execute runs flows and mints stream tokens."
+    )
+    tenant: str | None = Field(None, description="Optional scope: only flows of this tenant.")
+    workspace: str | None = Field(None, description="Optional scope: only flows of this workspace.")
+    envs: list[Env] | None = Field(None, description="Optional scope: only these environments.")
+    rate_limit: KeyRateLimit = Field(default_factory=KeyRateLimit, description="Per-key rate limits.")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        v = v.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("must be 64 hex characters (the SHA-256 of the secret)")
+        return v
+
+    @field_validator("envs", mode="before")
+    @classmethod
+    def _env_list(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            out = []
+            for item in v:
+                env = Env.parse(str(item))
+                if env is None or str(item) == "":
+                    raise ValueError(f"unknown environment {item!r} (use {ENV_ACCEPTED})")
+                out.append(env)
+            return out
+        return v
+
+    def covers(self, flow: FlowConfig, env: Env) -> bool:
+        """True when this key may run ``flow`` in ``env`` (owner, tenant, workspace, envs)."""
+        return (
+            "Execute" in self.policies
+            and self.owner == flow.owner
+            and (self.tenant is None or self.tenant == flow.tenant)
+            and (self.workspace is None or self.workspace == flow.workspace)
+            and (self.envs is None or env in self.envs)
+        )
+
+
+class Config(_Model):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    store: str = Field(
+        "sqlite:///var/lib/flowgate/flowgate.db", description="State store URL: sqlite:///path, redis://host:port/db, memory://"
+    )
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    cors: CorsConfig = Field(default_factory=CorsConfig)
+    dialects: dict[DialectName, DialectMount] = Field(
+        default_factory=lambda: dict(DEFAULT_DIALECTS), description="Mounted dialects and their prefixes."
+    )
+    backends: dict[str, BackendConfig] = Field(default_factory=dict)
+    accounts: dict[str, AccountConfig] = Field(default_factory=dict)
+    flows: list[FlowConfig] = Field(default_factory=list)
+    keys: list[KeyConfig] = Field(default_factory=list)
+
+    _flows_by_id: dict[str, FlowConfig] = PrivateAttr(default_factory=dict)
+    _flows_by_name: dict[str, FlowConfig] = PrivateAttr(default_factory=dict)
+    _keys_by_hash: dict[str, KeyConfig] = PrivateAttr(default_factory=dict)
+    _keys_by_id: dict[str, KeyConfig] = PrivateAttr(default_factory=dict)
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, v: str) -> str:
+        if not re.match(r"^(memory://|sqlite:///.+|redis://|rediss://)", v):
+            raise ValueError("must be sqlite:///path, redis://host:port/db or memory://")
+        return v
+
+    @model_validator(mode="after")
+    def _index(self) -> Config:
+        """Build the lookup indexes (references were checked on the raw mapping: see cross_ref_problems)."""
+        for flow in self.flows:
+            self._flows_by_id.setdefault(flow.id, flow)
+            if flow.name is not None:
+                self._flows_by_name.setdefault(flow.name, flow)
+        for key in self.keys:
+            self._keys_by_hash.setdefault(key.sha256, key)
+            self._keys_by_id.setdefault(key.id, key)
+        return self
+
+    # --- lookups used on the request path -------------------------------------------------------
+
+    def flow(self, ref: str, *, by_name: bool = False) -> FlowConfig | None:
+        """The flow with id ``ref`` (or name, when ``by_name``), published or not."""
+        flow = self._flows_by_id.get(ref)
+        if flow is None and by_name:
+            flow = self._flows_by_name.get(ref)
+        return flow
+
+    def key_for_hash(self, sha256_hex: str) -> KeyConfig | None:
+        return self._keys_by_hash.get(sha256_hex)
+
+    def key_by_id(self, key_id: str) -> KeyConfig | None:
+        return self._keys_by_id.get(key_id)
+
+    def run_cap_s(self, flow: FlowConfig) -> float:
+        return min(flow.max_duration_s or self.limits.max_duration_s, self.limits.max_duration_s)
+
+
+def _d(node: Any) -> dict:
+    return node if isinstance(node, dict) else {}
+
+
+def _l(node: Any) -> list:
+    return node if isinstance(node, list) else []
+
+
+def cross_ref_problems(raw: dict) -> list[str]:
+    """Problems between sections (flow -> backend, owner -> account, caps, ids, mounts), found on
+    the raw mapping so that they are reported together with field errors in one pass."""
+    problems: list[str] = []
+    backends, accounts = _d(raw.get("backends")), _d(raw.get("accounts"))
+    cap = _d(raw.get("limits")).get("max_duration_s", MAX_DURATION_CAP_S)
+    cap = cap if isinstance(cap, int | float) else MAX_DURATION_CAP_S
+    ids: set[str] = set()
+    names: dict[str, str] = {}
+    for i, flow in enumerate(_l(raw.get("flows"))):
+        flow = _d(flow)
+        fid = flow.get("id", i)
+        where = f"flows[{fid}]"
+        if fid in ids:
+            problems.append(f"{where}.id: duplicate flow id")
+        ids.add(fid)
+        name = flow.get("name")
+        if isinstance(name, str):
+            if name in names and names[name] != fid:
+                problems.append(f"{where}.name: {name!r} is also the name of flow {names[name]}")
+            names.setdefault(name, fid)
+        owner = flow.get("owner")
+        if isinstance(owner, str) and owner not in accounts:
+            problems.append(f"{where}.owner: {owner!r} is not an account (declare it under accounts)")
+        own_cap = flow.get("max_duration_s")
+        if isinstance(own_cap, int | float) and own_cap > cap:
+            problems.append(f"{where}.max_duration_s: {own_cap:g} is above limits.max_duration_s ({cap:g})")
+        for env, target in _d(flow.get("targets")).items():
+            backend = _d(target).get("backend")
+            if isinstance(backend, str) and backend not in backends:
+                known = ", ".join(sorted(backends)) or "none"
+                problems.append(f"{where}.targets.{env}.backend: {backend!r} is not a backend (known: {known})")
+    key_ids: set[str] = set()
+    hashes: dict[str, str] = {}
+    for i, key in enumerate(_l(raw.get("keys"))):
+        key = _d(key)
+        kid = key.get("id", i)
+        where = f"keys[{kid}]"
+        if kid in key_ids:
+            problems.append(f"{where}.id: duplicate key id")
+        key_ids.add(kid)
+        owner = key.get("owner")
+        if isinstance(owner, str) and owner not in accounts:
+            problems.append(f"{where}.owner: {owner!r} is not an account (declare it under accounts)")
+        digest = key.get("sha256")
+        if isinstance(digest, str):
+            digest = digest.strip().lower()
+            if digest in hashes:
+                problems.append(f"{where}.sha256: same secret as key {hashes[digest]}")
+            hashes.setdefault(digest, kid)
+    dialects = raw.get("dialects")
+    if isinstance(dialects, dict):
+        if not dialects:
+            problems.append("dialects: mount at least one dialect")
+        mounts = {}
+        for name, mount in dialects.items():
+            try:
+                mounts[name] = DialectMount.model_validate(mount or {})
+            except ValidationError:
+                continue  # reported by field validation
+        problems.extend(_mount_collisions({n: mt for n, mt in mounts.items() if n in DEFAULT_DIALECTS}))
+    return problems
+
+
+def dialect_routes(name: str, prefix: str) -> list[tuple[str, str]]:
+    """(method, path) of every route a dialect mounts; the app and the collision check share it."""
+    from .dialects import ROUTES
+
+    return [(method, prefix + path) for method, path, _route in ROUTES[name]]
+
+
+def _segments_overlap(a: str, b: str) -> bool:
+    sa, sb = a.strip("/").split("/"), b.strip("/").split("/")
+    if len(sa) != len(sb):
+        return False
+    return all(x == y or x.startswith("{") or y.startswith("{") for x, y in zip(sa, sb, strict=True))
+
+
+def _mount_collisions(dialects: dict[str, DialectMount]) -> list[str]:
+    problems = []
+    names = sorted(dialects)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ra, rb = dialect_routes(a, dialects[a].prefix), dialect_routes(b, dialects[b].prefix)
+            clash = next(
+                ((ma, pa, pb) for ma, pa in ra for mb, pb in rb if ma == mb and _segments_overlap(pa, pb)), None
+            )
+            if clash:
+                problems.append(
+                    f"dialects.{b}.prefix: mounts collide: {a} {clash[0]} {clash[1]} and {b} {clash[0]} {clash[2]} "
+                    f"(give one of them another prefix)"
+                )
+    return problems
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(node: Any, path: str, problems: list[str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+
+        def sub(m: re.Match[str]) -> str:
+            value = os.environ.get(m.group(1))
+            if value is None:
+                if m.group(2) is not None:
+                    return m.group(2)
+                problems.append(f"{path}: environment variable {m.group(1)} is not set")
+                return ""
+            return value
+
+        return _ENV_REF.sub(sub, node)
+    return node
+
+
+def _loc(loc: tuple[Any, ...], raw: Any) -> str:
+    """A pydantic error location as a key path, naming list entries by their id where they have one."""
+    out: list[str] = []
+    node = raw
+    for part in loc:
+        if isinstance(part, int):
+            ident = node[part].get("id") if isinstance(node, list) and part < len(node) and isinstance(
+                node[part], dict) else None
+            out[-1] = f"{out[-1]}[{ident if ident is not None else part}]" if out else f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+        else:
+            out.append(str(part))
+            node = node.get(part) if isinstance(node, dict) else None
+    return ".".join(out) or "(top level)"
+
+
+def parse_config(raw: Any) -> Config:
+    """Validate an already-parsed mapping (after interpolation). Raises :class:`ConfigError`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top level): the config must be a mapping"])
+    problems: list[str] = []
+    raw = _interpolate(raw, "", problems)
+    if problems:
+        raise ConfigError(problems)
+    refs = cross_ref_problems(raw)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            loc = _loc(tuple(err["loc"]), raw)
+            if err["type"] == "value_error" and not err["loc"]:
+                problems.extend(msg.splitlines())
+            else:
+                problems.append(f"{loc}: {msg}")
+        raise ConfigError(problems + refs) from None
+    if refs:
+        raise ConfigError(refs)
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, interpolate and validate a YAML config file. Raises :class:`ConfigError`."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{p}: not valid YAML: {exc}"]) from None
+    return parse_config(raw)

@@ -1,0 +1,117 @@
+"""Dialects: the public API shapes flowgate serves.
+
+A dialect maps an HTTP request to a :class:`~proxy.run.Run` (flow ref, credential, env, body) and
+renders errors and non-streaming results in its own body style. It knows nothing about policies:
+it only *parses*, rejecting malformed input with :class:`~proxy.errors.BadRequest` or
+:class:`~proxy.errors.PayloadTooLarge` before any state is touched.
+
+To add a dialect: subclass :class:`Dialect`, list its routes in ``ROUTES`` (the collision check
+and the router both read it), and register the class in ``DIALECTS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from ..config import ENV_ACCEPTED, Env
+from ..errors import BadRequest, GatewayError, PayloadTooLarge
+from ..run import Run
+
+# (method, path relative to the dialect's prefix, route name). Route names are bounded label values.
+ROUTES: dict[str, list[tuple[str, str, str]]] = {
+    "profitbase": [
+        ("POST", "api/v1/tenants/{tenantId}/workspaces/{workspaceId}/flows/{flowId}/run-streaming", "run-streaming"),
+        ("POST", "api/v1/tenants/{tenantId}/workspaces/{workspaceId}/flows/{flowId}/stream", "stream"),
+        ("POST", "api/v1/tenants/{tenantId}/workspaces/{workspaceId}/flows/{flowId}/run", "run"),
+    ],
+    "workflow": [
+        ("GET", "api/v1/token", "token"),
+        ("POST", "api/v1/run/{workflowId}/stream", "stream"),
+        ("OPTIONS", "api/v1/run/{workflowId}/stream", "preflight"),
+        ("POST", "api/v1/run/{workflowId}", "run"),
+    ],
+    "langflow": [
+        ("POST", "api/v1/run/{flowIdOrName}", "run"),
+    ],
+}
+
+
+@dataclass(slots=True)
+class Collected:
+    """A non-streaming run's output: the encoded body, the generated text and the backend's result."""
+
+    body: bytes
+    text: str
+    result: Any = None
+
+
+class Dialect:
+    """Base class. Subclasses set ``name`` and ``output`` and implement ``parse`` and ``error_body``."""
+
+    name: ClassVar[str]
+    output: ClassVar[str]  # output format (encoder name) of its streaming routes
+    cors_routes: ClassVar[frozenset[str]] = frozenset()  # routes answered with CORS headers
+
+    def __init__(self, max_body_bytes: int) -> None:
+        self.max_body_bytes = max_body_bytes
+
+    async def parse(self, request: web.Request, route: str) -> Run:
+        raise NotImplementedError
+
+    def error_status(self, err: GatewayError) -> int:
+        return err.status
+
+    def error_body(self, err: GatewayError, status: int) -> tuple[bytes, str]:
+        """(body, content type) for an error; the detail is already free of secrets."""
+        raise NotImplementedError
+
+    def render_error(self, err: GatewayError) -> web.Response:
+        status = self.error_status(err)
+        body, ctype = self.error_body(err, status)
+        resp = web.Response(status=status, body=body, headers=err.headers)
+        resp.content_type = ctype
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    def render_result(self, run: Run, collected: Collected) -> web.Response:
+        """The non-streaming response; by default the buffered output of the streaming format."""
+        return web.Response(body=collected.body, content_type="application/json")
+
+    # --- helpers shared by dialects -------------------------------------------------------------
+
+    @staticmethod
+    def parse_env(request: web.Request) -> Env:
+        raw = request.query.get("env")
+        env = Env.parse(raw)
+        if env is None:
+            raise BadRequest(f"env must be one of {ENV_ACCEPTED} (case-insensitive)")
+        return env
+
+    async def read_body(self, request: web.Request) -> bytes:
+        """The request body, refused with 413 above ``server.max_body_bytes`` without reading it all."""
+        limit = self.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _registry() -> dict[str, type[Dialect]]:
+    from .langflow import LangflowDialect
+    from .profitbase import ProfitbaseDialect
+    from .workflow import WorkflowDialect
+
+    return {d.name: d for d in (ProfitbaseDialect, WorkflowDialect, LangflowDialect)}
+
+
+def dialect_classes() -> dict[str, type[Dialect]]:
+    return _registry()

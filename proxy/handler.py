@@ -1,0 +1,165 @@
+"""One run's lifecycle: dialect.parse -> policies.on_request -> forward -> pump -> on_complete.
+
+The only place that sequences a run. Errors raised before the response is prepared are rendered
+by the dialect; after that the pump ends the stream as the format allows. ``on_complete`` runs
+exactly once for every policy whose ``on_request`` passed, whatever the ending, shielded from the
+cancellation that aiohttp delivers when the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from aiohttp import web
+
+from . import metrics as m
+from .context import GATEWAY, Gateway
+from .cors import cors_headers
+from .dialects import Collected, Dialect
+from .errors import BackendTimeout, GatewayError, RunFailed
+from .forward import open_upstream
+from .policies import Policy
+from .protocols import new_decoder, new_encoder
+from .pump import Pump
+from .run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, DEADLINE, REJECTED, Run
+
+log = structlog.get_logger("flowgate.run")
+RUN = web.RequestKey("run", Run)
+
+DEADLINE_MESSAGE = "the run reached its maximum duration"
+
+
+async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    cors = cors_headers(gw.config.cors, request) if route in dialect.cors_routes else {}
+    try:
+        run = await dialect.parse(request, route)
+    except GatewayError as err:
+        m.REJECTIONS.labels(dialect.name, err.kind).inc()
+        return _error(dialect, err, cors)
+    request[RUN] = run
+    structlog.contextvars.bind_contextvars(job_id=run.job_id)
+    admitted: list[Policy] = []
+    try:
+        for policy in gw.chains[run.credential_kind]:
+            await policy.on_request(run)
+            admitted.append(policy)
+        structlog.contextvars.bind_contextvars(flow=run.flow_id, key_id=run.key_id, env=run.env.value)
+        return await _execute(gw, run, dialect, admitted, cors)
+    except GatewayError as err:
+        if run.outcome is None:  # refused before anything reached a backend
+            run.outcome = REJECTED
+            m.REJECTIONS.labels(dialect.name, run.reason or err.kind).inc()
+        run.reason = run.reason or err.kind
+        resp = _error(dialect, err, {**run.response_headers, **cors})
+        run.status = resp.status
+        return resp
+    finally:
+        if run.outcome is None:  # cancelled: aiohttp saw the client go away
+            run.outcome = CLIENT_DISCONNECTED
+        await asyncio.shield(_complete(run, admitted))
+
+
+def _error(dialect: Dialect, err: GatewayError, extra: dict[str, str]) -> web.Response:
+    resp = dialect.render_error(err)
+    resp.headers.update(extra)
+    return resp
+
+
+async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Policy], cors: dict[str, str]):
+    assert run.backend is not None and gw.session is not None
+    decoder = new_decoder(run.backend.protocol)
+    encoder = new_encoder(dialect.output)
+    hooks = [p.on_event for p in admitted if p.overrides("on_event")]
+    passthrough = run.stream and run.backend.protocol == dialect.output
+    flow = run.flow_id or m.UNKNOWN_FLOW
+    m.RUNS_STARTED.labels(run.dialect, flow).inc()
+    run.extra["forwarded"] = True
+    upstream = None
+    pump: Pump | None = None
+    buffer: list[bytes] = []
+    outcome: str | None = None
+    streams_open = m.STREAMS_OPEN.labels(run.dialect, flow)
+    try:
+        try:
+            async with asyncio.timeout_at(run.deadline):
+                upstream = await open_upstream(gw.session, run)
+                pump = Pump(run, upstream, decoder, encoder, passthrough, hooks, collect=not run.stream)
+                if run.stream:
+                    await pump.start(pump.response({**cors, **run.response_headers}))
+                    run.status = 200
+                    streams_open.inc()
+                else:
+                    pump.write = _appender(buffer)
+                    buffer.append(encoder.open())
+                outcome = await pump.pump()
+        except TimeoutError:
+            outcome = DEADLINE
+            if pump is None or (run.stream and pump.resp is None):
+                m.BACKEND_FAILURES.labels(run.target.backend if run.target else "", "timeout").inc()
+                raise BackendTimeout("the run reached its maximum duration before the backend answered") from None
+            pump.message = DEADLINE_MESSAGE
+        except ConnectionResetError:  # a write to the client failed: it went away
+            outcome = CLIENT_DISCONNECTED
+        run.outcome = outcome
+        if outcome == BACKEND_ERROR:
+            run.reason = run.reason or "backend_broken"
+            m.BACKEND_FAILURES.labels(run.target.backend if run.target else "", "broken").inc()
+        if not run.stream:
+            assert pump is not None
+            if outcome != COMPLETED:
+                if outcome == DEADLINE:
+                    raise BackendTimeout(DEADLINE_MESSAGE)
+                raise RunFailed("the workflow run failed")
+            buffer.append(encoder.close())
+            collected = Collected(body=b"".join(buffer), text="".join(pump.texts), result=pump.result)
+            resp = dialect.render_result(run, collected)
+            resp.headers.update(run.response_headers)
+            resp.headers["flow-job-id"] = run.job_id
+            run.status = resp.status
+            return resp
+        assert pump is not None and pump.resp is not None
+        if outcome != CLIENT_DISCONNECTED:
+            try:
+                await pump.finish(outcome)
+            except ConnectionResetError:
+                run.outcome = CLIENT_DISCONNECTED
+        return pump.resp
+    except GatewayError:
+        if run.outcome is None:
+            run.outcome = BACKEND_ERROR
+        raise
+    finally:
+        if run.status == 200 and run.stream:
+            streams_open.dec()
+        if upstream is not None:
+            if outcome == COMPLETED:
+                upstream.release()
+            else:
+                upstream.close()  # drop the backend connection at once: it stops generating
+
+
+def _appender(buffer: list[bytes]):
+    async def write(data: bytes) -> None:
+        buffer.append(data)
+
+    return write
+
+
+async def _complete(run: Run, admitted: list[Policy]) -> None:
+    for policy in admitted:
+        try:
+            await policy.on_complete(run)
+        except Exception:  # one policy's failure must not skip the others' settlement
+            log.exception("on_complete_failed", policy=policy.name)
+    if run.extra.get("forwarded"):
+        flow = run.flow_id or m.UNKNOWN_FLOW
+        outcome = run.outcome or CLIENT_DISCONNECTED
+        m.RUNS_ENDED.labels(run.dialect, flow, outcome).inc()
+        m.RUN_DURATION.labels(run.dialect, flow, outcome).observe(time.monotonic() - run.started_mono)
+        m.BYTES_IN.labels(flow).inc(run.bytes_in)
+        m.BYTES_OUT.labels(run.dialect, flow).inc(run.bytes_out)
+        m.TOKENS.labels(flow, "output").inc(run.meter.output_tokens)
+        m.TOKENS.labels(flow, "input").inc(run.meter.input_tokens)

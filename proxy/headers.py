@@ -1,0 +1,48 @@
+"""Header rules both ways: hop-by-hop stripped, client credentials never forwarded, no buffering."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from multidict import CIMultiDict
+
+# RFC 9110 7.6.1 connection-specific fields, plus those a proxy must never pass on.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+    "te", "trailer", "transfer-encoding", "upgrade",
+})
+# The client's credentials and what the gateway itself sets for the backend.
+NOT_FORWARDED = HOP_BY_HOP | frozenset({
+    "host", "content-length", "x-api-key", "authorization", "cookie", "accept-encoding",
+    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "origin", "referer",
+})
+
+# Every admitted run: never cached, never buffered by a proxy in front of us (nginx honours the
+# X-Accel-Buffering header), never compressed.
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+JOB_ID_HEADER = "flow-job-id"
+
+
+def upstream_headers(
+    client: Mapping[str, str], backend_headers: Mapping[str, str], *, peer: str | None, scheme: str, host: str | None
+) -> CIMultiDict[str]:
+    """Headers for the backend request: the client's, minus hop-by-hop fields (including any the
+    client listed in ``Connection``) and credentials, plus X-Forwarded-* and the backend's own."""
+    listed = {t.strip().lower() for t in client.get("Connection", "").split(",") if t.strip()}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in client.items():
+        low = name.lower()
+        if low in NOT_FORWARDED or low in listed:
+            continue
+        out.add(name, value)
+    prior = client.get("X-Forwarded-For")
+    if peer:
+        out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    out["X-Forwarded-Proto"] = scheme
+    if host:
+        out["X-Forwarded-Host"] = host
+    out["Accept-Encoding"] = "identity"  # we meter what we read: no compressed bodies
+    for name, value in backend_headers.items():
+        out[name] = value
+    return out

@@ -1,0 +1,94 @@
+"""structlog setup: JSON lines (a console renderer when stderr is a TTY), contextvars per request.
+
+The access middleware clears and binds the request's context (route, dialect; the handler adds job
+id, flow, key id, env) and writes exactly one access line per request. Secrets never reach a log
+line: routes are logged by their template, never the raw path or query, and :func:`redact` masks
+the credential fields if anything tries to log them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import structlog
+from aiohttp import web
+
+SECRET_FIELDS = frozenset({"api_key", "token", "x-api-key", "authorization", "credential", "secret"})
+
+
+def redact(_logger: object, _name: str, event: dict) -> dict:
+    for key in SECRET_FIELDS.intersection(event):
+        event[key] = "[redacted]"
+    return event
+
+
+def configure_logging(level: str = "info", json: bool | None = None) -> None:
+    if json is None:
+        json = not sys.stderr.isatty()
+    processors = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+        structlog.processors.format_exc_info if json else structlog.dev.set_exc_info,
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(),
+    ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    # aiohttp's own loggers go through stdlib logging; its access log is off (ours replaces it,
+    # and aiohttp's would print the raw query string, secrets included).
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+
+
+access_log = structlog.get_logger("flowgate.access")
+
+
+def route_name(request: web.Request) -> str:
+    """The matched route's template (bounded, secret-free) rather than the raw path."""
+    info = request.match_info
+    route = info.route if info is not None else None
+    resource = route.resource if route is not None else None
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def make_access_middleware(enabled: bool):
+    @web.middleware
+    async def access(request: web.Request, handler):
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(method=request.method, route=route_name(request))
+        start = time.perf_counter()
+        status = 499  # until proven otherwise: the client went away
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            if enabled:
+                from .handler import RUN
+
+                fields: dict = {"status": status, "duration_s": round(time.perf_counter() - start, 6)}
+                run = request.get(RUN)
+                if run is not None:
+                    fields.update(
+                        dialect=run.dialect,
+                        outcome=run.outcome,
+                        reason=run.reason,
+                        bytes_in=run.bytes_in,
+                        bytes_out=run.bytes_out,
+                        input_tokens=run.meter.input_tokens,
+                        output_tokens=run.meter.output_tokens,
+                    )
+                    if run.status:
+                        fields["status"] = run.status
+                access_log.info("access", **fields)
+
+    return access

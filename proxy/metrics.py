@@ -1,0 +1,55 @@
+"""Every Prometheus metric flowgate exports, in one place.
+
+Rules (they keep cardinality bounded and secrets out): base units, ``_total`` / ``_seconds`` /
+``_bytes`` suffixes, histograms up to the 300 s run cap, and labels only from bounded sets: flow id
+(from the config, or ``unknown``), dialect, route name, status class, outcome, reason, backend name,
+store operation. Never a key, token, owner-supplied string or raw path.
+
+Per-chunk work is limited to one histogram observation (the inter-chunk gap); everything else is
+counted once per run.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 180, 240, 300)
+STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+
+UNKNOWN_FLOW = "unknown"
+
+REQUESTS = Counter("flowgate_requests_total", "HTTP requests answered.",
+                   ["dialect", "route", "flow", "status_class"])
+RUNS_STARTED = Counter("flowgate_runs_started_total", "Runs admitted and forwarded to a backend.",
+                       ["dialect", "flow"])
+RUNS_ENDED = Counter("flowgate_runs_ended_total", "Admitted runs by how they ended.",
+                     ["dialect", "flow", "outcome"])
+REJECTIONS = Counter("flowgate_rejections_total", "Requests refused before reaching a backend, by reason.",
+                     ["dialect", "reason"])
+STREAMS_OPEN = Gauge("flowgate_streams_open", "Runs currently streaming.", ["dialect", "flow"])
+BACKEND_TTFB = Histogram("flowgate_backend_ttfb_seconds", "From forwarding to the backend's first body byte.",
+                         ["flow"], buckets=LATENCY_BUCKETS)
+CLIENT_TTFB = Histogram("flowgate_client_ttfb_seconds", "From the request's arrival to the first byte written to "
+                        "the client.", ["dialect", "flow"], buckets=LATENCY_BUCKETS)
+CHUNK_GAP = Histogram("flowgate_chunk_gap_seconds", "Time between consecutive backend chunks.", ["flow"],
+                      buckets=LATENCY_BUCKETS)
+RUN_DURATION = Histogram("flowgate_run_duration_seconds", "Admitted run length.", ["dialect", "flow", "outcome"],
+                         buckets=RUN_BUCKETS)
+BYTES_IN = Counter("flowgate_backend_received_bytes_total", "Body bytes read from backends.", ["flow"])
+BYTES_OUT = Counter("flowgate_client_sent_bytes_total", "Body bytes written to clients.", ["dialect", "flow"])
+TOKENS = Counter("flowgate_tokens_total", "Tokens metered (output is what is charged).", ["flow", "kind"])
+CREDITS = Counter("flowgate_credits_charged_total", "Credits charged at settlement.", ["flow"])
+STREAM_TOKENS_MINTED = Counter("flowgate_stream_tokens_minted_total", "Single-use stream tokens minted.")
+STREAM_TOKENS_CONSUMED = Counter("flowgate_stream_tokens_consumed_total", "Stream tokens spent on a run.")
+STREAM_TOKENS_REFUSED = Counter("flowgate_stream_tokens_refused_total", "Stream tokens refused, by reason.",
+                                ["reason"])
+BACKEND_FAILURES = Counter("flowgate_backend_failures_total", "Backend failures, by kind.", ["backend", "kind"])
+STORE_SECONDS = Histogram("flowgate_store_operation_seconds", "State store operation latency.", ["op"],
+                          buckets=STORE_BUCKETS)
+STORE_ERRORS = Counter("flowgate_store_errors_total", "State store operations that failed.", ["op"])
+HOLDS_RECOVERED = Counter("flowgate_holds_recovered_total", "Expired credit holds of dead replicas settled here.")
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if status else "0xx"

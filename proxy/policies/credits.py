@@ -1,0 +1,168 @@
+"""Credit metering: the flow's owner pays for the tokens its runs generate.
+
+Admission places an atomic hold of one quantum (``limits.credit_quantum_tokens`` worth, never more
+than is available); an owner with nothing available gets 402 before any backend request. While
+the run streams, ``on_event`` compares what has been metered (``run.meter``: the backend's reported
+output tokens, else ceil(chars / 4)) with the hold. Crossing the hold grows it by a quantum,
+atomically in the store; when nothing more can be held, ``on_credits_exhausted: cut`` ends the
+stream, ``allow`` lets it finish (the balance may go negative). Progress is checkpointed in the
+store at every quantum and at least every second, so a hold whose replica died is settled from
+its last checkpoint by any live replica (see :func:`sweep_expired_holds`). ``on_complete`` settles
+exactly once: it charges what was metered, releases the rest and writes one ledger entry.
+
+The hot path costs one comparison per event; the store is touched only at quantum boundaries and
+at most once a second for checkpoints (which do not block the stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from .. import metrics as m
+from ..errors import NoCredits, StoreUnavailable
+from ..protocols import Event
+from ..run import CREDITS_CUT, Run
+from . import Policy, StopRun
+
+log = structlog.get_logger("flowgate.credits")
+CHECKPOINT_EVERY_S = 1.0
+
+
+def credits_for(tokens: int, per_1k: int) -> int:
+    """Credits for ``tokens`` at ``per_1k`` credits per 1,000 tokens, rounded up."""
+    return -(-tokens * per_1k // 1000)
+
+
+@dataclass(slots=True)
+class Hold:
+    account: str
+    per_1k: int
+    quantum: int  # credits per growth step
+    held: int  # credits held in the store for this job
+    allow_overrun: bool
+    expires_at: float
+    cut: bool = False
+    last_checkpoint: float = 0.0
+    checkpointed_tokens: int = -1
+    growing: asyncio.Task | None = None
+
+
+class Credits(Policy):
+    name = "credits"
+
+    def __init__(self, gw) -> None:
+        super().__init__(gw)
+        self._background: set[asyncio.Task] = set()
+
+    def _expiry(self, run: Run) -> float:
+        assert run.flow is not None
+        limits = self.gw.config.limits
+        return run.started_at + self.gw.config.run_cap_s(run.flow) + limits.hold_grace_s
+
+    async def on_request(self, run: Run) -> None:
+        flow = run.flow
+        assert flow is not None and run.owner is not None
+        per_1k = flow.credits_per_1k_tokens
+        quantum = max(1, credits_for(self.gw.config.limits.credit_quantum_tokens, per_1k))
+        expires = self._expiry(run)
+        granted = 0
+        if per_1k > 0:  # a free flow holds nothing but still gets its ledger entry
+            meta = {"flow": flow.id, "key_id": run.key_id, "env": run.env.value, "dialect": run.dialect,
+                    "started_at": run.started_at}
+            granted = await self.gw.store.open_hold(run.job_id, run.owner, quantum, expires, meta)
+        if granted <= 0 and per_1k > 0:
+            run.reason = "no_credits"
+            raise NoCredits("no credits remaining on the account")
+        run.extra[self.name] = Hold(run.owner, per_1k, quantum, granted, flow.on_credits_exhausted == "allow",
+                                    expires, last_checkpoint=time.monotonic())
+
+    def on_event(self, run: Run, event: Event):
+        hold: Hold | None = run.extra.get(self.name)
+        if hold is None or hold.per_1k == 0:
+            return None
+        tokens = run.meter.output_tokens
+        cost = credits_for(tokens, hold.per_1k)
+        if cost > hold.held and not hold.cut:
+            return self._grow(run, hold, cost)
+        now = time.monotonic()
+        if now - hold.last_checkpoint >= CHECKPOINT_EVERY_S and tokens != hold.checkpointed_tokens:
+            hold.last_checkpoint = now
+            self._spawn(self._checkpoint(run, hold, cost))
+        return None
+
+    async def _grow(self, run: Run, hold: Hold, cost: int) -> None:
+        want = cost - hold.held + hold.quantum
+        try:
+            granted = await self.gw.store.grow_hold(run.job_id, hold.account, want, hold.expires_at)
+        except StoreUnavailable:
+            granted = 0  # fail closed: an unreachable store cannot vouch for more credit
+        hold.held += granted
+        hold.last_checkpoint = time.monotonic()
+        self._spawn(self._checkpoint(run, hold, cost))
+        if hold.held < cost:
+            if hold.allow_overrun:
+                hold.cut = True  # stop asking; settle charges all that was metered
+                return
+            raise StopRun(CREDITS_CUT, "the account ran out of credits")
+
+    async def _checkpoint(self, run: Run, hold: Hold, cost: int) -> None:
+        hold.checkpointed_tokens = run.meter.output_tokens
+        try:
+            await self.gw.store.checkpoint(run.job_id, hold.account, cost, run.meter.input_tokens,
+                                           run.meter.output_tokens, hold.expires_at)
+        except StoreUnavailable:
+            log.warning("checkpoint_failed", job_id=run.job_id)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def on_complete(self, run: Run) -> None:
+        hold: Hold | None = run.extra.get(self.name)
+        if hold is None:
+            return
+        charge = credits_for(run.meter.output_tokens, hold.per_1k)
+        if not hold.allow_overrun:
+            # cut: the stream stopped at the first event the hold could not cover; what that last
+            # chunk carried past the hold is not charged, so a balance never goes below zero.
+            charge = min(charge, hold.held)
+        entry = {
+            "flow": run.flow_id, "key_id": run.key_id, "env": run.env.value, "dialect": run.dialect,
+            "input_tokens": run.meter.input_tokens, "output_tokens": run.meter.output_tokens,
+            "outcome": run.outcome, "started_at": run.started_at, "ended_at": time.time(),
+        }
+        for attempt in range(3):
+            try:
+                settled = await self.gw.store.settle(run.job_id, hold.account, charge, entry)
+                break
+            except StoreUnavailable:
+                # the hold stays in the store with its checkpoint; a live replica settles it later
+                if attempt == 2:
+                    log.warning("settle_deferred", job_id=run.job_id)
+                    return
+                await asyncio.sleep(0.2 * (attempt + 1))
+        run.extra["credits_charged"] = charge
+        if settled is not None:
+            m.CREDITS.labels(run.flow_id or m.UNKNOWN_FLOW).inc(charge)
+
+
+async def sweep_expired_holds(gw, now: float | None = None) -> int:
+    """Settle the holds whose replica died (expired), each from its last checkpoint; returns how many.
+
+    Settlement is idempotent by job id, so any number of replicas may sweep at once.
+    """
+    accounts = list(gw.config.accounts)
+    count = 0
+    for hold in await gw.store.expired_holds(accounts, now=now):
+        entry = {"outcome": "replica_lost", "ended_at": time.time()}
+        with contextlib.suppress(StoreUnavailable):
+            if await gw.store.settle(hold.job_id, hold.account, None, entry) is not None:
+                count += 1
+                m.HOLDS_RECOVERED.inc()
+    return count

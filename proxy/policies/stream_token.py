@@ -1,0 +1,60 @@
+"""Single-use stream tokens for browsers: minted by a server holding a key, spent on one run.
+
+Tokens are ``pub_tok_`` + 192 random bits (URL-safe base64). Only their SHA-256 is stored, with the
+owner, the minting key's id, an optional flow binding and the expiry. Spending is one atomic
+check-and-mark in the store, done before the flow lookup, so replays and enumeration each cost a
+token; a malformed token string is refused without a store round trip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+
+from .. import metrics as m
+from ..errors import InvalidToken
+from ..run import Run
+from . import Policy
+
+TOKEN_PREFIX = "pub_tok_"
+TOKEN_RE = re.compile(r"pub_tok_[A-Za-z0-9_-]{32}")
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(24)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+class StreamToken(Policy):
+    """Consumes the run's token; sets ``run.key``/``run.owner``/``run.bound_flow`` from its record.
+
+    The scope check against the flow (owner, binding, the minting key's scope) is in EnvPolicy.
+    """
+
+    name = "stream_token"
+
+    async def on_request(self, run: Run) -> None:
+        token = run.credential or ""
+        if TOKEN_RE.fullmatch(token) is None:
+            self._refuse(run, "malformed")
+        status, record = await self.gw.store.consume_token(token_digest(token))
+        if status != "ok" or record is None:
+            self._refuse(run, status)
+        m.STREAM_TOKENS_CONSUMED.inc()
+        key = self.gw.config.key_by_id(record.get("key_id") or "")
+        run.key = key
+        run.key_id = record.get("key_id")
+        run.owner = record.get("owner")
+        run.bound_flow = record.get("flow_id")
+        if key is None or key.owner != run.owner:
+            self._refuse(run, "key_revoked")
+
+    @staticmethod
+    def _refuse(run: Run, reason: str) -> None:
+        run.reason = f"token_{reason}"
+        m.STREAM_TOKENS_REFUSED.labels(reason).inc()
+        raise InvalidToken("invalid or expired stream token")

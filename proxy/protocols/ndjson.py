@@ -1,0 +1,59 @@
+"""Newline-delimited JSON: one JSON value per line, each an :class:`Item`.
+
+A dict carrying an OpenAI-style ``usage`` also yields :class:`Usage`; ``{"error": "..."}`` is an
+:class:`Error`; a line that is not JSON is passed on as a string Item. The stream just ends.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from . import Error, Event, Item, usage_from
+from ._lines import LineBuffer
+
+
+def element_events(obj: object, out: list[Event]) -> None:
+    """Events for one structured element (shared with the JSON-array decoder)."""
+    if isinstance(obj, dict):
+        err = obj.get("error")
+        if isinstance(err, str) and len(obj) == 1:
+            out.append(Error(err))
+            return
+        out.append(Item(obj))
+        usage = usage_from(obj.get("usage"))
+        if usage is not None:
+            out.append(usage)
+        return
+    out.append(Item(obj))
+
+
+class NdjsonDecoder:
+    __slots__ = ("_lines",)
+
+    def __init__(self) -> None:
+        self._lines = LineBuffer()
+
+    def _line(self, line: bytes, out: list[Event]) -> None:
+        if not line.strip():
+            return
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            out.append(Item(line.decode("utf-8", "replace")))
+            return
+        element_events(obj, out)
+
+    def feed(self, data: bytes) -> list[Event]:
+        out: list[Event] = []
+        for line in self._lines.feed(data):
+            self._line(line, out)
+        return out
+
+    def close(self) -> list[Event]:
+        out: list[Event] = []
+        self._line(self._lines.rest(), out)
+        return out
+
+    @property
+    def pending(self) -> bool:
+        return self._lines.pending

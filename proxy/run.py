@@ -1,0 +1,94 @@
+"""One run: what a dialect parsed from the request, what policies resolved, and how it ended.
+
+A dialect fills the "request" half; policies fill the "resolved" half (key, flow, target, deadline)
+and may read ``meter`` for what has been generated so far; the handler sets ``outcome``.
+The raw credential lives only here, on the run, and is never logged, labelled or forwarded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ulid import ULID
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .config import BackendConfig, Env, FlowConfig, KeyConfig, TargetConfig
+
+# Outcomes of an admitted run (bounded: used as a metric label).
+COMPLETED = "completed"
+CLIENT_DISCONNECTED = "client_disconnected"
+DEADLINE = "deadline"
+BACKEND_ERROR = "backend_error"
+CREDITS_CUT = "credits_cut"
+REJECTED = "rejected"
+
+
+def new_job_id() -> str:
+    return str(ULID())
+
+
+@dataclass(slots=True)
+class Meter:
+    """What the run generated, as the decoder saw it (metering reads and fills this)."""
+
+    chars: int = 0
+    reported_input: int | None = None
+    reported_output: int | None = None
+
+    @property
+    def output_tokens(self) -> int:
+        """Backend-reported output tokens where given, else ceil(characters / 4)."""
+        if self.reported_output is not None:
+            return self.reported_output
+        return (self.chars + 3) // 4
+
+    @property
+    def input_tokens(self) -> int:
+        return self.reported_input or 0
+
+
+@dataclass(slots=True)
+class Run:
+    # --- parsed by the dialect ---
+    request: web.Request
+    dialect: str
+    route: str
+    flow_ref: str
+    env: Env
+    stream: bool
+    body: bytes
+    credential: str | None = field(default=None, repr=False)
+    credential_kind: str = "key"  # "key" | "token"
+    tenant: str | None = None  # profitbase addressing from the URL
+    workspace: str | None = None
+    by_name: bool = False  # langflow accepts a flow name too
+    # --- resolved by policies ---
+    key: KeyConfig | None = None
+    key_id: str | None = None
+    owner: str | None = None
+    bound_flow: str | None = None  # a stream token bound to one flow
+    flow: FlowConfig | None = None
+    target: TargetConfig | None = None
+    backend: BackendConfig | None = None
+    deadline: float = 0.0  # event-loop time at which the run is cut
+    # --- filled while running ---
+    job_id: str = field(default_factory=new_job_id)
+    started_at: float = field(default_factory=time.time)
+    started_mono: float = field(default_factory=time.monotonic)
+    forwarded_mono: float = 0.0  # when the backend request was sent
+    meter: Meter = field(default_factory=Meter)
+    status: int = 0
+    outcome: str | None = None
+    reason: str | None = None  # why it was rejected / how it failed (bounded set)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # per-policy state, keyed by policy name
+    response_headers: dict[str, str] = field(default_factory=dict)  # set before prepare() only
+
+    @property
+    def flow_id(self) -> str | None:
+        return self.flow.id if self.flow else None

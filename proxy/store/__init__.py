@@ -1,0 +1,159 @@
+"""The state store: every piece of mutable state behind one small async protocol.
+
+Three implementations, chosen by the ``store:`` URL, pass one contract suite
+(``tests/store/test_contract.py``): ``memory://`` (tests; a real implementation), ``sqlite:///path``
+(embedded default: WAL, several processes may share the file) and ``redis://host:port/db``
+(replicas share it; every check-and-change is one Lua script; keys carry hash tags).
+
+Adding a fourth: implement :class:`Store` so that every method marked ATOMIC is a single
+check-and-change for all processes sharing the backend, raise
+:class:`~proxy.errors.StoreUnavailable` (never a raw driver error) when the backend cannot be
+reached, add the URL scheme to :func:`open_store`, and add it to the contract suite's fixture.
+
+Semantics, shared by all implementations:
+
+- Tokens are stored by hash with a record (owner, key_id, flow_id) and an expiry.
+  ``consume_token`` (ATOMIC) answers ``("ok", record)`` once, then ``"used"``; ``"expired"`` after
+  the expiry (or ``"unknown"`` once the backend dropped it).
+- ``rate_hit`` (ATOMIC): a window of ``window_s`` that starts at the bucket's first hit; a hit is
+  counted only when allowed. ``slot_acquire``/``slot_release``: concurrency slots that expire.
+- Credits (all ints): an account has ``balance`` (may go negative), ``held`` (sum of open holds)
+  and ``spent``; available = balance - held. ``open_hold``/``grow_hold`` (ATOMIC) never hold more
+  than is available. ``settle`` (ATOMIC, idempotent by job id) charges, releases the hold and
+  appends one ledger entry.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlparse
+
+from .. import metrics as m
+from ..errors import StoreUnavailable
+
+
+@dataclass(slots=True, frozen=True)
+class RateResult:
+    allowed: bool
+    limit: int
+    remaining: int
+    retry_after_s: float
+
+
+@dataclass(slots=True, frozen=True)
+class Account:
+    balance: int = 0
+    held: int = 0
+    spent: int = 0
+
+
+@dataclass(slots=True)
+class Hold:
+    job_id: str
+    account: str
+    amount: int
+    metered: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    expires_at: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+
+    async def put_token(self, token_hash: str, record: dict, expires_at: float) -> None: ...
+    async def consume_token(self, token_hash: str, now: float | None = None) -> tuple[str, dict | None]: ...
+
+    async def rate_hit(self, bucket: str, limit: int, window_s: int, now: float | None = None) -> RateResult: ...
+    async def slot_acquire(self, bucket: str, limit: int, job_id: str, expires_at: float,
+                           now: float | None = None) -> RateResult: ...
+    async def slot_release(self, bucket: str, job_id: str) -> None: ...
+
+    async def seed_account(self, account: str, initial: int) -> None: ...
+    async def grant(self, account: str, amount: int) -> int: ...
+    async def get_account(self, account: str) -> Account: ...
+    async def open_hold(self, job_id: str, account: str, want: int, expires_at: float, meta: dict) -> int: ...
+    async def grow_hold(self, job_id: str, account: str, want: int, expires_at: float) -> int: ...
+    async def checkpoint(self, job_id: str, account: str, metered: int, input_tokens: int, output_tokens: int,
+                         expires_at: float) -> None: ...
+    async def settle(self, job_id: str, account: str, charge: int | None, entry: dict,
+                     now: float | None = None) -> dict | None: ...
+    async def expired_holds(self, accounts: list[str], now: float | None = None, limit: int = 100) -> list[Hold]: ...
+    async def ledger(self, account: str, since: float | None = None, limit: int | None = None) -> list[dict]: ...
+
+    async def put_job(self, job_id: str, record: dict, ttl_s: int) -> None: ...
+    async def get_job(self, job_id: str) -> dict | None: ...
+
+
+def ledger_entry(hold: Hold | None, job_id: str, account: str, charge: int, entry: dict, now: float) -> dict:
+    """The one ledger entry a settlement writes (all implementations build it the same way)."""
+    base: dict[str, Any] = {}
+    if hold is not None:
+        base.update(hold.meta)
+        base["input_tokens"] = hold.input_tokens
+        base["output_tokens"] = hold.output_tokens
+    base.update(entry)
+    base["job_id"] = job_id
+    base["owner"] = account
+    base["credits"] = charge
+    base.setdefault("ended_at", now)
+    return base
+
+
+class Instrumented:
+    """Wraps a store: every call is timed into ``flowgate_store_operation_seconds`` and failures
+    counted into ``flowgate_store_errors_total``, labelled by operation name (a bounded set)."""
+
+    _OPS = frozenset(name for name in Store.__dict__ if not name.startswith("_"))
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        for name in self._OPS:
+            setattr(self, name, self._wrap(name, getattr(inner, name)))
+
+    @staticmethod
+    def _wrap(name: str, fn):
+        seconds = m.STORE_SECONDS.labels(name)
+        errors = m.STORE_ERRORS.labels(name)
+
+        async def call(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            except StoreUnavailable:
+                errors.inc()
+                raise
+            finally:
+                seconds.observe(time.perf_counter() - started)
+
+        call.__name__ = name
+        return call
+
+
+def open_store(url: str, *, instrument: bool = True) -> Store:
+    """The store for a ``store:`` URL (not started: call ``await store.start()``)."""
+    parsed = urlparse(url)
+    if url.startswith("memory://"):
+        from .memory import MemoryStore
+
+        store: Store = MemoryStore()
+    elif parsed.scheme == "sqlite":
+        from .sqlite import SqliteStore
+
+        path = url[len("sqlite:///"):]
+        if not path:
+            raise ValueError("sqlite store URL needs a path: sqlite:///relative.db or sqlite:////abs.db")
+        store = SqliteStore(path)
+    elif parsed.scheme in ("redis", "rediss"):
+        from .redis import RedisStore
+
+        prefix = parse_qs(parsed.query).get("prefix", ["fg"])[0]
+        store = RedisStore(url.split("?", 1)[0], prefix=prefix)
+    else:
+        raise ValueError(f"unknown store URL {url!r}")
+    return Instrumented(store) if instrument else store  # type: ignore[return-value]

@@ -1,0 +1,294 @@
+"""Embedded store on one SQLite file: WAL, survives restarts, safe for several processes.
+
+Every call runs on one dedicated thread owning one connection, so the event loop never blocks on
+disk or on another process's lock. Every check-and-change is one ``BEGIN IMMEDIATE`` transaction:
+SQLite then serializes writers across processes sharing the file (``busy_timeout`` waits for the
+lock; past it the call raises StoreUnavailable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from ..errors import StoreUnavailable
+from . import Account, Hold, RateResult, ledger_entry
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at REAL NOT NULL,
+                                   used INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS windows (bucket TEXT PRIMARY KEY, start REAL NOT NULL, count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS slots (bucket TEXT NOT NULL, job_id TEXT NOT NULL, expires_at REAL NOT NULL,
+                                  PRIMARY KEY (bucket, job_id));
+CREATE TABLE IF NOT EXISTS accounts (account TEXT PRIMARY KEY, balance INTEGER NOT NULL,
+                                     held INTEGER NOT NULL DEFAULT 0, spent INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS holds (job_id TEXT PRIMARY KEY, account TEXT NOT NULL, amount INTEGER NOT NULL,
+                                  metered INTEGER NOT NULL DEFAULT 0, input_tokens INTEGER NOT NULL DEFAULT 0,
+                                  output_tokens INTEGER NOT NULL DEFAULT 0, expires_at REAL NOT NULL,
+                                  meta BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS holds_expiry ON holds (expires_at);
+CREATE TABLE IF NOT EXISTS ledger (job_id TEXT PRIMARY KEY, account TEXT NOT NULL, ended_at REAL NOT NULL,
+                                   entry BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS ledger_account ON ledger (account, ended_at);
+CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at REAL NOT NULL);
+"""
+
+PURGE_EVERY = 1000  # token/job writes between purges of long-expired rows
+
+
+class SqliteStore:
+    def __init__(self, path: str, busy_timeout_ms: int = 5000) -> None:
+        self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
+        self._pool: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+        self._writes = 0
+
+    # --- plumbing
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._pool is None:
+            raise StoreUnavailable("the store is not started")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite: {exc}") from None
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one BEGIN IMMEDIATE transaction (on the store thread)."""
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    def _open(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                             timeout=self.busy_timeout_ms / 1000)
+        db.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(SCHEMA)
+        self._db = db
+
+    async def start(self) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowgate-sqlite")
+        await self._call(self._open)
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        if self._db is not None:
+            await self._call(self._db.close)
+        self._pool.shutdown(wait=True)
+        self._pool, self._db = None, None
+
+    async def ping(self) -> None:
+        await self._call(lambda: self._db.execute("SELECT 1").fetchone())  # type: ignore[union-attr]
+
+    def _maybe_purge(self, db: sqlite3.Connection, now: float) -> None:
+        self._writes += 1
+        if self._writes % PURGE_EVERY == 0:
+            db.execute("DELETE FROM tokens WHERE expires_at < ?", (now - 3600,))
+            db.execute("DELETE FROM jobs WHERE expires_at < ?", (now,))
+            db.execute("DELETE FROM windows WHERE start < ?", (now - 86400,))
+
+    # --- tokens
+    async def put_token(self, token_hash: str, record: dict, expires_at: float) -> None:
+        data = orjson.dumps(record)
+
+        def fn(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO tokens (hash, record, expires_at, used) VALUES (?, ?, ?, 0)",
+                       (token_hash, data, expires_at))
+            self._maybe_purge(db, time.time())
+
+        await self._call(self._tx, fn)
+
+    async def consume_token(self, token_hash: str, now: float | None = None) -> tuple[str, dict | None]:
+        now = time.time() if now is None else now
+
+        def fn(db: sqlite3.Connection) -> tuple[str, dict | None]:
+            # one statement: mark used only if unused and unexpired, and say what it found
+            row = db.execute("UPDATE tokens SET used = 1 WHERE hash = ? AND used = 0 AND expires_at > ? "
+                             "RETURNING record", (token_hash, now)).fetchone()
+            if row is not None:
+                return "ok", orjson.loads(row[0])
+            row = db.execute("SELECT used, expires_at FROM tokens WHERE hash = ?", (token_hash,)).fetchone()
+            if row is None:
+                return "unknown", None
+            return ("expired" if row[1] <= now else "used"), None
+
+        return await self._call(self._tx, fn)
+
+    # --- rate limits
+    async def rate_hit(self, bucket: str, limit: int, window_s: int, now: float | None = None) -> RateResult:
+        now = time.time() if now is None else now
+
+        def fn(db: sqlite3.Connection) -> RateResult:
+            row = db.execute("SELECT start, count FROM windows WHERE bucket = ?", (bucket,)).fetchone()
+            start, count = row if row is not None else (now, 0)
+            if now >= start + window_s:
+                start, count = now, 0
+            retry = start + window_s - now
+            if count >= limit:
+                return RateResult(False, limit, 0, retry)
+            db.execute("INSERT OR REPLACE INTO windows (bucket, start, count) VALUES (?, ?, ?)",
+                       (bucket, start, count + 1))
+            return RateResult(True, limit, limit - count - 1, retry)
+
+        return await self._call(self._tx, fn)
+
+    async def slot_acquire(self, bucket: str, limit: int, job_id: str, expires_at: float,
+                           now: float | None = None) -> RateResult:
+        now = time.time() if now is None else now
+
+        def fn(db: sqlite3.Connection) -> RateResult:
+            db.execute("DELETE FROM slots WHERE bucket = ? AND expires_at <= ?", (bucket, now))
+            rows = db.execute("SELECT job_id, expires_at FROM slots WHERE bucket = ?", (bucket,)).fetchall()
+            held = {j for j, _ in rows}
+            if job_id not in held and len(held) >= limit:
+                return RateResult(False, limit, 0, max(0.0, min(e for _, e in rows) - now))
+            db.execute("INSERT OR REPLACE INTO slots (bucket, job_id, expires_at) VALUES (?, ?, ?)",
+                       (bucket, job_id, expires_at))
+            return RateResult(True, limit, limit - len(held | {job_id}), 0.0)
+
+        return await self._call(self._tx, fn)
+
+    async def slot_release(self, bucket: str, job_id: str) -> None:
+        await self._call(self._tx, lambda db: db.execute("DELETE FROM slots WHERE bucket = ? AND job_id = ?",
+                                                         (bucket, job_id)))
+
+    # --- credits
+    async def seed_account(self, account: str, initial: int) -> None:
+        await self._call(self._tx, lambda db: db.execute(
+            "INSERT OR IGNORE INTO accounts (account, balance) VALUES (?, ?)", (account, initial)))
+
+    async def grant(self, account: str, amount: int) -> int:
+        def fn(db: sqlite3.Connection) -> int:
+            db.execute("INSERT OR IGNORE INTO accounts (account, balance) VALUES (?, 0)", (account,))
+            return db.execute("UPDATE accounts SET balance = balance + ? WHERE account = ? RETURNING balance",
+                              (amount, account)).fetchone()[0]
+
+        return await self._call(self._tx, fn)
+
+    async def get_account(self, account: str) -> Account:
+        row = await self._call(lambda: self._db.execute(  # type: ignore[union-attr]
+            "SELECT balance, held, spent FROM accounts WHERE account = ?", (account,)).fetchone())
+        return Account(*row) if row else Account()
+
+    async def open_hold(self, job_id: str, account: str, want: int, expires_at: float, meta: dict) -> int:
+        data = orjson.dumps(meta)
+
+        def fn(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT amount FROM holds WHERE job_id = ?", (job_id,)).fetchone()
+            if row is not None:
+                return row[0]
+            if db.execute("SELECT 1 FROM ledger WHERE job_id = ?", (job_id,)).fetchone():
+                return 0
+            row = db.execute("SELECT balance - held FROM accounts WHERE account = ?", (account,)).fetchone()
+            available = row[0] if row else 0
+            if available <= 0:
+                return 0
+            granted = min(want, available)
+            db.execute("UPDATE accounts SET held = held + ? WHERE account = ?", (granted, account))
+            db.execute("INSERT INTO holds (job_id, account, amount, expires_at, meta) VALUES (?, ?, ?, ?, ?)",
+                       (job_id, account, granted, expires_at, data))
+            return granted
+
+        return await self._call(self._tx, fn)
+
+    async def grow_hold(self, job_id: str, account: str, want: int, expires_at: float) -> int:
+        def fn(db: sqlite3.Connection) -> int:
+            if db.execute("SELECT 1 FROM holds WHERE job_id = ?", (job_id,)).fetchone() is None:
+                return 0
+            row = db.execute("SELECT balance - held FROM accounts WHERE account = ?", (account,)).fetchone()
+            granted = max(0, min(want, row[0] if row else 0))
+            db.execute("UPDATE accounts SET held = held + ? WHERE account = ?", (granted, account))
+            db.execute("UPDATE holds SET amount = amount + ?, expires_at = ? WHERE job_id = ?",
+                       (granted, expires_at, job_id))
+            return granted
+
+        return await self._call(self._tx, fn)
+
+    async def checkpoint(self, job_id: str, account: str, metered: int, input_tokens: int, output_tokens: int,
+                         expires_at: float) -> None:
+        await self._call(self._tx, lambda db: db.execute(
+            "UPDATE holds SET metered = ?, input_tokens = ?, output_tokens = ?, expires_at = ? WHERE job_id = ?",
+            (metered, input_tokens, output_tokens, expires_at, job_id)))
+
+    async def settle(self, job_id: str, account: str, charge: int | None, entry: dict,
+                     now: float | None = None) -> dict | None:
+        now = time.time() if now is None else now
+
+        def fn(db: sqlite3.Connection) -> dict | None:
+            if db.execute("SELECT 1 FROM ledger WHERE job_id = ?", (job_id,)).fetchone():
+                return None
+            row = db.execute("SELECT job_id, account, amount, metered, input_tokens, output_tokens, expires_at, "
+                             "meta FROM holds WHERE job_id = ?", (job_id,)).fetchone()
+            hold = Hold(*row[:7], meta=orjson.loads(row[7])) if row else None
+            amount = charge if charge is not None else (hold.metered if hold else 0)
+            db.execute("INSERT OR IGNORE INTO accounts (account, balance) VALUES (?, 0)", (account,))
+            db.execute("UPDATE accounts SET held = held - ?, balance = balance - ?, spent = spent + ? "
+                       "WHERE account = ?", (hold.amount if hold else 0, amount, amount, account))
+            if hold is not None:
+                db.execute("DELETE FROM holds WHERE job_id = ?", (job_id,))
+            result = ledger_entry(hold, job_id, account, amount, entry, now)
+            db.execute("INSERT INTO ledger (job_id, account, ended_at, entry) VALUES (?, ?, ?, ?)",
+                       (job_id, account, result["ended_at"], orjson.dumps(result)))
+            return result
+
+        return await self._call(self._tx, fn)
+
+    async def expired_holds(self, accounts: list[str], now: float | None = None, limit: int = 100) -> list[Hold]:
+        now = time.time() if now is None else now
+        wanted = set(accounts)
+
+        def fn() -> list[Hold]:
+            rows = self._db.execute(  # type: ignore[union-attr]
+                "SELECT job_id, account, amount, metered, input_tokens, output_tokens, expires_at, meta "
+                "FROM holds WHERE expires_at < ? ORDER BY expires_at LIMIT ?", (now, limit)).fetchall()
+            return [Hold(*r[:7], meta=orjson.loads(r[7])) for r in rows if r[1] in wanted]
+
+        return await self._call(fn)
+
+    async def ledger(self, account: str, since: float | None = None, limit: int | None = None) -> list[dict]:
+        def fn() -> list[dict]:
+            rows = self._db.execute(  # type: ignore[union-attr]
+                "SELECT entry FROM ledger WHERE account = ? AND ended_at >= ? ORDER BY ended_at LIMIT ?",
+                (account, since if since is not None else float("-inf"), limit if limit is not None else -1),
+            ).fetchall()
+            return [orjson.loads(r[0]) for r in rows]
+
+        return await self._call(fn)
+
+    # --- jobs
+    async def put_job(self, job_id: str, record: dict, ttl_s: int) -> None:
+        data = orjson.dumps(record)
+
+        def fn(db: sqlite3.Connection) -> None:
+            now = time.time()
+            db.execute("INSERT OR REPLACE INTO jobs (job_id, record, expires_at) VALUES (?, ?, ?)",
+                       (job_id, data, now + ttl_s))
+            self._maybe_purge(db, now)
+
+        await self._call(self._tx, fn)
+
+    async def get_job(self, job_id: str) -> dict | None:
+        row = await self._call(lambda: self._db.execute(  # type: ignore[union-attr]
+            "SELECT record FROM jobs WHERE job_id = ? AND expires_at > ?", (job_id, time.time())).fetchone())
+        return orjson.loads(row[0]) if row else None

@@ -1,0 +1,165 @@
+"""Shared fixtures: a scriptable fake upstream on a real socket, and a gateway in front of it.
+
+``upstream`` is an aiohttp test server whose behaviour per path is set by the test
+(``upstream.handle("/path", handler)``); it records every request it received (headers, query,
+body) and whether the gateway closed it early. ``gateway(cfg)`` builds the app from a config dict
+(see ``base_config``) and returns an aiohttp test client talking to it over a real socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from proxy.app import create_app
+from proxy.config import parse_config
+
+SECRET = "fg_test_secret_acme_1"
+OTHER_SECRET = "fg_test_secret_other_1"
+SCOPED_SECRET = "fg_test_secret_scoped_dev"
+NOEXEC_SECRET = "fg_test_secret_noexec"
+
+
+def sha(s: str) -> str:
+    return hashlib.sha256(s.encode()).hexdigest()
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    closed_early: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Upstream:
+    def __init__(self) -> None:
+        self.requests: list[Seen] = []
+        self.handlers: dict[str, Any] = {}
+        self.arrived = asyncio.Event()
+        self.url = ""
+
+    def handle(self, path: str, handler) -> None:
+        self.handlers[path] = handler
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        seen = Seen(request.method, request.path, dict(request.query), dict(request.headers), await request.read())
+        self.requests.append(seen)
+        self.arrived.set()
+        handler = self.handlers.get(request.path)
+        if handler is None:
+            return web.Response(status=404, text="no such path on the fake upstream")
+        try:
+            resp = await handler(request, seen)
+        except (asyncio.CancelledError, ConnectionResetError):
+            seen.closed_early.set()
+            raise
+        finally:
+            seen.finished.set()
+        return resp
+
+    @property
+    def last(self) -> Seen:
+        return self.requests[-1]
+
+
+async def stream_chunks(request: web.Request, chunks, *, delay: float = 0.0, content_type: str = "text/plain",
+                        headers: dict[str, str] | None = None) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": content_type, **(headers or {})})
+    await resp.prepare(request)
+    for chunk in chunks:
+        await resp.write(chunk if isinstance(chunk, bytes) else chunk.encode())
+        if delay:
+            await asyncio.sleep(delay)
+    await resp.write_eof()
+    return resp
+
+
+async def never_ending(request: web.Request, seen: Seen, content_type: str = "text/plain",
+                       chunk: bytes = b"tick ") -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": content_type})
+    await resp.prepare(request)
+    while True:
+        await resp.write(chunk)
+        await asyncio.sleep(0.05)
+
+
+def base_config(upstream_url: str, **overrides: Any) -> dict:
+    """A config with one account, three keys and flows over text and Langflow backends."""
+    cfg: dict[str, Any] = {
+        "store": "memory://",
+        "server": {"max_body_bytes": 1024},
+        "backends": {
+            "text": {"url": upstream_url, "protocol": "text", "headers": {"x-backend-key": "backend-secret"},
+                     "connect_timeout_s": 2},
+            "lf": {"url": upstream_url, "protocol": "langflow", "connect_timeout_s": 2},
+            "arr": {"url": upstream_url, "protocol": "json-array", "connect_timeout_s": 2},
+        },
+        "accounts": {"acme": {"initial_credits": 100000}, "other": {"initial_credits": 100000}},
+        "flows": [
+            {"id": "wf_text", "name": "texty", "owner": "acme", "tenant": "t1", "workspace": "w1",
+             "targets": {"Production": {"backend": "text", "path": "/text"},
+                         "Development": {"backend": "text", "path": "/text-dev"}}},
+            {"id": "wf_lf", "name": "tutor", "owner": "acme", "tenant": "t1", "workspace": "w1",
+             "targets": {"Production": {"backend": "lf", "path": "/lf?stream=true"}}},
+            {"id": "wf_arr", "owner": "acme", "tenant": "t1", "workspace": "w1",
+             "targets": {"Production": {"backend": "arr", "path": "/arr"}}},
+            {"id": "wf_hidden", "owner": "acme", "tenant": "t1", "workspace": "w1", "published": False,
+             "targets": {"Production": {"backend": "text", "path": "/text"}}},
+            {"id": "wf_other", "owner": "other", "tenant": "t2", "workspace": "w2",
+             "targets": {"Production": {"backend": "text", "path": "/text"}}},
+        ],
+        "keys": [
+            {"id": "key_acme", "sha256": sha(SECRET), "owner": "acme"},
+            {"id": "key_other", "sha256": sha(OTHER_SECRET), "owner": "other"},
+            {"id": "key_scoped", "sha256": sha(SCOPED_SECRET), "owner": "acme", "envs": ["Development"]},
+            {"id": "key_noexec", "sha256": sha(NOEXEC_SECRET), "owner": "acme", "policies": []},
+        ],
+    }
+    for key, value in overrides.items():
+        cfg[key] = value
+    return cfg
+
+
+@pytest.fixture
+async def upstream(aiohttp_server) -> Upstream:
+    up = Upstream()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", up.dispatch)
+    server = await aiohttp_server(app)
+    up.url = str(server.make_url("")).rstrip("/")
+    return up
+
+
+@pytest.fixture
+def gateway(aiohttp_client):
+    async def make(cfg: dict):
+        return await aiohttp_client(create_app(parse_config(cfg)))
+
+    return make
+
+
+def redis_url() -> str:
+    return os.environ.get("FLOWGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def require_redis() -> None:
+    """Skip (with the reason) when Redis is not reachable; fail instead under REQUIRE_REDIS=1."""
+    import redis
+
+    try:
+        redis.Redis.from_url(redis_url(), socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        reason = f"Redis not reachable at {redis_url()} ({exc}): start redis-server to run these"
+        if os.environ.get("REQUIRE_REDIS") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)

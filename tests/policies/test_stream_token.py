@@ -1,0 +1,110 @@
+"""Stream tokens: minting, TTL clamping, single use, owner/flow binding, no token burned by bad input."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.context import GATEWAY
+from tests.conftest import OTHER_SECRET, SECRET, base_config, stream_chunks
+
+
+@pytest.fixture
+async def client(upstream, gateway):
+    async def text(request, seen):
+        return await stream_chunks(request, ["hi"])
+
+    upstream.handle("/text", text)
+    return await gateway(base_config(upstream.url))
+
+
+async def mint(client, secret=SECRET, **params):
+    resp = await client.get("/api/v1/token", headers={"x-api-key": secret}, params=params)
+    return resp.status, await resp.json()
+
+
+async def spend(client, token, flow="wf_text", **params):
+    resp = await client.post(f"/api/v1/run/{flow}/stream", params={"token": token, **params}, data=b"{}")
+    body = await resp.read()
+    return resp.status, body
+
+
+@pytest.mark.parametrize("ttl,expected", [(None, 60), ("0", 1), ("-5", 1), ("9999", 300), ("120", 120)])
+async def test_ttl_default_and_clamping(client, ttl, expected):
+    status, body = await mint(client, **({"ttl": ttl} if ttl is not None else {}))
+    assert status == 200
+    assert body["ttl"] == expected and body["success"] is True
+    assert body["token"].startswith("pub_tok_") and len(body["token"]) >= len("pub_tok_") + 22  # >= 128 bits
+
+
+async def test_bad_ttl_is_400(client):
+    resp = await client.get("/api/v1/token?ttl=soon", headers={"x-api-key": SECRET})
+    assert resp.status == 400 and (await resp.json())["code"] == "bad_request"
+
+
+async def test_token_route_needs_a_key_and_is_not_cors_enabled(client):
+    resp = await client.get("/api/v1/token")
+    assert resp.status == 401 and (await resp.json())["code"] == "unauthorized"
+    resp = await client.get("/api/v1/token", headers={"x-api-key": "nope"})
+    assert resp.status == 401
+    resp = await client.get("/api/v1/token", headers={"x-api-key": SECRET, "Origin": "https://evil.example"})
+    assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_a_token_is_spent_once(client):
+    _, body = await mint(client)
+    assert (await spend(client, body["token"]))[0] == 200
+    status, err = await spend(client, body["token"])
+    assert status == 401 and b"invalid_token" in err
+
+
+async def test_a_token_expires(client):
+    _, body = await mint(client, ttl="1")
+    await asyncio.sleep(1.2)
+    status, err = await spend(client, body["token"])
+    assert status == 401 and b"invalid_token" in err
+
+
+async def test_a_token_of_owner_a_cannot_run_owner_b_flow(client):
+    _, body = await mint(client, secret=OTHER_SECRET)
+    status, err = await spend(client, body["token"], flow="wf_text")
+    assert status == 401 and b"invalid_token" in err
+    # and it was spent by that attempt: replay and enumeration cost a token
+    status, _ = await spend(client, body["token"], flow="wf_other")
+    assert status == 401
+
+
+async def test_a_token_bound_to_one_flow(client):
+    status, body = await mint(client, workflow_id="wf_lf")
+    assert status == 200
+    assert (await spend(client, body["token"], flow="wf_text"))[0] == 401
+    status, body = await mint(client, workflow_id="wf_other")  # another owner's flow
+    assert status == 404
+
+
+async def test_bad_input_burns_no_token(client):
+    _, body = await mint(client)
+    token = body["token"]
+    resp = await client.post(f"/api/v1/run/wf_text/stream?token={token}&env=moon")
+    assert resp.status == 400
+    resp = await client.post(f"/api/v1/run/wf_text/stream?token={token}", data=b"x" * 5000)
+    assert resp.status == 413
+    assert (await spend(client, token))[0] == 200
+
+
+async def test_malformed_token_costs_no_store_round_trip(client, monkeypatch):
+    store = client.app[GATEWAY].store
+    calls = []
+    original = store.consume_token
+
+    async def counting(*args, **kwargs):
+        calls.append(args)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(store, "consume_token", counting)
+    for bad in ["x", "pub_tok_", "pub_tok_" + "a" * 31, "pub_tok_" + "a" * 33, "pub_tok_" + "!" * 32]:
+        assert (await spend(client, bad))[0] == 401
+    assert calls == []
+    assert (await spend(client, "pub_tok_" + "a" * 32))[0] == 401
+    assert len(calls) == 1

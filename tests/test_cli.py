@@ -1,0 +1,47 @@
+"""The CLI: check-config exit codes and messages, keys new output that loads as config."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from proxy.config import parse_config
+from tests.conftest import base_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def flowgate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
+
+
+def test_check_config_ok_and_bad(tmp_path):
+    ok = flowgate("check-config", "config/flowgate.example.yaml")
+    assert ok.returncode == 0 and "ok" in ok.stdout
+    raw = base_config("http://127.0.0.1:9")
+    raw["flows"][0]["targets"]["Production"]["backend"] = "ghost"
+    raw["surprise"] = True
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    out = flowgate("check-config", str(bad))
+    assert out.returncode != 0
+    assert "surprise: unknown key" in out.stdout
+    assert "flows[wf_text].targets.Production.backend" in out.stdout
+
+
+def test_keys_new_prints_the_secret_once_and_a_loadable_entry():
+    out = flowgate("keys", "new", "--owner", "acme", "--tenant", "t1", "--env", "prod".replace("prod", "2"))
+    assert out.returncode == 0, out.stderr
+    secret = next(line.split("# ", 1)[1] for line in out.stdout.splitlines() if line.startswith("# fg_"))
+    entries = yaml.safe_load("\n".join(line for line in out.stdout.splitlines() if not line.startswith("#")))
+    assert entries[0]["sha256"] == hashlib.sha256(secret.encode()).hexdigest()
+    assert entries[0]["envs"] == ["Production"] and entries[0]["tenant"] == "t1"
+    assert out.stdout.count(secret) == 1
+    raw = base_config("http://127.0.0.1:9")
+    raw["keys"] = entries
+    assert parse_config(raw).keys[0].owner == "acme"

@@ -1,0 +1,60 @@
+"""`flowgate demo` (what `make run` starts): the printed curl lines work as printed and stream."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_demo_curl_lines_work_as_printed(tmp_path):
+    port, backend_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "demo", "--port", str(port), "--backend-port", str(backend_port),
+         "--dir", str(tmp_path / "demo")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip("\n"))
+            if lines[-1].startswith("curl ") and "/readyz" in lines[-1]:
+                break
+        commands = [line for line in lines if line.startswith(("curl ", "TOKEN="))]
+        assert len(commands) >= 6, lines
+        script = "set -euo pipefail\n" + "\n".join(
+            f"echo '=== {i}'\n{cmd}\necho" for i, cmd in enumerate(commands))
+        out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+        assert out.returncode == 0, out.stderr + out.stdout
+        text = out.stdout
+        assert text.count("tide pools") >= 4, text  # every run's answer mentions the topic it was sent
+        assert '"success":true' in text.replace(" ", "")
+        assert '"event": "token"' in text or '"event":"token"' in text
+        assert '"status":"ok"' in text.replace(" ", "")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

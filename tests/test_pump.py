@@ -1,0 +1,164 @@
+"""The pump: chunk-by-chunk delivery, the run cap, client disconnects, backends that die mid-stream,
+and the transcoding of a Langflow backend to every dialect."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import SECRET, base_config, never_ending, stream_chunks
+from tests.dialects.test_langflow import LF_BODY, events
+
+PB = "/api/v1/tenants/t1/workspaces/w1/flows/{flow}/run-streaming"
+
+
+async def mint(client) -> str:
+    resp = await client.get("/api/v1/token", headers={"x-api-key": SECRET})
+    return (await resp.json())["token"]
+
+
+async def open_stream(client, dialect: str, flow: str):
+    if dialect == "profitbase":
+        return await client.post(PB.format(flow=flow), headers={"x-api-key": SECRET})
+    if dialect == "workflow":
+        return await client.post(f"/api/v1/run/{flow}/stream?token={await mint(client)}")
+    return await client.post(f"/langflow/api/v1/run/{flow}?stream=true", headers={"x-api-key": SECRET})
+
+
+@pytest.mark.parametrize("dialect", ["profitbase", "workflow", "langflow"])
+async def test_each_chunk_reaches_the_client_before_the_backend_sends_the_next(upstream, gateway, dialect):
+    """Lock-step: the backend writes line N+1 only after the client has received line N."""
+    received = asyncio.Event()
+
+    async def lockstep(request, seen):
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await resp.prepare(request)
+        for i in range(5):
+            received.clear()
+            await resp.write(f"line{i}\n".encode())
+            await asyncio.wait_for(received.wait(), 5)
+        await resp.write_eof()
+        return resp
+
+    upstream.handle("/text", lockstep)
+    client = await gateway(base_config(upstream.url))
+    resp = await open_stream(client, dialect, "wf_text")
+    assert resp.status == 200
+    seen = b""
+    for i in range(5):
+        while f"line{i}".encode() not in seen:
+            seen += await asyncio.wait_for(resp.content.readany(), 5)
+        received.set()
+    seen += await resp.read()
+    assert resp.status == 200 and b"line4" in seen
+
+
+@pytest.mark.parametrize("dialect,complete", [("profitbase", False), ("workflow", False), ("langflow", True)])
+async def test_run_cap_ends_a_never_ending_stream_visibly(upstream, gateway, dialect, complete):
+    upstream.handle("/text", never_ending)
+    cfg = base_config(upstream.url)
+    cfg["flows"][0]["max_duration_s"] = 0.5
+    client = await gateway(cfg)
+    resp = await open_stream(client, dialect, "wf_text")
+    assert resp.status == 200
+    if complete:  # Langflow events have an error event: a clean end after it, and no `end` event
+        evs = events(await asyncio.wait_for(resp.read(), 5))
+        assert evs[-1]["event"] == "error" and all(e["event"] != "end" for e in evs)
+    else:  # text and JSON array have none: the body is aborted, never a clean end
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(resp.read(), 5)
+    await asyncio.wait_for(upstream.last.closed_early.wait(), 5)
+
+
+async def test_run_cap_never_exceeds_the_global_limit(upstream, gateway):
+    cfg = base_config(upstream.url)
+    cfg["limits"] = {"max_duration_s": 0.5}
+    upstream.handle("/text", never_ending)
+    client = await gateway(cfg)
+    resp = await open_stream(client, "profitbase", "wf_text")
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await asyncio.wait_for(resp.read(), 5)
+
+
+@pytest.mark.parametrize("dialect", ["profitbase", "workflow", "langflow"])
+async def test_client_disconnect_closes_the_backend_request(upstream, gateway, dialect):
+    upstream.handle("/text", never_ending)
+    client = await gateway(base_config(upstream.url))
+    resp = await open_stream(client, dialect, "wf_text")
+    await resp.content.readany()
+    resp.close()  # the client goes away mid-stream
+    await asyncio.wait_for(upstream.last.closed_early.wait(), 5)
+
+
+async def test_backend_dying_mid_stream_breaks_the_client_stream(upstream, gateway):
+    async def dies(request, seen):
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await resp.prepare(request)
+        await resp.write(b"partial ")
+        await asyncio.sleep(0.05)
+        request.transport.close()
+        return resp
+
+    upstream.handle("/text", dies)
+    client = await gateway(base_config(upstream.url))
+    for dialect in ("profitbase", "workflow"):
+        resp = await open_stream(client, dialect, "wf_text")
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(resp.read(), 5)
+    resp = await open_stream(client, "langflow", "wf_text")
+    evs = events(await asyncio.wait_for(resp.read(), 5))
+    assert evs[-1]["event"] == "error"
+
+
+async def test_langflow_backend_cut_before_end_event_is_an_error(upstream, gateway):
+    async def truncated(request, seen):
+        return await stream_chunks(request, LF_BODY[:3], content_type="text/event-stream")
+
+    upstream.handle("/lf", truncated)
+    client = await gateway(base_config(upstream.url))
+    resp = await open_stream(client, "profitbase", "wf_lf")
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await asyncio.wait_for(resp.read(), 5)
+    resp = await open_stream(client, "langflow", "wf_lf")
+    evs = events(await resp.read())
+    assert evs[-1]["event"] == "error"
+
+
+async def test_langflow_backend_served_as_text_and_as_json_array(upstream, gateway):
+    async def lf(request, seen):
+        return await stream_chunks(request, LF_BODY, content_type="text/event-stream")
+
+    upstream.handle("/lf", lf)
+    client = await gateway(base_config(upstream.url))
+    resp = await open_stream(client, "workflow", "wf_lf")
+    assert await resp.text() == "Hello"
+    resp = await open_stream(client, "profitbase", "wf_lf")
+    assert "".join(json.loads(await resp.read())) == "Hello"
+
+
+async def test_json_array_backend_passes_through_to_profitbase(upstream, gateway):
+    body = [b'[{"a": 1}', b', "two"', b", [3]]"]
+
+    async def arr(request, seen):
+        return await stream_chunks(request, body, content_type="application/json")
+
+    upstream.handle("/arr", arr)
+    client = await gateway(base_config(upstream.url))
+    resp = await open_stream(client, "profitbase", "wf_arr")
+    assert await resp.read() == b"".join(body)
+    resp = await open_stream(client, "workflow", "wf_arr")
+    assert "two" in await resp.text()
+
+
+async def test_backend_job_id_is_used_when_sent(upstream, gateway):
+    async def with_id(request, seen):
+        return await stream_chunks(request, ["x"], headers={"flow-job-id": "backend-job-7"})
+
+    upstream.handle("/text", with_id)
+    client = await gateway(base_config(upstream.url))
+    resp = await open_stream(client, "profitbase", "wf_text")
+    assert resp.headers["flow-job-id"] == "backend-job-7"

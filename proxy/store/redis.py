@@ -13,8 +13,9 @@ import time
 
 import orjson
 import redis.asyncio as aioredis
+import structlog
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from ..errors import StoreUnavailable
@@ -132,8 +133,8 @@ entry['owner'] = ARGV[5]
 entry['credits'] = charge
 if entry['ended_at'] == nil or entry['ended_at'] == cjson.null then entry['ended_at'] = tonumber(ARGV[4]) end
 redis.call('HSETNX', KEYS[1], 'balance', 0)
-redis.call('HINCRBY', KEYS[1], 'held', -amount)
-redis.call('HINCRBY', KEYS[1], 'balance', -charge)
+redis.call('HINCRBY', KEYS[1], 'held', 0 - amount)  -- never -0: HINCRBY refuses it
+redis.call('HINCRBY', KEYS[1], 'balance', 0 - charge)
 redis.call('HINCRBY', KEYS[1], 'spent', charge)
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
@@ -144,6 +145,7 @@ return encoded
 """
 
 
+log = structlog.get_logger("flowgate.store")
 POOL_SIZE = 32
 POOL_WAIT_S = 2.0
 
@@ -194,6 +196,9 @@ class RedisStore:
     async def _do(self, coro):
         try:
             return await coro
+        except ResponseError as exc:  # a script or command bug, not an outage: say so loudly
+            log.error("redis_response_error", error=str(exc))
+            raise StoreUnavailable("redis: ResponseError") from None
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from None
         except OSError as exc:

@@ -1,0 +1,33 @@
+"""Streamed JSON arrays: nested strings with structural characters, truncation, garbage."""
+
+from __future__ import annotations
+
+from proxy.protocols import End, Error, Item, Usage, new_decoder
+
+
+def feed_bytewise(body: bytes) -> list:
+    d = new_decoder("json-array")
+    out = []
+    for i in range(len(body)):
+        out += d.feed(body[i:i + 1])
+    return out + d.close()
+
+
+def test_tricky_elements():
+    body = rb' [ {"a": "x]}\"y\\", "b": [1, {"c": ","}]} , "two", 3 , [], {}, null ] '
+    assert feed_bytewise(body) == [Item({"a": 'x]}"y\\', "b": [1, {"c": ","}]}), Item("two"), Item(3), Item([]),
+                                   Item({}), Item(None), End(None)]
+
+
+def test_usage_and_empty_array():
+    assert feed_bytewise(b'[{"usage": {"input_tokens": 1, "output_tokens": 2}}]')[1] == Usage(1, 2, None)
+    assert feed_bytewise(b"[]") == [End(None)]
+
+
+def test_truncated_and_garbage():
+    assert feed_bytewise(b'[1, "ab')[-1] == Error("backend stream ended inside the JSON array")
+    assert feed_bytewise(b'{"not": "an array"}')[0].__class__ is Error
+    assert feed_bytewise(b"") == [Error("backend stream ended inside the JSON array")]
+    d = new_decoder("json-array")
+    d.feed(b'[1, {"a"')
+    assert d.pending

@@ -1,0 +1,135 @@
+"""The store contract: every implementation behaves the same (memory, SQLite, Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from proxy.store import Account
+
+NOW = time.time()
+
+
+async def test_token_single_use(store):
+    await store.put_token("h1", {"owner": "acme", "key_id": "k", "flow_id": None}, NOW + 60)
+    assert await store.consume_token("h1") == ("ok", {"owner": "acme", "key_id": "k", "flow_id": None})
+    assert await store.consume_token("h1") == ("used", None)
+    assert await store.consume_token("nope") == ("unknown", None)
+
+
+async def test_token_expiry(store):
+    await store.put_token("h2", {"owner": "acme", "key_id": "k", "flow_id": "wf"}, NOW + 10)
+    assert (await store.consume_token("h2", now=NOW + 11))[0] in ("expired", "unknown")
+    assert (await store.consume_token("h2", now=NOW + 5))[0] == "ok"
+
+
+async def test_concurrent_consumes_spend_once(store):
+    await store.put_token("h3", {"owner": "acme", "key_id": "k", "flow_id": None}, NOW + 60)
+    results = await asyncio.gather(*(store.consume_token("h3") for _ in range(200)))
+    assert [r[0] for r in results].count("ok") == 1
+    assert {r[0] for r in results} == {"ok", "used"}
+
+
+async def test_rate_window(store):
+    first = await store.rate_hit("b", 2, 60, now=NOW)
+    assert (first.allowed, first.remaining) == (True, 1)
+    second = await store.rate_hit("b", 2, 60, now=NOW + 1)
+    assert (second.allowed, second.remaining) == (True, 0)
+    third = await store.rate_hit("b", 2, 60, now=NOW + 10)
+    assert not third.allowed and abs(third.retry_after_s - 50) < 0.01
+    later = await store.rate_hit("b", 2, 60, now=NOW + 61)
+    assert later.allowed and later.remaining == 1
+
+
+async def test_slots(store):
+    assert (await store.slot_acquire("s", 2, "j1", NOW + 100, now=NOW)).allowed
+    assert (await store.slot_acquire("s", 2, "j2", NOW + 50, now=NOW)).allowed
+    refused = await store.slot_acquire("s", 2, "j3", NOW + 100, now=NOW)
+    assert not refused.allowed and abs(refused.retry_after_s - 50) < 0.01
+    await store.slot_release("s", "j1")
+    assert (await store.slot_acquire("s", 2, "j3", NOW + 100, now=NOW)).allowed
+    # j2's slot expires by itself (a replica that died does not hold it forever)
+    assert (await store.slot_acquire("s", 2, "j4", NOW + 200, now=NOW + 60)).allowed
+
+
+async def test_seed_once_and_grant(store):
+    await store.seed_account("acme", 100)
+    await store.seed_account("acme", 999)
+    assert await store.get_account("acme") == Account(100, 0, 0)
+    assert await store.grant("acme", 50) == 150
+    assert await store.get_account("nobody") == Account(0, 0, 0)
+
+
+async def test_holds_never_exceed_available(store):
+    await store.seed_account("acme", 250)
+    assert await store.open_hold("j1", "acme", 100, NOW + 60, {"flow": "wf"}) == 100
+    assert await store.open_hold("j1", "acme", 100, NOW + 60, {"flow": "wf"}) == 100  # idempotent
+    assert await store.open_hold("j2", "acme", 100, NOW + 60, {}) == 100
+    assert await store.open_hold("j3", "acme", 100, NOW + 60, {}) == 50
+    assert await store.open_hold("j4", "acme", 100, NOW + 60, {}) == 0
+    assert (await store.get_account("acme")).held == 250
+    assert await store.grow_hold("j1", "acme", 100, NOW + 60) == 0
+    assert await store.grow_hold("gone", "acme", 100, NOW + 60) == 0
+
+
+async def test_concurrent_holds_over_a_small_balance(store):
+    await store.seed_account("acme", 1000)
+    granted = await asyncio.gather(*(store.open_hold(f"c{i}", "acme", 100, NOW + 60, {}) for i in range(50)))
+    assert sum(granted) == 1000
+    assert (await store.get_account("acme")).held == 1000
+
+
+async def test_grow_checkpoint_and_settle_once(store):
+    await store.seed_account("acme", 1000)
+    await store.open_hold("j", "acme", 100, NOW + 60, {"flow": "wf", "key_id": "k"})
+    assert await store.grow_hold("j", "acme", 100, NOW + 90) == 100
+    await store.checkpoint("j", "acme", 150, 5, 150, NOW + 90)
+    entry = await store.settle("j", "acme", 160, {"outcome": "completed", "output_tokens": 160, "ended_at": NOW})
+    assert entry["job_id"] == "j" and entry["owner"] == "acme" and entry["credits"] == 160
+    assert entry["flow"] == "wf" and entry["key_id"] == "k" and entry["input_tokens"] == 5
+    assert entry["output_tokens"] == 160 and entry["outcome"] == "completed"
+    assert await store.get_account("acme") == Account(840, 0, 160)
+    assert await store.settle("j", "acme", 999, {"outcome": "again"}) is None
+    assert await store.get_account("acme") == Account(840, 0, 160)
+    assert await store.open_hold("j", "acme", 100, NOW + 60, {}) == 0  # a settled job cannot hold again
+    assert [e["job_id"] for e in await store.ledger("acme")] == ["j"]
+
+
+async def test_settle_from_checkpoint_and_expired_holds(store):
+    await store.seed_account("acme", 1000)
+    await store.open_hold("dead", "acme", 100, NOW - 5, {"flow": "wf"})
+    await store.open_hold("alive", "acme", 100, NOW + 500, {"flow": "wf"})
+    await store.checkpoint("dead", "acme", 42, 1, 42, NOW - 5)
+    expired = await store.expired_holds(["acme"], now=NOW)
+    assert [h.job_id for h in expired] == ["dead"]
+    assert expired[0].metered == 42 and expired[0].meta == {"flow": "wf"}
+    entry = await store.settle("dead", "acme", None, {"outcome": "replica_lost", "ended_at": NOW})
+    assert entry["credits"] == 42 and entry["output_tokens"] == 42
+    assert await store.expired_holds(["acme"], now=NOW) == []
+    acct = await store.get_account("acme")
+    assert acct == Account(958, 100, 42)
+
+
+async def test_settle_without_hold_and_allow_overrun(store):
+    await store.seed_account("acme", 10)
+    await store.open_hold("o", "acme", 100, NOW + 60, {})
+    await store.settle("o", "acme", 30, {"ended_at": NOW})
+    assert await store.get_account("acme") == Account(-20, 0, 30)
+    assert (await store.settle("free", "acme", None, {"ended_at": NOW}))["credits"] == 0
+
+
+async def test_ledger_order_and_since(store):
+    await store.seed_account("acme", 1000)
+    for i, ended in enumerate([NOW + 3, NOW + 1, NOW + 2]):
+        await store.settle(f"l{i}", "acme", 1, {"ended_at": ended})
+    entries = await store.ledger("acme")
+    assert [e["job_id"] for e in entries] == ["l1", "l2", "l0"]
+    assert [e["job_id"] for e in await store.ledger("acme", since=NOW + 2)] == ["l2", "l0"]
+    assert len(await store.ledger("acme", limit=2)) == 2
+    assert await store.ledger("other") == []
+
+
+async def test_jobs(store):
+    await store.put_job("job1", {"outcome": "completed", "credits": 3}, 60)
+    assert await store.get_job("job1") == {"outcome": "completed", "credits": 3}
+    assert await store.get_job("nope") is None

@@ -1,0 +1,66 @@
+"""SQLite: state survives a restart, and processes sharing the file stay consistent."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+
+from proxy.store import open_store
+
+
+async def test_state_survives_reopen(tmp_path):
+    url = f"sqlite:///{tmp_path / 'nested' / 'db.sqlite'}"
+    s = open_store(url)
+    await s.start()
+    await s.put_token("used", {"owner": "a", "key_id": "k", "flow_id": None}, time.time() + 60)
+    await s.put_token("fresh", {"owner": "a", "key_id": "k", "flow_id": None}, time.time() + 60)
+    assert (await s.consume_token("used"))[0] == "ok"
+    await s.seed_account("a", 100)
+    await s.open_hold("j", "a", 10, time.time() + 60, {})
+    await s.settle("j", "a", 7, {"ended_at": time.time()})
+    await s.close()
+
+    s = open_store(url)
+    await s.start()
+    await s.seed_account("a", 5000)  # a restart never resets a balance
+    assert (await s.consume_token("used"))[0] == "used"
+    assert (await s.consume_token("fresh"))[0] == "ok"
+    acct = await s.get_account("a")
+    assert (acct.balance, acct.held, acct.spent) == (93, 0, 7)
+    assert [e["job_id"] for e in await s.ledger("a")] == ["j"]
+    await s.close()
+
+
+def _worker(url: str, n: int, out) -> None:
+    async def main():
+        s = open_store(url)
+        await s.start()
+        won = [h for h in range(n) if (await s.consume_token(f"t{h}"))[0] == "ok"]
+        held = sum([await s.open_hold(f"{id(s)}-{i}", "a", 7, time.time() + 60, {}) for i in range(40)])
+        await s.close()
+        return won, held
+
+    out.put(asyncio.run(main()))
+
+
+async def test_two_processes_share_one_file(tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    s = open_store(url)
+    await s.start()
+    for h in range(300):
+        await s.put_token(f"t{h}", {"owner": "a", "key_id": "k", "flow_id": None}, time.time() + 60)
+    await s.seed_account("a", 200)
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(url, 300, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [await asyncio.to_thread(out.get, True, 60) for _ in procs]
+    for p in procs:
+        p.join(10)
+    won = results[0][0] + results[1][0]
+    assert sorted(won) == list(range(300))  # every token spent exactly once in total
+    assert results[0][1] + results[1][1] == 200  # holds never exceed the balance
+    assert (await s.get_account("a")).held == 200
+    await s.close()

@@ -16,12 +16,14 @@ import structlog
 from aiohttp import web
 from orjson import dumps
 
+from . import metrics as m
 from .config import Config
 from .context import GATEWAY, Gateway
 from .cors import preflight
 from .dialects import ROUTES, dialect_classes
 from .errors import StoreUnavailable
 from .handler import handle_run
+from .jobs import get_job
 from .logging import make_access_middleware
 from .policies import build_chain
 from .policies.credits import sweep_expired_holds
@@ -63,9 +65,11 @@ def create_app(config: Config) -> web.Application:
                 handler = partial(handle_run, dialect=dialect, route=route)
             app.router.add_route(method, mount.prefix + path, handler, name=f"{name}:{route}")
 
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/api/v1/jobs/{jobId}", get_job, name="jobs:get")
+    app.router.add_get("/healthz", healthz, name="ops:healthz")
+    app.router.add_get("/readyz", readyz, name="ops:readyz")
+    app.router.add_get("/metrics", metrics_view, name="ops:metrics")
+    m.init_series([f.id for f in config.flows], list(config.dialects), list(config.backends))
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_session_ctx)
     app.cleanup_ctx.append(_sweeper_ctx)

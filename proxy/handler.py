@@ -20,6 +20,7 @@ from .cors import cors_headers
 from .dialects import Collected, Dialect
 from .errors import BackendTimeout, GatewayError, RunFailed
 from .forward import open_upstream
+from .jobs import record_job
 from .policies import Policy
 from .protocols import new_decoder, new_encoder
 from .pump import Pump
@@ -59,7 +60,7 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
     finally:
         if run.outcome is None:  # cancelled: aiohttp saw the client go away
             run.outcome = CLIENT_DISCONNECTED
-        await asyncio.shield(_complete(run, admitted))
+        await asyncio.shield(_complete(gw, run, admitted))
 
 
 def _error(dialect: Dialect, err: GatewayError, extra: dict[str, str]) -> web.Response:
@@ -148,13 +149,14 @@ def _appender(buffer: list[bytes]):
     return write
 
 
-async def _complete(run: Run, admitted: list[Policy]) -> None:
+async def _complete(gw: Gateway, run: Run, admitted: list[Policy]) -> None:
     for policy in admitted:
         try:
             await policy.on_complete(run)
         except Exception:  # one policy's failure must not skip the others' settlement
             log.exception("on_complete_failed", policy=policy.name)
     if run.extra.get("forwarded"):
+        await record_job(gw, run)
         flow = run.flow_id or m.UNKNOWN_FLOW
         outcome = run.outcome or CLIENT_DISCONNECTED
         m.RUNS_ENDED.labels(run.dialect, flow, outcome).inc()

@@ -15,6 +15,8 @@ import time
 import structlog
 from aiohttp import web
 
+from . import metrics as m
+
 SECRET_FIELDS = frozenset({"api_key", "token", "x-api-key", "authorization", "credential", "secret"})
 
 
@@ -22,6 +24,16 @@ def redact(_logger: object, _name: str, event: dict) -> dict:
     for key in SECRET_FIELDS.intersection(event):
         event[key] = "[redacted]"
     return event
+
+
+class _Stderr:
+    """Whatever ``sys.stderr`` is at write time (so redirections and test capture see our lines)."""
+
+    def write(self, data: str) -> int:
+        return sys.stderr.write(data)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def configure_logging(level: str = "info", json: bool | None = None) -> None:
@@ -38,7 +50,7 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_Stderr()),
         cache_logger_on_first_use=True,
     )
     # aiohttp's own loggers go through stdlib logging; its access log is off (ours replaces it,
@@ -72,11 +84,17 @@ def make_access_middleware(enabled: bool):
             status = exc.status
             raise
         finally:
-            if enabled:
-                from .handler import RUN
+            from .handler import RUN
 
+            run = request.get(RUN)
+            if run is not None and run.status:
+                status = run.status
+            name = request.match_info.route.name if request.match_info.route is not None else None
+            dialect, _, route = (name or "other:unmatched").partition(":")
+            flow = run.flow_id if run is not None and run.flow_id else m.UNKNOWN_FLOW
+            m.REQUESTS.labels(dialect, route or dialect, flow, m.status_class(status)).inc()
+            if enabled:
                 fields: dict = {"status": status, "duration_s": round(time.perf_counter() - start, 6)}
-                run = request.get(RUN)
                 if run is not None:
                     fields.update(
                         dialect=run.dialect,
@@ -87,8 +105,6 @@ def make_access_middleware(enabled: bool):
                         input_tokens=run.meter.input_tokens,
                         output_tokens=run.meter.output_tokens,
                     )
-                    if run.status:
-                        fields["status"] = run.status
                 access_log.info("access", **fields)
 
     return access

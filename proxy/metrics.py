@@ -53,3 +53,29 @@ HOLDS_RECOVERED = Counter("flowgate_holds_recovered_total", "Expired credit hold
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx" if status else "0xx"
+
+
+OUTCOMES = ("completed", "client_disconnected", "deadline", "backend_error", "credits_cut")
+REJECTION_REASONS = ("bad_request", "unauthorized", "invalid_token", "forbidden", "no_credits", "not_found",
+                     "payload_too_large", "rate_limited", "store_unavailable")
+
+
+def init_series(flows: list[str], dialects: list[str], backends: list[str]) -> None:
+    """Create the known label sets at zero, so dashboards show 0 rather than "no data"."""
+    for dialect in dialects:
+        for reason in REJECTION_REASONS:
+            REJECTIONS.labels(dialect, reason)
+        for flow in flows:
+            RUNS_STARTED.labels(dialect, flow)
+            STREAMS_OPEN.labels(dialect, flow)
+            for outcome in OUTCOMES:
+                RUNS_ENDED.labels(dialect, flow, outcome)
+    for flow in flows:
+        CREDITS.labels(flow)
+        for kind in ("input", "output"):
+            TOKENS.labels(flow, kind)
+    for backend in backends:
+        for kind in ("connect", "timeout", "status", "broken"):
+            BACKEND_FAILURES.labels(backend, kind)
+    for reason in ("malformed", "unknown", "expired", "used", "wrong_flow", "key_revoked"):
+        STREAM_TOKENS_REFUSED.labels(reason)

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from proxy.app import create_app
 from proxy.config import parse_config
+from proxy.logging import configure_logging
 
 SECRET = "fg_test_secret_acme_1"
 OTHER_SECRET = "fg_test_secret_other_1"
@@ -142,10 +143,18 @@ async def upstream(aiohttp_server) -> Upstream:
 
 @pytest.fixture
 def gateway(aiohttp_client):
+    """A gateway on a real socket, served as `flowgate serve` serves it (no aiohttp access log)."""
+
     async def make(cfg: dict):
-        return await aiohttp_client(create_app(parse_config(cfg)))
+        return await aiohttp_client(create_app(parse_config(cfg)), server_kwargs={"access_log": None})
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def json_logs():
+    """JSON log lines to stderr, as in production (tests grep them for secrets)."""
+    configure_logging("info", json=True)
 
 
 def redis_url() -> str:

@@ -1,0 +1,49 @@
+"""Secrets never reach a log line or /metrics; one access line per request, with the run's facts."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+
+from tests.conftest import SECRET, base_config, never_ending, stream_chunks
+
+
+async def test_no_key_or_token_in_logs_or_metrics(upstream, gateway, capfd):
+    async def text(request, seen):
+        return await stream_chunks(request, ["hello"])
+
+    upstream.handle("/text", text)
+    upstream.handle("/text-dev", never_ending)
+    cfg = base_config(upstream.url)
+    cfg["flows"][0]["max_duration_s"] = 0.3
+    client = await gateway(cfg)
+    tokens = []
+    for _ in range(2):
+        resp = await client.get("/api/v1/token", headers={"Authorization": f"Bearer {SECRET}"})
+        tokens.append((await resp.json())["token"])
+    await (await client.post(f"/api/v1/run/wf_text/stream?token={tokens[0]}")).read()
+    await (await client.post(f"/api/v1/run/wf_text/stream?token={tokens[0]}")).read()  # replay: 401
+    await (await client.post(f"/api/v1/run/wf_text/stream?token={tokens[1]}&env=moon")).read()  # 400
+    pb = "/api/v1/tenants/t1/workspaces/w1/flows/wf_text/run-streaming"
+    await (await client.post(f"{pb}?api_key={SECRET}")).read()
+    await (await client.post(f"{pb}?api_key={SECRET}", headers={"x-api-key": SECRET})).read()  # 400
+    with pytest.raises(aiohttp.ClientPayloadError):  # cut at the cap: an aborted body
+        await (await client.post(f"{pb}?api_key={SECRET}&env=Development")).read()
+    await (await client.post(f"/langflow/api/v1/run/wf_text?stream=true&x-api-key={SECRET}")).read()
+    await (await client.post("/api/v1/run/wf_text", headers={"x-api-key": SECRET + "x"})).read()  # 401
+    metrics = await (await client.get("/metrics")).text()
+    out, err = capfd.readouterr()
+    logs = out + err
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("event") == "access"]
+    assert len(access) >= 10
+    for secret in [SECRET, *tokens]:
+        assert secret not in logs
+        assert secret not in metrics
+        assert secret[8:] not in logs  # not even the token's random part
+    run_lines = [a for a in access if a.get("outcome") == "completed"]
+    assert run_lines and {"job_id", "flow", "key_id", "env", "status", "output_tokens", "duration_s"} <= set(
+        run_lines[0])
+    assert any(a.get("outcome") == "deadline" for a in access)

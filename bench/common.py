@@ -1,0 +1,107 @@
+"""Shared bench plumbing: free ports, pinned processes, CPU and RSS from /proc, a flowgate config."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "fg_bench_key"
+STAMP = re.compile(rb"L(\d+):(\d+);")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+def spawn(cmd: list[str], core: int | None, **kw) -> subprocess.Popen:
+    if core is not None and shutil_which("taskset"):
+        cmd = ["taskset", "-c", str(core), *cmd]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=kw.pop("stderr", subprocess.DEVNULL),
+                            **kw)
+
+
+def shutil_which(name: str) -> str | None:
+    import shutil
+
+    return shutil.which(name)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its children (nginx workers), from /proc."""
+    total = 0.0
+    for p in [pid, *children(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def rss_bytes(pid: int) -> int:
+    total = 0
+    for p in [pid, *children(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def flowgate_config(tmp: Path, port: int, backend_port: int, *, store: str | None = None,
+                    max_duration_s: float = 300) -> Path:
+    backend = f"http://127.0.0.1:{backend_port}"
+    cfg = {
+        "server": {"host": "127.0.0.1", "port": port, "backlog": 16384},
+        "store": store or f"sqlite:///{tmp / 'bench.db'}",
+        "backends": {"bench": {"url": backend, "protocol": "text"},
+                     "bench_lf": {"url": backend, "protocol": "langflow"}},
+        "accounts": {"bench": {"initial_credits": 10**12}},
+        "flows": [
+            {"id": f"wf_{name}", "owner": "bench", "tenant": "t", "workspace": "w", "max_duration_s": max_duration_s,
+             "targets": {"Production": {"backend": "bench", "path": path}}}
+            for name, path in [("lines", "/lines?n=100&ms=20"), ("lines50", "/lines?n=20&ms=50"),
+                               ("short", "/lines?n=5&ms=0"), ("bulk", "/bulk?bytes=1073741824"),
+                               ("idle", "/idle"), ("forever", "/lines?n=0&ms=20&id=forever"),
+                               ("bulk256", "/bulk?bytes=268435456")]
+        ],
+        "keys": [{"id": "key_bench", "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "owner": "bench"}],
+    }
+    path = tmp / "flowgate.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def start_flowgate(cfg: Path, core: int | None) -> subprocess.Popen:
+    return spawn([sys.executable, "-m", "proxy", "serve", "--config", str(cfg)], core)

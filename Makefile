@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench acceptance clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,14 @@ test: install
 
 lint: install
 	$(BIN)/ruff check proxy tests
+
+# Side-by-side benchmark (direct, nginx, flowgate); not part of `make test`. Needs Debian's nginx.
+bench: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+acceptance: install
+	$(BIN)/python -m bench.acceptance
 
 clean:
 	rm -rf $(VENV) .pytest_cache .flowgate-demo

@@ -35,17 +35,17 @@ async def open_upstream(session: aiohttp.ClientSession, run: Run) -> aiohttp.Cli
                 req.method, backend.url + target.path, data=run.body, headers=headers, allow_redirects=False
             )
     except TimeoutError:
-        failures.labels(target.backend, "timeout").inc()
+        m.child(failures, target.backend, "timeout").inc()
         run.reason = "backend_timeout"
         raise BackendTimeout("the backend did not answer in time") from None
     except (aiohttp.ClientConnectionError, OSError):
-        failures.labels(target.backend, "connect").inc()
+        m.child(failures, target.backend, "connect").inc()
         run.reason = "backend_unavailable"
         raise BackendUnavailable("the backend is unavailable") from None
     if resp.status >= 300:
         status = resp.status
         resp.close()
-        failures.labels(target.backend, "status").inc()
+        m.child(failures, target.backend, "status").inc()
         run.reason = f"backend_status_{status // 100}xx"
         if status in (502, 503, 504):
             raise BackendUnavailable(f"the backend is unavailable ({status})")

@@ -20,7 +20,6 @@ from .cors import cors_headers
 from .dialects import Collected, Dialect
 from .errors import BackendTimeout, GatewayError, RunFailed
 from .forward import open_upstream
-from .jobs import record_job
 from .policies import Policy
 from .protocols import new_decoder, new_encoder
 from .pump import Pump
@@ -38,7 +37,7 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
     try:
         run = await dialect.parse(request, route)
     except GatewayError as err:
-        m.REJECTIONS.labels(dialect.name, err.kind).inc()
+        m.child(m.REJECTIONS, dialect.name, err.kind).inc()
         return _error(dialect, err, cors)
     request[RUN] = run
     structlog.contextvars.bind_contextvars(job_id=run.job_id)
@@ -52,7 +51,7 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
     except GatewayError as err:
         if run.outcome is None:  # refused before anything reached a backend
             run.outcome = REJECTED
-            m.REJECTIONS.labels(dialect.name, run.reason or err.kind).inc()
+            m.child(m.REJECTIONS, dialect.name, run.reason or err.kind).inc()
         run.reason = run.reason or err.kind
         resp = _error(dialect, err, {**run.response_headers, **cors})
         run.status = resp.status
@@ -76,13 +75,13 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
     hooks = [p.on_event for p in admitted if p.overrides("on_event")]
     passthrough = run.stream and run.backend.protocol == dialect.output
     flow = run.flow_id or m.UNKNOWN_FLOW
-    m.RUNS_STARTED.labels(run.dialect, flow).inc()
+    m.child(m.RUNS_STARTED, run.dialect, flow).inc()
     run.extra["forwarded"] = True
     upstream = None
     pump: Pump | None = None
     buffer: list[bytes] = []
     outcome: str | None = None
-    streams_open = m.STREAMS_OPEN.labels(run.dialect, flow)
+    streams_open = m.child(m.STREAMS_OPEN, run.dialect, flow)
     try:
         try:
             async with asyncio.timeout_at(run.deadline):
@@ -99,7 +98,7 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
         except TimeoutError:
             outcome = DEADLINE
             if pump is None or (run.stream and pump.resp is None):
-                m.BACKEND_FAILURES.labels(run.target.backend if run.target else "", "timeout").inc()
+                m.child(m.BACKEND_FAILURES, run.target.backend if run.target else "", "timeout").inc()
                 raise BackendTimeout("the run reached its maximum duration before the backend answered") from None
             pump.message = DEADLINE_MESSAGE
         except ConnectionResetError:  # a write to the client failed: it went away
@@ -107,7 +106,7 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
         run.outcome = outcome
         if outcome == BACKEND_ERROR:
             run.reason = run.reason or "backend_broken"
-            m.BACKEND_FAILURES.labels(run.target.backend if run.target else "", "broken").inc()
+            m.child(m.BACKEND_FAILURES, run.target.backend if run.target else "", "broken").inc()
         if not run.stream:
             assert pump is not None
             if outcome != COMPLETED:
@@ -156,12 +155,11 @@ async def _complete(gw: Gateway, run: Run, admitted: list[Policy]) -> None:
         except Exception:  # one policy's failure must not skip the others' settlement
             log.exception("on_complete_failed", policy=policy.name)
     if run.extra.get("forwarded"):
-        await record_job(gw, run)
         flow = run.flow_id or m.UNKNOWN_FLOW
         outcome = run.outcome or CLIENT_DISCONNECTED
-        m.RUNS_ENDED.labels(run.dialect, flow, outcome).inc()
-        m.RUN_DURATION.labels(run.dialect, flow, outcome).observe(time.monotonic() - run.started_mono)
-        m.BYTES_IN.labels(flow).inc(run.bytes_in)
-        m.BYTES_OUT.labels(run.dialect, flow).inc(run.bytes_out)
-        m.TOKENS.labels(flow, "output").inc(run.meter.output_tokens)
-        m.TOKENS.labels(flow, "input").inc(run.meter.input_tokens)
+        m.child(m.RUNS_ENDED, run.dialect, flow, outcome).inc()
+        m.child(m.RUN_DURATION, run.dialect, flow, outcome).observe(time.monotonic() - run.started_mono)
+        m.child(m.BYTES_IN, flow).inc(run.bytes_in)
+        m.child(m.BYTES_OUT, run.dialect, flow).inc(run.bytes_out)
+        m.child(m.TOKENS, flow, "output").inc(run.meter.output_tokens)
+        m.child(m.TOKENS, flow, "input").inc(run.meter.input_tokens)

@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 
+import orjson
 import structlog
 from aiohttp import web
 
@@ -29,8 +30,12 @@ def redact(_logger: object, _name: str, event: dict) -> dict:
 class _Stderr:
     """Whatever ``sys.stderr`` is at write time (so redirections and test capture see our lines)."""
 
-    def write(self, data: str) -> int:
-        return sys.stderr.write(data)
+    def write(self, data: bytes) -> int:
+        err = sys.stderr
+        buf = getattr(err, "buffer", None)
+        if buf is None:
+            return err.write(data.decode("utf-8", "replace"))
+        return buf.write(data)
 
     def flush(self) -> None:
         sys.stderr.flush()
@@ -45,12 +50,15 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,
         structlog.processors.format_exc_info if json else structlog.dev.set_exc_info,
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(),
     ]
+    if json:
+        processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
+    else:
+        processors += [structlog.dev.ConsoleRenderer(), lambda _l, _n, line: line.encode()]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(_Stderr()),
+        logger_factory=structlog.BytesLoggerFactory(_Stderr()),
         cache_logger_on_first_use=True,
     )
     # aiohttp's own loggers go through stdlib logging; its access log is off (ours replaces it,
@@ -92,7 +100,7 @@ def make_access_middleware(enabled: bool):
             name = request.match_info.route.name if request.match_info.route is not None else None
             dialect, _, route = (name or "other:unmatched").partition(":")
             flow = run.flow_id if run is not None and run.flow_id else m.UNKNOWN_FLOW
-            m.REQUESTS.labels(dialect, route or dialect, flow, m.status_class(status)).inc()
+            m.child(m.REQUESTS, dialect, route or dialect, flow, m.status_class(status)).inc()
             if enabled:
                 fields: dict = {"status": status, "duration_s": round(time.perf_counter() - start, 6)}
                 if run is not None:

@@ -51,6 +51,18 @@ STORE_ERRORS = Counter("flowgate_store_errors_total", "State store operations th
 HOLDS_RECOVERED = Counter("flowgate_holds_recovered_total", "Expired credit holds of dead replicas settled here.")
 
 
+_children: dict[tuple, object] = {}
+
+
+def child(metric, *labels: str):
+    """``metric.labels(*labels)``, cached: prometheus-client validates labels on every call."""
+    key = (id(metric), labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found
+
+
 def status_class(status: int) -> str:
     return f"{status // 100}xx" if status else "0xx"
 

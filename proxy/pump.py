@@ -100,7 +100,7 @@ class Pump:
         assert write is not None
         feed, hooks, meter = self.decoder.feed, self.hooks, run.meter
         flow = run.flow_id or m.UNKNOWN_FLOW
-        gap = m.CHUNK_GAP.labels(flow)
+        gap = m.child(m.CHUNK_GAP, flow)
         monotonic = time.monotonic
         last = 0.0
         try:
@@ -109,9 +109,9 @@ class Pump:
                 if last:
                     gap.observe(now - last)
                 else:
-                    m.BACKEND_TTFB.labels(flow).observe(now - run.forwarded_mono)
+                    m.child(m.BACKEND_TTFB, flow).observe(now - run.forwarded_mono)
                     if self.resp is not None:
-                        m.CLIENT_TTFB.labels(run.dialect, flow).observe(now - run.started_mono)
+                        m.child(m.CLIENT_TTFB, run.dialect, flow).observe(now - run.started_mono)
                 last = now
                 run.bytes_in += len(chunk)
                 events = feed(chunk)

@@ -48,7 +48,7 @@ async def mint_token(request: web.Request, dialect: WorkflowDialect) -> web.Resp
         record = {"owner": key.owner, "key_id": key.id, "flow_id": flow_id}
         await gw.store.put_token(token_digest(token), record, time.time() + ttl)
     except GatewayError as err:
-        m.REJECTIONS.labels(dialect.name, err.kind).inc()
+        m.child(m.REJECTIONS, dialect.name, err.kind).inc()
         return dialect.render_error(err)
     m.STREAM_TOKENS_MINTED.inc()
     return web.Response(

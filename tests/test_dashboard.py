@@ -63,7 +63,7 @@ async def test_every_dashboard_query_returns_data(upstream, gateway, tmp_path):
     (tmp_path / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         f"scrape_configs: [{{job_name: flowgate, static_configs: [{{targets: ['{target}']}}]}}]\n")
-    prom = subprocess.Popen(
+    prom = subprocess.Popen(  # noqa: ASYNC220 (a long-lived server, not awaited)
         ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
          f"--web.listen-address=127.0.0.1:{prom_port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -135,7 +135,9 @@ class Credits(Policy):
         entry = {
             "flow": run.flow_id, "key_id": run.key_id, "env": run.env.value, "dialect": run.dialect,
             "input_tokens": run.meter.input_tokens, "output_tokens": run.meter.output_tokens,
-            "outcome": run.outcome, "started_at": run.started_at, "ended_at": time.time(),
+            "outcome": run.outcome, "reason": run.reason, "status": run.status,
+            "started_at": run.started_at, "ended_at": time.time(),
+            "duration_s": round(time.monotonic() - run.started_mono, 6),
         }
         for attempt in range(3):
             try:
@@ -149,7 +151,7 @@ class Credits(Policy):
                 await asyncio.sleep(0.2 * (attempt + 1))
         run.extra["credits_charged"] = charge
         if settled is not None:
-            m.CREDITS.labels(run.flow_id or m.UNKNOWN_FLOW).inc(charge)
+            m.child(m.CREDITS, run.flow_id or m.UNKNOWN_FLOW).inc(charge)
 
 
 async def sweep_expired_holds(gw, now: float | None = None) -> int:

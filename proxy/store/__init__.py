@@ -20,7 +20,7 @@ Semantics, shared by all implementations:
 - Credits (all ints): an account has ``balance`` (may go negative), ``held`` (sum of open holds)
   and ``spent``; available = balance - held. ``open_hold``/``grow_hold`` (ATOMIC) never hold more
   than is available. ``settle`` (ATOMIC, idempotent by job id) charges, releases the hold and
-  appends one ledger entry.
+  appends one ledger entry; the entry doubles as the job record (``ledger_entry``).
 """
 
 from __future__ import annotations
@@ -86,8 +86,7 @@ class Store(Protocol):
     async def expired_holds(self, accounts: list[str], now: float | None = None, limit: int = 100) -> list[Hold]: ...
     async def ledger(self, account: str, since: float | None = None, limit: int | None = None) -> list[dict]: ...
 
-    async def put_job(self, job_id: str, record: dict, ttl_s: int) -> None: ...
-    async def get_job(self, job_id: str) -> dict | None: ...
+    async def ledger_entry(self, account: str, job_id: str) -> dict | None: ...
 
 
 def ledger_entry(hold: Hold | None, job_id: str, account: str, charge: int, entry: dict, now: float) -> dict:

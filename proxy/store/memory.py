@@ -18,7 +18,6 @@ class MemoryStore:
         self.holds: dict[str, Hold] = {}
         self.settled: set[str] = set()
         self.ledgers: dict[str, list[dict]] = {}
-        self.jobs: dict[str, tuple[dict, float]] = {}
 
     async def start(self) -> None:
         return None
@@ -144,12 +143,8 @@ class MemoryStore:
             entries = [e for e in entries if e["ended_at"] >= since]
         return copy.deepcopy(entries[:limit] if limit is not None else entries)
 
-    # --- jobs
-    async def put_job(self, job_id: str, record: dict, ttl_s: int) -> None:
-        self.jobs[job_id] = (copy.deepcopy(record), time.time() + ttl_s)
-
-    async def get_job(self, job_id: str) -> dict | None:
-        found = self.jobs.get(job_id)
-        if found is None or found[1] <= time.time():
-            return None
-        return copy.deepcopy(found[0])
+    async def ledger_entry(self, account: str, job_id: str) -> dict | None:
+        for entry in self.ledgers.get(account, []):
+            if entry["job_id"] == job_id:
+                return copy.deepcopy(entry)
+        return None

@@ -2,9 +2,10 @@
 
 Keys carry hash tags so a Redis Cluster keeps what one script touches in one slot: everything of
 an account (balance hash, holds, hold-expiry index, settled set, ledger) under ``{a:<account>}``,
-a token under ``{t:<hash>}``, a rate window under ``{r:<bucket>}``, slots under ``{s:<bucket>}``,
-a job record under ``{j:<id>}``. Timeouts are short (0.5 s) so that an unreachable Redis turns into
-StoreUnavailable (503, fail closed) quickly; the client reconnects by itself when it is back.
+a token under ``{t:<hash>}``, a rate window under ``{r:<bucket>}``, slots under ``{s:<bucket>}``;
+an account's ledger entries by job id (its job records) stay under the account's tag.
+Timeouts are short (0.5 s) so that an unreachable Redis turns into StoreUnavailable (503, fail
+closed) quickly; the client reconnects by itself when it is back.
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 local encoded = cjson.encode(entry)
 redis.call('ZADD', KEYS[5], entry['ended_at'], encoded)
+redis.call('HSET', KEYS[6], ARGV[1], encoded)
 return encoded
 """
 
@@ -190,8 +192,11 @@ class RedisStore:
     def _ledger(self, a: str) -> str:
         return f"{self.p}:{{a:{a}}}:ledger"
 
+    def _jobs(self, a: str) -> str:
+        return f"{self.p}:{{a:{a}}}:jobs"
+
     def account_keys(self, a: str) -> list[str]:
-        return [self._acct(a), self._hold(a, "x"), self._index(a), self._settled(a), self._ledger(a)]
+        return [self._acct(a), self._hold(a, "x"), self._index(a), self._settled(a), self._ledger(a), self._jobs(a)]
 
     async def _do(self, coro):
         try:
@@ -271,7 +276,7 @@ class RedisStore:
                      now: float | None = None) -> dict | None:
         now = time.time() if now is None else now
         keys = [self._acct(account), self._hold(account, job_id), self._index(account), self._settled(account),
-                self._ledger(account)]
+                self._ledger(account), self._jobs(account)]
         args = [job_id, "" if charge is None else charge, orjson.dumps(entry), _f(now), account]
         res = await self._do(self._settle(keys=keys, args=args))
         return orjson.loads(res) if res else None
@@ -299,10 +304,6 @@ class RedisStore:
         rows = await self._do(self._r.zrangebyscore(self._ledger(account), lo, "+inf", **kwargs))
         return [orjson.loads(r) for r in rows]
 
-    # --- jobs
-    async def put_job(self, job_id: str, record: dict, ttl_s: int) -> None:
-        await self._do(self._r.set(f"{self.p}:{{j:{job_id}}}", orjson.dumps(record), ex=ttl_s))
-
-    async def get_job(self, job_id: str) -> dict | None:
-        raw = await self._do(self._r.get(f"{self.p}:{{j:{job_id}}}"))
+    async def ledger_entry(self, account: str, job_id: str) -> dict | None:
+        raw = await self._do(self._r.hget(self._jobs(account), job_id))
         return orjson.loads(raw) if raw else None

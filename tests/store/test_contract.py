@@ -129,7 +129,11 @@ async def test_ledger_order_and_since(store):
     assert await store.ledger("other") == []
 
 
-async def test_jobs(store):
-    await store.put_job("job1", {"outcome": "completed", "credits": 3}, 60)
-    assert await store.get_job("job1") == {"outcome": "completed", "credits": 3}
-    assert await store.get_job("nope") is None
+async def test_ledger_entry_by_job_is_the_job_record(store):
+    await store.seed_account("acme", 100)
+    await store.open_hold("job1", "acme", 10, NOW + 60, {"flow": "wf"})
+    await store.settle("job1", "acme", 3, {"outcome": "completed", "ended_at": NOW})
+    entry = await store.ledger_entry("acme", "job1")
+    assert entry["credits"] == 3 and entry["outcome"] == "completed" and entry["flow"] == "wf"
+    assert await store.ledger_entry("other", "job1") is None
+    assert await store.ledger_entry("acme", "nope") is None

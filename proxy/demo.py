@@ -130,7 +130,7 @@ def curl_lines(port: int, secret: str) -> list[str]:
         f"curl --no-buffer -X POST '{base}/langflow/api/v1/run/tutor?stream=true' -H 'x-api-key: {secret}' "
         "-H 'Content-Type: application/json' -d '{\"input_value\": \"tide pools\"}'",
         "# operations",
-        f"curl {base}/readyz ; curl -s {base}/metrics | head",
+        f"curl {base}/readyz ; echo ; curl -s {base}/metrics | grep '^flowgate_runs_ended_total'",
     ]
 
 

@@ -45,3 +45,42 @@ def test_keys_new_prints_the_secret_once_and_a_loadable_entry():
     raw = base_config("http://127.0.0.1:9")
     raw["keys"] = entries
     assert parse_config(raw).keys[0].owner == "acme"
+
+
+def test_credits_grant_show_and_ledger_on_sqlite(tmp_path):
+    import asyncio
+    import json
+    import time
+
+    from proxy.store import open_store
+
+    raw = base_config("http://127.0.0.1:9", store=f"sqlite:///{tmp_path / 'fg.db'}")
+    cfg = tmp_path / "fg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+
+    shown = flowgate("credits", "show", "acme", "--json", "--config", str(cfg))
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == {"balance": 100000, "held": 0, "spent": 0}
+    granted = flowgate("credits", "grant", "acme", "250", "--config", str(cfg))
+    assert granted.returncode == 0 and "balance 100250" in granted.stdout
+
+    async def settle_one():
+        store = open_store(raw["store"])
+        await store.start()
+        try:
+            await store.open_hold("job_1", "acme", 1000, time.time() + 60, {"flow": "wf_text", "key_id": "key_acme"})
+            await store.settle("job_1", "acme", 42, {"outcome": "completed", "output_tokens": 42})
+        finally:
+            await store.close()
+
+    asyncio.run(settle_one())
+    shown = json.loads(flowgate("credits", "show", "acme", "--json", "--config", str(cfg)).stdout)
+    assert shown == {"balance": 100250 - 42, "held": 0, "spent": 42}
+    ledger = json.loads(flowgate("ledger", "acme", "--since", "1h", "--json", "--config", str(cfg)).stdout)
+    assert [(e["job_id"], e["credits"], e["flow"]) for e in ledger] == [("job_1", 42, "wf_text")]
+    future = flowgate("ledger", "acme", "--since", str(time.time() + 3600), "--json", "--config", str(cfg))
+    assert json.loads(future.stdout) == []
+    text = flowgate("ledger", "acme", "--config", str(cfg))
+    assert "job_1" in text.stdout and "credits=42" in text.stdout
+    unknown = flowgate("credits", "show", "nobody", "--config", str(cfg))
+    assert unknown.returncode != 0 and "not an account" in unknown.stderr

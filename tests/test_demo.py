@@ -52,6 +52,7 @@ def test_demo_curl_lines_work_as_printed(tmp_path):
         assert '"success":true' in text.replace(" ", "")
         assert '"event": "token"' in text or '"event":"token"' in text
         assert '"status":"ok"' in text.replace(" ", "")
+        assert 'flowgate_runs_ended_total{' in text and 'outcome="completed"' in text, text
     finally:
         proc.send_signal(signal.SIGINT)
         try:

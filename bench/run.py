@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import resource
 import shutil
 import statistics
@@ -116,6 +117,22 @@ async def scenario_streams(s, path: Path_, n: int) -> dict:
             "ttfb_p50_ms": statistics.median(ttfb), "latency_ms": lat[:: max(1, len(lat) // 2000)]}
 
 
+async def scenario_latency(s, path: Path_, n: int) -> dict:
+    """``n`` concurrent streams of 20 lines × 250 ms, their starts spread over one interval (real
+    clients do not arrive in lockstep); one-way line latency only."""
+    lat: list[float] = []
+    rnd = random.Random(1)
+
+    async def one(delay: float):
+        await asyncio.sleep(delay)
+        return await stream_once(s, path, "wf_lines1k", "/lines?n=20&ms=250", lat, None)
+
+    lines = await asyncio.gather(*(one(rnd.random() * 0.25) for _ in range(n)))
+    lat.sort()
+    return {"streams": n, "lines": sum(lines), "p50_ms": lat[len(lat) // 2], "p99_ms": lat[int(len(lat) * 0.99)],
+            "latency_ms": lat[:: max(1, len(lat) // 2000)]}
+
+
 async def scenario_short(s, path: Path_, runs: int, conc: int) -> dict:
     sem = asyncio.Semaphore(conc)
 
@@ -145,11 +162,10 @@ async def scenario_bulk(s, path: Path_, mb: int) -> dict:
     return {"bytes": size, "mb_per_s": size / wall / 1e6}
 
 
-async def scenario_idle(s, path: Path_, n: int) -> dict:
-    if path.pid is None:
-        return {"streams": n, "rss_per_stream_kb": None, "refused": 0}
-    before = rss_bytes(path.pid)
-    responses = []
+async def scenario_idle(s, path: Path_, sizes: list[int]) -> dict:
+    """Open idle streams up to each of ``sizes`` in turn; RSS growth per open stream at each."""
+    out: dict = {}
+    responses: list = []
     refused = 0
 
     async def open_one():
@@ -162,14 +178,20 @@ async def scenario_idle(s, path: Path_, n: int) -> dict:
         except (aiohttp.ClientError, OSError):
             refused += 1
 
-    for i in range(0, n, 500):
-        await asyncio.gather(*(open_one() for _ in range(min(500, n - i))))
-    await asyncio.sleep(1)
-    after = rss_bytes(path.pid)
-    for r in responses:
-        r.close()
-    await asyncio.sleep(1)
-    return {"streams": n, "rss_per_stream_kb": (after - before) / max(1, len(responses)) / 1024, "refused": refused}
+    before = rss_bytes(path.pid) if path.pid else 0
+    try:
+        for n in sizes:
+            while len(responses) + refused < n:
+                await asyncio.gather(*(open_one() for _ in range(min(500, n - len(responses) - refused))))
+            await asyncio.sleep(1)
+            after = rss_bytes(path.pid) if path.pid else 0
+            out[str(n)] = {"rss_per_stream_kb": (after - before) / max(1, len(responses)) / 1024 if path.pid else None,
+                           "refused": refused}
+    finally:
+        for r in responses:
+            r.close()
+        await asyncio.sleep(2)
+    return out
 
 
 def plot(results: dict, png: Path) -> None:
@@ -182,47 +204,79 @@ def plot(results: dict, png: Path) -> None:
         print("(matplotlib not installed: no plot; `make bench` installs it)")
         return
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.5))
-    for name, r in results.items():
-        lat = r["streams"]["latency_ms"]
-        a.plot(lat, [i / len(lat) for i in range(len(lat))], label=name)
+    for (name, r), color in zip(results.items(), ("#444", "#888", "#2a7"), strict=False):
+        for key, style, label in (("streams", "-", "long streams"), ("latency", "--", "many streams")):
+            lat = r[key]["latency_ms"]
+            a.plot(lat, [i / len(lat) for i in range(len(lat))], style, color=color, label=f"{name}, {label}")
     a.set_xscale("log")
     a.set_xlabel("one-way line latency (ms)")
     a.set_ylabel("fraction of lines")
-    a.set_title("latency CDF, long streams")
-    a.legend()
+    a.set_title("latency CDF")
+    a.legend(fontsize=7)
     proxies = [n for n in results if results[n]["streams"]["cpu_us_per_line"] is not None]
     b.bar(proxies, [results[n]["streams"]["cpu_us_per_line"] for n in proxies], color=["#888", "#2a7"])
     b.set_title("proxy CPU per forwarded line (µs)")
     c.bar(proxies, [results[n]["short"]["cpu_us_per_run"] for n in proxies], color=["#888", "#2a7"])
+    c.axhline(400, color="#c33", linestyle=":", label="target 400 µs")
+    c.legend(fontsize=7)
     c.set_title("proxy CPU per short run (µs)")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
 
 
-def table(results: dict) -> str:
+def table(results: dict, args) -> str:
+    """The ratios, and each of issue 6's targets with whether this run met it."""
+    d, ng, fg = results["direct"], results.get("nginx"), results["flowgate"]
+    top = str(max(args.idle))
+
+    def get(r, *keys):
+        for k in keys:
+            if r is None or k not in r:
+                return None
+            r = r[k]
+        return r
+
+    rows = [
+        ("CPU µs per forwarded line", ("streams", "cpu_us_per_line")),
+        ("CPU µs per short run", ("short", "cpu_us_per_run")),
+        ("short runs/s", ("short", "runs_per_s")),
+        (f"line latency p50, {args.streams} streams (ms)", ("streams", "p50_ms")),
+        (f"line latency p99, {args.streams} streams (ms)", ("streams", "p99_ms")),
+        (f"line latency p50, {args.latency_streams} streams (ms)", ("latency", "p50_ms")),
+        (f"line latency p99, {args.latency_streams} streams (ms)", ("latency", "p99_ms")),
+        ("TTFB p50 (ms)", ("streams", "ttfb_p50_ms")),
+        (f"bulk {args.bulk_mb} MB (MB/s)", ("bulk", "mb_per_s")),
+        *((f"RSS per open stream at {n} (kB)", ("idle", str(n), "rss_per_stream_kb")) for n in args.idle),
+    ]
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+
     def ratio(v, ref):
         return f"{v / ref:.2f}×" if v and ref else "-"
 
-    ng, fg, d = results.get("nginx"), results["flowgate"], results["direct"]
-    rows = [
-        ("CPU µs per forwarded line", lambda r: r["streams"]["cpu_us_per_line"]),
-        ("CPU µs per short run", lambda r: r["short"]["cpu_us_per_run"]),
-        ("line latency p50 (ms)", lambda r: r["streams"]["p50_ms"]),
-        ("line latency p99 (ms)", lambda r: r["streams"]["p99_ms"]),
-        ("TTFB p50 (ms)", lambda r: r["streams"]["ttfb_p50_ms"]),
-        ("short runs/s", lambda r: r["short"]["runs_per_s"]),
-        ("bulk MB/s", lambda r: r["bulk"]["mb_per_s"]),
-        ("RSS per open stream (kB)", lambda r: r["idle"]["rss_per_stream_kb"]),
+    out = ["| metric | direct | nginx | flowgate | flowgate / nginx | flowgate / direct |",
+           "|---|---|---|---|---|---|"]
+    for label, keys in rows:
+        vd, vn, vf = get(d, *keys), get(ng, *keys), get(fg, *keys)
+        out.append(f"| {label} | {fmt(vd)} | {fmt(vn)} | {fmt(vf)} | {ratio(vf, vn)} | {ratio(vf, vd)} |")
+
+    line, nline = get(fg, "streams", "cpu_us_per_line"), get(ng, "streams", "cpu_us_per_line")
+    run = get(fg, "short", "cpu_us_per_run")
+    added = get(fg, "latency", "p99_ms") - get(d, "latency", "p99_ms")
+    rss, refused = get(fg, "idle", top, "rss_per_stream_kb"), get(fg, "idle", top, "refused")
+    bulk, nbulk = get(fg, "bulk", "mb_per_s"), get(ng, "bulk", "mb_per_s")
+    targets = [
+        ("1. CPU per forwarded line ≤ 1.5 × nginx", f"{line / nline:.2f}×" if nline else "-",
+         bool(nline) and line <= 1.5 * nline),
+        ("2. CPU per run ≤ 400 µs (SQLite)", f"{run:.0f} µs", run <= 400),
+        (f"3. added p99 line latency ≤ 1 ms at {args.latency_streams} streams", f"{added:+.2f} ms", added <= 1.0),
+        (f"4. ≤ 15 kB RSS per open stream at {top}, none refused", f"{rss:.1f} kB, {refused} refused",
+         rss <= 15 and refused == 0),
+        ("5. bulk throughput ≥ nginx", f"{bulk / nbulk:.2f}×" if nbulk else "-", bool(nbulk) and bulk >= nbulk),
     ]
-    out = ["| metric | direct | nginx | flowgate | flowgate / nginx | flowgate / direct |", "|---|---|---|---|---|---|"]
-    for label, get in rows:
-        vals = [get(r) if r else None for r in (d, ng, fg)]
-        fmt = [f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v)) for v in vals]
-        ratios = f"{ratio(vals[2], vals[1])} | {ratio(vals[2], vals[0])}"
-        out.append(f"| {label} | {fmt[0]} | {fmt[1]} | {fmt[2]} | {ratios} |")
-    added = fg["streams"]["p99_ms"] - d["streams"]["p99_ms"]
-    out.append(f"\nadded p99 line latency over direct: {added:.3f} ms; idle streams refused: "
-               f"{fg['idle']['refused']} of {fg['idle']['streams']}")
+    out += ["", "| target | this run | met |", "|---|---|---|"]
+    out += [f"| {name} | {value} | {'yes' if ok else 'no'} |" for name, value, ok in targets]
     return "\n".join(out)
 
 
@@ -256,18 +310,21 @@ async def main(args) -> None:
             for p in paths:
                 print(f"[{p.name}] {args.streams} streams × 100 lines × 20 ms ...", flush=True)
                 r = {"streams": await scenario_streams(s, p, args.streams)}
+                print(f"[{p.name}] {args.latency_streams} streams × 20 lines × 250 ms ...", flush=True)
+                r["latency"] = await scenario_latency(s, p, args.latency_streams)
                 print(f"[{p.name}] {args.runs} short runs at {args.conc} concurrent ...", flush=True)
                 r["short"] = await scenario_short(s, p, args.runs, args.conc)
                 print(f"[{p.name}] bulk {args.bulk_mb} MB ...", flush=True)
                 r["bulk"] = await scenario_bulk(s, p, args.bulk_mb)
-                print(f"[{p.name}] {args.idle} open idle streams ...", flush=True)
-                r["idle"] = await scenario_idle(s, p, args.idle)
+                if p.pid is not None:
+                    print(f"[{p.name}] {', '.join(map(str, args.idle))} open idle streams ...", flush=True)
+                    r["idle"] = await scenario_idle(s, p, args.idle)
                 results[p.name] = r
         OUT.mkdir(exist_ok=True)
-        (OUT / "results.json").write_text(json.dumps(results, indent=1))
+        (OUT / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
         plot(results, OUT / "bench.png")
         print()
-        print(table(results))
+        print(table(results, args))
         print(f"\nplot: {OUT / 'bench.png'}   raw: {OUT / 'results.json'}")
     finally:
         for p in procs:
@@ -285,7 +342,9 @@ def cli() -> None:
     ap.add_argument("--runs", type=int, default=3000, help="short runs")
     ap.add_argument("--conc", type=int, default=100, help="short-run concurrency")
     ap.add_argument("--bulk-mb", type=int, default=1024, choices=[256, 1024])
-    ap.add_argument("--idle", type=int, default=2000, help="open idle streams for the memory measurement")
+    ap.add_argument("--latency-streams", type=int, default=1000, help="concurrent streams for the p99 latency target")
+    ap.add_argument("--idle", type=lambda v: [int(x) for x in v.split(",")], default=[5000, 9000],
+                    help="open idle streams for the memory measurement, comma-separated steps")
     ap.add_argument("--no-nginx", action="store_true")
     asyncio.run(main(ap.parse_args()))
 

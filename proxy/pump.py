@@ -133,6 +133,9 @@ class Pump:
                             run.bytes_out += len(out)
                     if outcome is not None:
                         return outcome
+                # drop this chunk's objects before waiting for the next (an idle stream would keep
+                # them, and orjson's output buffers alone are 4 kB each)
+                chunk = events = parts = out = None  # type: ignore[assignment]
         except aiohttp.ClientPayloadError:
             self.message = "the backend stream broke off"
             return BACKEND_ERROR

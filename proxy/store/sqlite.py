@@ -1,12 +1,19 @@
 """Embedded store on one SQLite file: WAL, survives restarts, safe for several processes.
 
-Every check-and-change is one ``BEGIN IMMEDIATE`` transaction: SQLite serializes writers across
-processes sharing the file. Calls first run inline on the event loop on a connection with
-``busy_timeout=0`` (a short WAL transaction takes tens of microseconds, far less than a thread
-hand-off); if another process holds the write lock, the call moves to one dedicated thread whose
-connection waits up to ``busy_timeout`` for it, so the loop never waits on a lock. The inline
-connection never checkpoints the WAL itself (no fsync on the loop); the thread does, every few
-seconds. Past the busy timeout a call raises StoreUnavailable.
+Every check-and-change runs inside a ``BEGIN IMMEDIATE`` transaction: SQLite serializes writers
+across processes sharing the file. Writes are group-committed: the ones issued during one turn of
+the event loop are queued and run together in one transaction at the end of it (what a commit costs
+is its WAL writes, so a hundred concurrent runs share one instead of paying a hundred); each caller
+gets its result only once the COMMIT is done. If one operation of a batch raises, the batch is
+rolled back and every operation re-run in a transaction of its own, so one failure never takes
+another caller's write with it.
+
+Batches first run inline on the event loop on a connection with ``busy_timeout=0`` (a short WAL
+transaction takes tens of microseconds, far less than a thread hand-off); if another process holds
+the write lock, the batch moves to one dedicated thread whose connection waits up to
+``busy_timeout`` for it, so the loop never waits on a lock. The inline connection never checkpoints
+the WAL itself (no fsync on the loop); the thread does, every few seconds. Past the busy timeout a
+call raises StoreUnavailable.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ class SqliteStore:
         self._inline: sqlite3.Connection | None = None  # the event loop's (busy_timeout 0)
         self._checkpointer: asyncio.Future | None = None
         self._writes = 0
+        self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]] = []
 
     # --- plumbing
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -91,6 +99,85 @@ class SqliteStore:
             raise
         db.execute("COMMIT")
         return result
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future:
+        """Queue ``fn(db)`` for this loop turn's group commit; the future holds its result."""
+        if self._pool is None or self._inline is None:
+            raise StoreUnavailable("the store is not started")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if not self._batch:
+            loop.call_soon(self._flush)
+        self._batch.append((fn, fut))
+        return fut
+
+    @staticmethod
+    def _run_batch(db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
+        """All of ``fns`` in one transaction; if one raises, each in its own. Busy errors propagate."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            results: list[tuple[bool, Any]] = [(True, fn(db)) for fn in fns]
+        except sqlite3.OperationalError as exc:
+            db.execute("ROLLBACK")
+            if _is_busy(exc) or len(fns) == 1:
+                raise
+            return [SqliteStore._run_alone(db, fn) for fn in fns]
+        except Exception:
+            db.execute("ROLLBACK")
+            if len(fns) == 1:
+                raise
+            return [SqliteStore._run_alone(db, fn) for fn in fns]
+        db.execute("COMMIT")
+        return results
+
+    @staticmethod
+    def _run_alone(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any]:
+        try:
+            return True, SqliteStore._tx(db, fn)
+        except Exception as exc:
+            return False, exc
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        batch = [(fn, fut) for fn, fut in batch if not fut.cancelled()]
+        if not batch:
+            return
+        fns = [fn for fn, _ in batch]
+        if self._inline is None or self._pool is None:
+            results: list[tuple[bool, Any]] = [(False, StoreUnavailable("the store is not started"))] * len(batch)
+        else:
+            try:
+                results = self._run_batch(self._inline, fns)
+            except sqlite3.OperationalError as exc:
+                if _is_busy(exc):  # another process holds the write lock: wait for it off the loop
+                    task = asyncio.get_running_loop().run_in_executor(self._pool, self._run_batch, self._db, fns)
+                    task.add_done_callback(lambda t: self._deliver(batch, t))
+                    return
+                results = [(False, exc)]
+            except Exception as exc:
+                results = [(False, exc)]
+        self._settle_futures(batch, results)
+
+    def _deliver(self, batch: list, task: asyncio.Future) -> None:
+        try:
+            results = task.result()
+        except Exception as exc:
+            results = [(False, exc)]
+        self._settle_futures(batch, results)
+
+    @staticmethod
+    def _settle_futures(batch: list, results: list[tuple[bool, Any]]) -> None:
+        if len(results) != len(batch):  # one error for the whole batch
+            results = results * len(batch)
+        for (_, fut), (ok, value) in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            elif isinstance(value, sqlite3.Error):
+                fut.set_exception(StoreUnavailable(f"sqlite: {value}"))
+            else:
+                fut.set_exception(value)
 
     def _connect(self, busy_timeout_ms: int, autocheckpoint: bool) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -159,7 +246,7 @@ class SqliteStore:
                        (token_hash, data, expires_at))
             self._maybe_purge(db, time.time())
 
-        await self._call(self._tx, fn)
+        await self._write(fn)
 
     async def consume_token(self, token_hash: str, now: float | None = None) -> tuple[str, dict | None]:
         now = time.time() if now is None else now
@@ -175,7 +262,7 @@ class SqliteStore:
                 return "unknown", None
             return ("expired" if row[1] <= now else "used"), None
 
-        return await self._call(self._tx, fn)
+        return await self._write(fn)
 
     # --- rate limits
     async def rate_hit(self, bucket: str, limit: int, window_s: int, now: float | None = None) -> RateResult:
@@ -193,7 +280,7 @@ class SqliteStore:
                        (bucket, start, count + 1))
             return RateResult(True, limit, limit - count - 1, retry)
 
-        return await self._call(self._tx, fn)
+        return await self._write(fn)
 
     async def slot_acquire(self, bucket: str, limit: int, job_id: str, expires_at: float,
                            now: float | None = None) -> RateResult:
@@ -209,15 +296,15 @@ class SqliteStore:
                        (bucket, job_id, expires_at))
             return RateResult(True, limit, limit - len(held | {job_id}), 0.0)
 
-        return await self._call(self._tx, fn)
+        return await self._write(fn)
 
     async def slot_release(self, bucket: str, job_id: str) -> None:
-        await self._call(self._tx, lambda db: db.execute("DELETE FROM slots WHERE bucket = ? AND job_id = ?",
+        await self._write(lambda db: db.execute("DELETE FROM slots WHERE bucket = ? AND job_id = ?",
                                                          (bucket, job_id)))
 
     # --- credits
     async def seed_account(self, account: str, initial: int) -> None:
-        await self._call(self._tx, lambda db: db.execute(
+        await self._write(lambda db: db.execute(
             "INSERT OR IGNORE INTO accounts (account, balance) VALUES (?, ?)", (account, initial)))
 
     async def grant(self, account: str, amount: int) -> int:
@@ -226,7 +313,7 @@ class SqliteStore:
             return db.execute("UPDATE accounts SET balance = balance + ? WHERE account = ? RETURNING balance",
                               (amount, account)).fetchone()[0]
 
-        return await self._call(self._tx, fn)
+        return await self._write(fn)
 
     async def get_account(self, account: str) -> Account:
         row = await self._call(lambda db: db.execute(
@@ -237,14 +324,13 @@ class SqliteStore:
         data = orjson.dumps(meta)
 
         def fn(db: sqlite3.Connection) -> int:
-            row = db.execute("SELECT amount FROM holds WHERE job_id = ?", (job_id,)).fetchone()
-            if row is not None:
-                return row[0]
-            if db.execute("SELECT 1 FROM ledger WHERE job_id = ?", (job_id,)).fetchone():
-                return 0
-            row = db.execute("SELECT balance - held FROM accounts WHERE account = ?", (account,)).fetchone()
-            available = row[0] if row else 0
-            if available <= 0:
+            # one read: an existing hold (idempotent retry), a settled job, what the account has free
+            held, settled, available = db.execute(
+                "SELECT (SELECT amount FROM holds WHERE job_id = ?), EXISTS (SELECT 1 FROM ledger WHERE job_id = ?), "
+                "(SELECT balance - held FROM accounts WHERE account = ?)", (job_id, job_id, account)).fetchone()
+            if held is not None:
+                return held
+            if settled or not available or available <= 0:
                 return 0
             granted = min(want, available)
             db.execute("UPDATE accounts SET held = held + ? WHERE account = ?", (granted, account))
@@ -252,7 +338,7 @@ class SqliteStore:
                        (job_id, account, granted, expires_at, data))
             return granted
 
-        return await self._call(self._tx, fn)
+        return await self._write(fn)
 
     async def grow_hold(self, job_id: str, account: str, want: int, expires_at: float) -> int:
         def fn(db: sqlite3.Connection) -> int:
@@ -265,11 +351,11 @@ class SqliteStore:
                        (granted, expires_at, job_id))
             return granted
 
-        return await self._call(self._tx, fn)
+        return await self._write(fn)
 
     async def checkpoint(self, job_id: str, account: str, metered: int, input_tokens: int, output_tokens: int,
                          expires_at: float) -> None:
-        await self._call(self._tx, lambda db: db.execute(
+        await self._write(lambda db: db.execute(
             "UPDATE holds SET metered = ?, input_tokens = ?, output_tokens = ?, expires_at = ? WHERE job_id = ?",
             (metered, input_tokens, output_tokens, expires_at, job_id)))
 
@@ -278,15 +364,19 @@ class SqliteStore:
         now = time.time() if now is None else now
 
         def fn(db: sqlite3.Connection) -> dict | None:
-            if db.execute("SELECT 1 FROM ledger WHERE job_id = ?", (job_id,)).fetchone():
+            row = db.execute(
+                "SELECT EXISTS (SELECT 1 FROM ledger WHERE job_id = ?), h.job_id, h.account, h.amount, h.metered, "
+                "h.input_tokens, h.output_tokens, h.expires_at, h.meta FROM (SELECT 1) "
+                "LEFT JOIN holds h ON h.job_id = ?", (job_id, job_id)).fetchone()
+            if row[0]:
                 return None
-            row = db.execute("SELECT job_id, account, amount, metered, input_tokens, output_tokens, expires_at, "
-                             "meta FROM holds WHERE job_id = ?", (job_id,)).fetchone()
-            hold = Hold(*row[:7], meta=orjson.loads(row[7])) if row else None
+            hold = Hold(*row[1:8], meta=orjson.loads(row[8])) if row[1] is not None else None
             amount = charge if charge is not None else (hold.metered if hold else 0)
-            db.execute("INSERT OR IGNORE INTO accounts (account, balance) VALUES (?, 0)", (account,))
-            db.execute("UPDATE accounts SET held = held - ?, balance = balance - ?, spent = spent + ? "
-                       "WHERE account = ?", (hold.amount if hold else 0, amount, amount, account))
+            released = hold.amount if hold else 0
+            db.execute("INSERT INTO accounts (account, balance, held, spent) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT (account) DO UPDATE SET held = held + excluded.held, "
+                       "balance = balance + excluded.balance, spent = spent + excluded.spent",
+                       (account, -amount, -released, amount))
             if hold is not None:
                 db.execute("DELETE FROM holds WHERE job_id = ?", (job_id,))
             result = ledger_entry(hold, job_id, account, amount, entry, now)
@@ -294,7 +384,7 @@ class SqliteStore:
                        (job_id, account, result["ended_at"], orjson.dumps(result)))
             return result
 
-        return await self._call(self._tx, fn)
+        return await self._write(fn)
 
     async def expired_holds(self, accounts: list[str], now: float | None = None, limit: int = 100) -> list[Hold]:
         now = time.time() if now is None else now

@@ -64,3 +64,35 @@ async def test_two_processes_share_one_file(tmp_path):
     assert results[0][1] + results[1][1] == 200  # holds never exceed the balance
     assert (await s.get_account("a")).held == 200
     await s.close()
+
+
+async def test_group_commit_isolates_a_failing_write(tmp_path):
+    """Writes of one loop turn share a transaction; one that raises takes no other caller's write with it."""
+    s = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}").inner  # the SqliteStore itself
+    await s.start()
+    try:
+        await s.seed_account("a", 100)
+
+        def boom(db):
+            db.execute("UPDATE accounts SET balance = 0 WHERE account = 'a'")
+            raise ValueError("boom")
+
+        results = await asyncio.gather(
+            s.open_hold("j1", "a", 10, time.time() + 60, {}),
+            s._write(boom),
+            s.open_hold("j2", "a", 10, time.time() + 60, {}),
+            return_exceptions=True,
+        )
+        assert results[0] == 10 and results[2] == 10
+        assert isinstance(results[1], ValueError)
+        acct = await s.get_account("a")
+        assert (acct.balance, acct.held) == (100, 20)  # boom's UPDATE was rolled back, the holds kept
+
+        # many concurrent writes: all committed, one transaction per loop turn
+        before = s._inline.total_changes
+        await asyncio.gather(*(s.put_token(f"t{i}", {"owner": "a"}, time.time() + 60) for i in range(200)))
+        assert s._inline.total_changes - before == 200
+        spent = await asyncio.gather(*(s.consume_token(f"t{i}") for i in range(200)))
+        assert [status for status, _ in spent] == ["ok"] * 200
+    finally:
+        await s.close()

@@ -92,7 +92,7 @@ def flowgate_config(tmp: Path, port: int, backend_port: int, *, store: str | Non
             {"id": f"wf_{name}", "owner": "bench", "tenant": "t", "workspace": "w", "max_duration_s": max_duration_s,
              "targets": {"Production": {"backend": "bench", "path": path}}}
             for name, path in [("lines", "/lines?n=100&ms=20"), ("lines50", "/lines?n=20&ms=50"),
-                               ("lines1k", "/lines?n=20&ms=250"),
+                               ("lines1k", "/lines?n=40&ms=250"),
                                ("short", "/lines?n=5&ms=0"), ("bulk", "/bulk?bytes=1073741824"),
                                ("idle", "/idle"), ("forever", "/lines?n=0&ms=20&id=forever"),
                                ("bulk256", "/bulk?bytes=268435456")]

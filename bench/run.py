@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import resource
 import shutil
 import statistics
@@ -78,7 +77,8 @@ class Path_:
         return "POST", f"{self.base}/api/v1/run/{flow}/stream?token={token}", {}
 
 
-async def stream_once(s, path: Path_, flow: str, raw: str, lat: list[float] | None, ttfb: list[float] | None):
+async def stream_once(s, path: Path_, flow: str, raw: str, lat: list | None, ttfb: list[float] | None,
+                      with_stamp: bool = False):
     method, url, headers = await path.request(s, flow, raw)
     t0 = time.monotonic_ns()
     seen = 0
@@ -95,7 +95,8 @@ async def stream_once(s, path: Path_, flow: str, raw: str, lat: list[float] | No
             buf += chunk
             if lat is not None:
                 for m in STAMP.finditer(buf):
-                    lat.append((now - int(m.group(2))) / 1e6)
+                    sent = int(m.group(2))
+                    lat.append(((now - sent) / 1e6, sent) if with_stamp else (now - sent) / 1e6)
                     seen += 1
                 buf = buf[buf.rfind(b";") + 1:]
     return seen
@@ -117,20 +118,22 @@ async def scenario_streams(s, path: Path_, n: int) -> dict:
             "ttfb_p50_ms": statistics.median(ttfb), "latency_ms": lat[:: max(1, len(lat) // 2000)]}
 
 
-async def scenario_latency(s, path: Path_, n: int) -> dict:
-    """``n`` concurrent streams of 20 lines × 250 ms, their starts spread over one interval (real
-    clients do not arrive in lockstep); one-way line latency only."""
+async def scenario_latency(s, path: Path_, n: int, ramp_s: float = 2.0) -> dict:
+    """``n`` concurrent streams of 40 lines × 250 ms, opened at an even pace over ``ramp_s`` (real
+    clients do not arrive in lockstep); one-way latency of the lines sent once all ``n`` are open."""
     lat: list[float] = []
-    rnd = random.Random(1)
 
     async def one(delay: float):
         await asyncio.sleep(delay)
-        return await stream_once(s, path, "wf_lines1k", "/lines?n=20&ms=250", lat, None)
+        return await stream_once(s, path, "wf_lines1k", "/lines?n=40&ms=250", lat, None, with_stamp=True)
 
-    lines = await asyncio.gather(*(one(rnd.random() * 0.25) for _ in range(n)))
-    lat.sort()
-    return {"streams": n, "lines": sum(lines), "p50_ms": lat[len(lat) // 2], "p99_ms": lat[int(len(lat) * 0.99)],
-            "latency_ms": lat[:: max(1, len(lat) // 2000)]}
+    t0 = time.monotonic_ns()
+    lines = await asyncio.gather(*(one(ramp_s * i / n) for i in range(n)))
+    steady = t0 + int((ramp_s + 0.5) * 1e9)  # lines sent after the last stream opened (+ margin)
+    window = [ms for ms, sent in lat if sent >= steady]
+    window.sort()
+    return {"streams": n, "lines": sum(lines), "measured_lines": len(window), "p50_ms": window[len(window) // 2],
+            "p99_ms": window[int(len(window) * 0.99)], "latency_ms": window[:: max(1, len(window) // 2000)]}
 
 
 async def scenario_short(s, path: Path_, runs: int, conc: int) -> dict:
@@ -310,7 +313,7 @@ async def main(args) -> None:
             for p in paths:
                 print(f"[{p.name}] {args.streams} streams × 100 lines × 20 ms ...", flush=True)
                 r = {"streams": await scenario_streams(s, p, args.streams)}
-                print(f"[{p.name}] {args.latency_streams} streams × 20 lines × 250 ms ...", flush=True)
+                print(f"[{p.name}] {args.latency_streams} streams × 40 lines × 250 ms ...", flush=True)
                 r["latency"] = await scenario_latency(s, p, args.latency_streams)
                 print(f"[{p.name}] {args.runs} short runs at {args.conc} concurrent ...", flush=True)
                 r["short"] = await scenario_short(s, p, args.runs, args.conc)

@@ -82,11 +82,24 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None) 
             loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set_result(app)
+    tune_gc()
     try:
         await stop.wait()
     finally:
         for r in reversed(runners):
             await r.cleanup()
+
+
+def tune_gc() -> None:
+    """Keep the cyclic GC off the request path: everything alive at startup (modules, config,
+    app) moves to the permanent generation, and collections run per 50,000 allocations rather
+    than 700. Almost everything a request allocates is freed by reference counting; what forms
+    cycles (futures, exceptions) is still collected, just in larger, rarer passes."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -131,7 +131,7 @@ DEFAULT_DIALECTS: dict[str, DialectMount] = {
 
 class BackendConfig(_Model):
     url: str = Field(description="Base URL of the backend (http or https); target paths are appended.")
-    protocol: Literal["text", "langflow", "ndjson", "json-array", "sse"] = Field(
+    protocol: Literal["text", "langflow", "ndjson", "json-array", "sse", "ai-sdk"] = Field(
         "text", description="How the backend streams: " + ", ".join(BACKEND_PROTOCOLS) + "."
     )
     headers: dict[str, str] = Field(

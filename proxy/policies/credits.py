@@ -12,6 +12,11 @@ exactly once: it charges what was metered, releases the rest and writes one ledg
 
 The hot path costs one comparison per event; the store is touched only at quantum boundaries and
 at most once a second for checkpoints (which do not block the stream).
+
+A run that crosses quanta faster than once a second (a bulk stream, not a model generating text)
+holds ahead: each growth less than a second after the previous one doubles the step, up to
+``MAX_STEP_QUANTA`` quanta, so a 1 GiB text stream costs a few thousand store writes rather than
+a quarter of a million. Its checkpoints (one per growth) are then up to that many quanta apart.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from . import Policy, StopRun
 
 log = structlog.get_logger("flowgate.credits")
 CHECKPOINT_EVERY_S = 1.0
+MAX_STEP_QUANTA = 64
 
 
 def credits_for(tokens: int, per_1k: int) -> int:
@@ -49,7 +55,8 @@ class Hold:
     cut: bool = False
     last_checkpoint: float = 0.0
     checkpointed_tokens: int = -1
-    growing: asyncio.Task | None = None
+    step: int = 1  # quanta per growth: doubles while growths come less than a second apart
+    last_grow: float = 0.0
 
 
 class Credits(Policy):
@@ -96,7 +103,10 @@ class Credits(Policy):
         return None
 
     async def _grow(self, run: Run, hold: Hold, cost: int) -> None:
-        want = cost - hold.held + hold.quantum
+        now = time.monotonic()
+        hold.step = min(hold.step * 2, MAX_STEP_QUANTA) if now - hold.last_grow < 1.0 else 1
+        hold.last_grow = now
+        want = cost - hold.held + hold.quantum * hold.step
         try:
             granted = await self.gw.store.grow_hold(run.job_id, hold.account, want, hold.expires_at)
         except StoreUnavailable:

@@ -113,12 +113,13 @@ def item_text(obj: Any) -> str | None:
 
 def usage_from(obj: Any) -> Usage | None:
     """A :class:`Usage` from a usage dict in Langflow (``input_tokens``/``output_tokens``) or
-    OpenAI (``prompt_tokens``/``completion_tokens``) shape; None when it carries no counts."""
+    OpenAI (``prompt_tokens``/``completion_tokens``) or AI SDK (``promptTokens``/``completionTokens``)
+    shape; None when it carries no counts."""
     if not isinstance(obj, dict):
         return None
-    inp = obj.get("input_tokens", obj.get("prompt_tokens"))
-    out = obj.get("output_tokens", obj.get("completion_tokens"))
-    total = obj.get("total_tokens")
+    inp = obj.get("input_tokens", obj.get("prompt_tokens", obj.get("promptTokens")))
+    out = obj.get("output_tokens", obj.get("completion_tokens", obj.get("completionTokens")))
+    total = obj.get("total_tokens", obj.get("totalTokens"))
     inp = inp if isinstance(inp, int) else None
     out = out if isinstance(out, int) else None
     total = total if isinstance(total, int) else None
@@ -128,7 +129,7 @@ def usage_from(obj: Any) -> Usage | None:
 
 
 def _registry() -> tuple[dict[str, type], dict[str, type]]:
-    from . import json_array, langflow, ndjson, sse, text
+    from . import ai_sdk, json_array, langflow, ndjson, sse, text
 
     decoders = {
         "text": text.TextDecoder,
@@ -136,6 +137,7 @@ def _registry() -> tuple[dict[str, type], dict[str, type]]:
         "ndjson": ndjson.NdjsonDecoder,
         "json-array": json_array.JsonArrayDecoder,
         "sse": sse.SseDecoder,
+        "ai-sdk": ai_sdk.AiSdkDecoder,
     }
     encoders = {
         "text": text.TextEncoder,

@@ -12,7 +12,7 @@ Batches first run inline on the event loop on a connection with ``busy_timeout=0
 transaction takes tens of microseconds, far less than a thread hand-off); if another process holds
 the write lock, the batch moves to one dedicated thread whose connection waits up to
 ``busy_timeout`` for it, so the loop never waits on a lock. The inline connection never checkpoints
-the WAL itself (no fsync on the loop); the thread does, every few seconds. Past the busy timeout a
+the WAL itself (no fsync on the loop); the thread does, every two seconds. Past the busy timeout a
 call raises StoreUnavailable.
 """
 
@@ -52,7 +52,7 @@ CREATE INDEX IF NOT EXISTS ledger_account ON ledger (account, ended_at);
 """
 
 PURGE_EVERY = 1000
-CHECKPOINT_EVERY_S = 5.0
+CHECKPOINT_EVERY_S = 2.0  # PASSIVE, on the store thread: keeps the WAL (and its index searches) short
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -180,18 +180,22 @@ class SqliteStore:
                 fut.set_exception(value)
 
     def _connect(self, busy_timeout_ms: int, autocheckpoint: bool) -> sqlite3.Connection:
+        # setup waits like the store thread does (another process may be creating the file or
+        # switching it to WAL); only then does the connection get its own busy timeout
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                             timeout=busy_timeout_ms / 1000)
-        db.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+                             timeout=self.busy_timeout_ms / 1000)
+        db.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         if not autocheckpoint:
             db.execute("PRAGMA wal_autocheckpoint=0")
+        db.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         return db
 
     def _open(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = self._connect(self.busy_timeout_ms, autocheckpoint=True)
+        if self._db is None:  # a retried start keeps the connection it already has
+            self._db = self._connect(self.busy_timeout_ms, autocheckpoint=True)
         self._db.executescript(SCHEMA)
 
     def _checkpoint_wal(self) -> None:
@@ -209,11 +213,21 @@ class SqliteStore:
     async def start(self) -> None:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowgate-sqlite")
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._open)
-            self._inline = self._connect(0, autocheckpoint=False)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"sqlite: {exc}") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                await loop.run_in_executor(self._pool, self._open)
+                self._inline = await loop.run_in_executor(self._pool, self._connect, 0, False)
+                break
+            except sqlite3.OperationalError as exc:
+                # two processes opening a new file at once: switching it to WAL can be refused
+                # without waiting on the busy timeout, so wait here
+                if not _is_busy(exc) or loop.time() > deadline:
+                    raise StoreUnavailable(f"sqlite: {exc}") from None
+                await asyncio.sleep(0.05)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"sqlite: {exc}") from None
         self._checkpointer = asyncio.ensure_future(self._checkpoint_forever())
 
     async def close(self) -> None:

@@ -187,3 +187,49 @@ async def test_hold_is_checkpointed_and_an_expired_hold_is_swept_once(upstream, 
     assert [(e["job_id"], e["credits"], e["output_tokens"]) for e in entries] == [("job-dead", 42, 42)]
     acct = await store.get_account("acme")
     assert acct.held == 0 and acct.balance == 100000 - 42
+
+
+async def test_a_fast_stream_holds_ahead_instead_of_a_store_write_per_quantum(upstream, gateway):
+    """800 quanta crossed in a fraction of a second: far fewer growths than quanta, the charge exact."""
+    async def text(request, seen):
+        return await stream_chunks(request, ["abcd" * 4000] * 200, delay=0.002)  # 200 chunks × 4,000 tokens
+
+    upstream.handle("/text", text)
+    client = await gateway(base_config(upstream.url, accounts={"acme": {"initial_credits": 10**9},
+                                                                 "other": {"initial_credits": 0}}))
+    store = client.app[GATEWAY].store
+    grows: list[int] = []
+    real_grow = store.grow_hold
+
+    async def counting_grow(job_id, account, want, expires_at):
+        grows.append(want)
+        return await real_grow(job_id, account, want, expires_at)
+
+    store.grow_hold = counting_grow
+    resp = await client.post(PB.format(flow="wf_text"), headers={"x-api-key": SECRET})
+    assert resp.status == 200 and len("".join(json.loads(await resp.read()))) == 200 * 16000
+    entries = await settled(client)
+    assert entries[0]["output_tokens"] == 800_000 and entries[0]["credits"] == 800_000
+    assert 0 < len(grows) < 60, len(grows)  # a quantum at a time would be 200 growths of 4+ quanta
+    acct = await store.get_account("acme")
+    assert (acct.held, acct.spent) == (0, 800_000)
+
+
+async def test_ai_sdk_finish_part_usage_is_charged(upstream, gateway):
+    """An AI SDK data stream backend: its d: usage is what is charged, served as plain text."""
+    async def sdk(request, seen):
+        return await stream_chunks(request, [b'0:"Hi "\n', b'0:"there"\n',
+                                             b'd:{"finishReason":"stop","usage":{"promptTokens":9,'
+                                             b'"completionTokens":120}}\n'])
+
+    upstream.handle("/sdk", sdk)
+    raw = base_config(upstream.url)
+    raw["backends"]["sdk"] = {"url": upstream.url, "protocol": "ai-sdk"}
+    raw["flows"].append({"id": "wf_sdk", "owner": "acme", "tenant": "t1", "workspace": "w1",
+                         "targets": {"Production": {"backend": "sdk", "path": "/sdk"}}})
+    client = await gateway(raw)
+    resp = await client.post(PB.format(flow="wf_sdk"), headers={"x-api-key": SECRET})
+    assert resp.status == 200 and json.loads(await resp.read()) == ["Hi ", "there"]
+    entries = await settled(client)
+    assert (entries[0]["credits"], entries[0]["output_tokens"], entries[0]["input_tokens"]) == (120, 120, 9)
+    assert entries[0]["outcome"] == "completed"

@@ -23,6 +23,8 @@ BODIES = {
     "json-array": ("[" + ",".join(json.dumps(c) for c in (TEXT[:3], TEXT[3:])) + "]").encode(),
     "sse": b"".join(b"data: " + json.dumps({"choices": [{"delta": {"content": c}}]}).encode() + b"\n\n"
                     for c in (TEXT[:9], TEXT[9:])) + b"data: [DONE]\n\n",
+    "ai-sdk": b'f:{"messageId":"m"}\n' + b"".join(b"0:" + json.dumps(c).encode() + b"\n" for c in (TEXT[:4], TEXT[4:]))
+    + b'd:{"finishReason":"stop","usage":{"promptTokens":1,"completionTokens":6}}\n',
 }
 
 

@@ -33,21 +33,25 @@ from . import Account, Hold, RateResult, ledger_entry
 
 T = TypeVar("T")
 
+# WITHOUT ROWID: each table is stored in its primary key's B-tree, so a write dirties one page
+# fewer (no separate key index) and a commit writes that much less WAL.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at REAL NOT NULL,
-                                   used INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS windows (bucket TEXT PRIMARY KEY, start REAL NOT NULL, count INTEGER NOT NULL);
+                                   used INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS windows (bucket TEXT PRIMARY KEY, start REAL NOT NULL, count INTEGER NOT NULL)
+    WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS slots (bucket TEXT NOT NULL, job_id TEXT NOT NULL, expires_at REAL NOT NULL,
-                                  PRIMARY KEY (bucket, job_id));
+                                  PRIMARY KEY (bucket, job_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS accounts (account TEXT PRIMARY KEY, balance INTEGER NOT NULL,
-                                     held INTEGER NOT NULL DEFAULT 0, spent INTEGER NOT NULL DEFAULT 0);
+                                     held INTEGER NOT NULL DEFAULT 0, spent INTEGER NOT NULL DEFAULT 0)
+    WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS holds (job_id TEXT PRIMARY KEY, account TEXT NOT NULL, amount INTEGER NOT NULL,
                                   metered INTEGER NOT NULL DEFAULT 0, input_tokens INTEGER NOT NULL DEFAULT 0,
                                   output_tokens INTEGER NOT NULL DEFAULT 0, expires_at REAL NOT NULL,
-                                  meta BLOB NOT NULL);
+                                  meta BLOB NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS holds_expiry ON holds (expires_at);
 CREATE TABLE IF NOT EXISTS ledger (job_id TEXT PRIMARY KEY, account TEXT NOT NULL, ended_at REAL NOT NULL,
-                                   entry BLOB NOT NULL);
+                                   entry BLOB NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ledger_account ON ledger (account, ended_at);
 """
 

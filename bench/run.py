@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -306,23 +307,35 @@ async def main(args) -> None:
             wait_port(nport)
             paths[1].pid = procs[1].pid
         conn = aiohttp.TCPConnector(limit=0, force_close=False)
-        results: dict = {}
         async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as s:
             for p in paths:  # warm each path (connections, caches) before measuring
                 await scenario_short(s, p, 200, 50)
-            for p in paths:
-                print(f"[{p.name}] {args.streams} streams × 100 lines × 20 ms ...", flush=True)
-                r = {"streams": await scenario_streams(s, p, args.streams)}
-                print(f"[{p.name}] {args.latency_streams} streams × 40 lines × 250 ms ...", flush=True)
-                r["latency"] = await scenario_latency(s, p, args.latency_streams)
-                print(f"[{p.name}] {args.runs} short runs at {args.conc} concurrent ...", flush=True)
-                r["short"] = await scenario_short(s, p, args.runs, args.conc)
-                print(f"[{p.name}] bulk {args.bulk_mb} MB ...", flush=True)
-                r["bulk"] = await scenario_bulk(s, p, args.bulk_mb)
-                if p.pid is not None:
-                    print(f"[{p.name}] {', '.join(map(str, args.idle))} open idle streams ...", flush=True)
-                    r["idle"] = await scenario_idle(s, p, args.idle)
-                results[p.name] = r
+            # scenario by scenario, every path in turn, so that no path always runs against a load
+            # generator that has aged through the others' scenarios; the generator's own GC is off
+            # while measuring (its pauses would show up as latency of whichever path runs then)
+            results: dict = {p.name: {} for p in paths}
+            steps = [
+                ("streams", f"{args.streams} streams × 100 lines × 20 ms",
+                 lambda p: scenario_streams(s, p, args.streams)),
+                ("latency", f"{args.latency_streams} streams × 40 lines × 250 ms",
+                 lambda p: scenario_latency(s, p, args.latency_streams)),
+                ("short", f"{args.runs} short runs at {args.conc} concurrent",
+                 lambda p: scenario_short(s, p, args.runs, args.conc)),
+                ("bulk", f"bulk {args.bulk_mb} MB", lambda p: scenario_bulk(s, p, args.bulk_mb)),
+                ("idle", f"{', '.join(map(str, args.idle))} open idle streams",
+                 lambda p: scenario_idle(s, p, args.idle)),
+            ]
+            for key, label, run in steps:
+                for p in paths:
+                    if key == "idle" and p.pid is None:
+                        continue  # no proxy process to measure
+                    print(f"[{p.name}] {label} ...", flush=True)
+                    gc.collect()
+                    gc.disable()
+                    try:
+                        results[p.name][key] = await run(p)
+                    finally:
+                        gc.enable()
         OUT.mkdir(exist_ok=True)
         (OUT / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
         plot(results, OUT / "bench.png")

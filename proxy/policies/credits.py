@@ -15,8 +15,9 @@ at most once a second for checkpoints (which do not block the stream).
 
 A run that crosses quanta faster than once a second (a bulk stream, not a model generating text)
 holds ahead: each growth less than a second after the previous one doubles the step, up to
-``MAX_STEP_QUANTA`` quanta, so a 1 GiB text stream costs a few thousand store writes rather than
-a quarter of a million. Its checkpoints (one per growth) are then up to that many quanta apart.
+``MAX_STEP_QUANTA`` quanta, so a 1 GiB text stream costs ~8,000 store writes rather than a growth
+and a checkpoint at every 64 KiB chunk. Its checkpoints (one per growth) are then up to that many
+quanta apart.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Line splitting shared by the line-framed decoders (Langflow events, ndjson, SSE)."""
+"""Line splitting shared by the line-framed decoders (Langflow events, ndjson, SSE, AI SDK)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,33 @@ class LineBuffer:
     @property
     def pending(self) -> bool:
         return bool(self._buf)
+
+
+class LineDecoder:
+    """Base of a line-framed decoder: implement ``_line(line, out)`` (append the line's events to
+    ``out``); extend ``close`` for what the end of the stream means in your protocol."""
+
+    __slots__ = ("_lines",)
+
+    def __init__(self) -> None:
+        self._lines = LineBuffer()
+
+    def _line(self, line: bytes, out: list) -> None:
+        raise NotImplementedError
+
+    def feed(self, data: bytes) -> list:
+        out: list = []
+        for line in self._lines.feed(data):
+            self._line(line, out)
+        return out
+
+    def close(self) -> list:
+        out: list = []
+        rest = self._lines.rest()
+        if rest:
+            self._line(rest, out)
+        return out
+
+    @property
+    def pending(self) -> bool:
+        return self._lines.pending

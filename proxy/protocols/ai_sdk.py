@@ -19,16 +19,16 @@ from __future__ import annotations
 import orjson
 
 from . import End, Error, Event, Item, Token, usage_from
-from ._lines import LineBuffer
+from ._lines import LineDecoder
 
 ITEM_PARTS = frozenset((b"2", b"8", b"9", b"a"))
 
 
-class AiSdkDecoder:
-    __slots__ = ("_lines", "_finished")
+class AiSdkDecoder(LineDecoder):
+    __slots__ = ("_finished",)
 
     def __init__(self) -> None:
-        self._lines = LineBuffer()
+        super().__init__()
         self._finished = False
 
     def _line(self, line: bytes, out: list[Event]) -> None:
@@ -54,19 +54,8 @@ class AiSdkDecoder:
         elif kind in ITEM_PARTS:
             out.append(Item({"type": kind.decode("ascii"), "value": value}))
 
-    def feed(self, data: bytes) -> list[Event]:
-        out: list[Event] = []
-        for line in self._lines.feed(data):
-            self._line(line, out)
-        return out
-
     def close(self) -> list[Event]:
-        out: list[Event] = []
-        self._line(self._lines.rest(), out)
+        out = super().close()
         if not self._finished and not any(type(ev) is Error for ev in out):
             out.append(Error("the backend stream ended before its finish part"))
         return out
-
-    @property
-    def pending(self) -> bool:
-        return self._lines.pending

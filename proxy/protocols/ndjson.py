@@ -9,7 +9,7 @@ from __future__ import annotations
 import orjson
 
 from . import Error, Event, Item, usage_from
-from ._lines import LineBuffer
+from ._lines import LineDecoder
 
 
 def element_events(obj: object, out: list[Event]) -> None:
@@ -27,11 +27,8 @@ def element_events(obj: object, out: list[Event]) -> None:
     out.append(Item(obj))
 
 
-class NdjsonDecoder:
-    __slots__ = ("_lines",)
-
-    def __init__(self) -> None:
-        self._lines = LineBuffer()
+class NdjsonDecoder(LineDecoder):
+    __slots__ = ()
 
     def _line(self, line: bytes, out: list[Event]) -> None:
         if not line.strip():
@@ -42,18 +39,3 @@ class NdjsonDecoder:
             out.append(Item(line.decode("utf-8", "replace")))
             return
         element_events(obj, out)
-
-    def feed(self, data: bytes) -> list[Event]:
-        out: list[Event] = []
-        for line in self._lines.feed(data):
-            self._line(line, out)
-        return out
-
-    def close(self) -> list[Event]:
-        out: list[Event] = []
-        self._line(self._lines.rest(), out)
-        return out
-
-    @property
-    def pending(self) -> bool:
-        return self._lines.pending

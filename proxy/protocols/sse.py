@@ -10,28 +10,19 @@ from __future__ import annotations
 import orjson
 
 from . import End, Error, Event, Item, Token, usage_from
-from ._lines import LineBuffer
+from ._lines import LineDecoder
 
 
-class SseDecoder:
-    __slots__ = ("_lines", "_event", "_data")
+class SseDecoder(LineDecoder):
+    __slots__ = ("_event", "_data")
 
     def __init__(self) -> None:
-        self._lines = LineBuffer()
+        super().__init__()
         self._event = ""
         self._data: list[str] = []
 
-    def feed(self, data: bytes) -> list[Event]:
-        out: list[Event] = []
-        for line in self._lines.feed(data):
-            self._line(line, out)
-        return out
-
     def close(self) -> list[Event]:
-        out: list[Event] = []
-        rest = self._lines.rest()
-        if rest:
-            self._line(rest, out)
+        out = super().close()
         self._dispatch(out)
         return out
 

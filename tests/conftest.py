@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
+import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +32,26 @@ NOEXEC_SECRET = "fg_test_secret_noexec"
 
 def sha(s: str) -> str:
     return hashlib.sha256(s.encode()).hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(port: int) -> subprocess.Popen:
+    """A throwaway redis-server on ``port`` (never the shared one), for outage tests."""
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("throwaway redis-server did not start")
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import SECRET, base_config, stream_chunks
+from tests.conftest import SECRET, base_config, free_port, stream_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "grafana" / "dashboards" / "flowgate.json"
@@ -35,11 +34,6 @@ def test_dashboard_is_well_formed():
     for e in exprs():
         assert "flowgate_" in e
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def to_promql(expr: str) -> str:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 from aiohttp import web
 
-from tests.conftest import SECRET, base_config, stream_chunks
+from tests.conftest import SECRET, base_config, free_port, stream_chunks
 
 PB = "/api/v1/tenants/t1/workspaces/w1/flows/wf_text/run-streaming"
 
@@ -44,11 +43,6 @@ async def test_bearer_key_is_not_forwarded(upstream, gateway):
     assert resp.status == 200
     assert "authorization" not in {k.lower() for k in upstream.last.headers}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_refused_connection_is_502(gateway):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,10 @@ import yaml
 from aiohttp import web
 
 from proxy.store import open_store
-from tests.conftest import SECRET, base_config, redis_url, require_redis
+from tests.conftest import SECRET, base_config, free_port, redis_url, require_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Replica:

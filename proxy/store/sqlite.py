@@ -1,37 +1,19 @@
 """Embedded store on one SQLite file: WAL, survives restarts, safe for several processes.
 
-Every check-and-change runs inside a ``BEGIN IMMEDIATE`` transaction: SQLite serializes writers
-across processes sharing the file. Writes are group-committed: the ones issued during one turn of
-the event loop are queued and run together in one transaction at the end of it (what a commit costs
-is its WAL writes, so a hundred concurrent runs share one instead of paying a hundred); each caller
-gets its result only once the COMMIT is done. If one operation of a batch raises, the batch is
-rolled back and every operation re-run in a transaction of its own, so one failure never takes
-another caller's write with it.
-
-Batches first run inline on the event loop on a connection with ``busy_timeout=0`` (a short WAL
-transaction takes tens of microseconds, far less than a thread hand-off); if another process holds
-the write lock, the batch moves to one dedicated thread whose connection waits up to
-``busy_timeout`` for it, so the loop never waits on a lock. The inline connection never checkpoints
-the WAL itself (no fsync on the loop); the thread does, every two seconds. Past the busy timeout a
-call raises StoreUnavailable.
+The schema and the operations; how they reach the file (inline on the loop or on the store
+thread, group-committed, checkpointed) is :mod:`proxy.store.sqlite_db`. Each operation is one
+``fn(connection)`` run inside a transaction, so every check-and-change is atomic across processes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, TypeVar
 
 import orjson
 
-from ..errors import StoreUnavailable
 from . import Account, Hold, RateResult, ledger_entry
-
-T = TypeVar("T")
+from .sqlite_db import LoopDatabase
 
 # WITHOUT ROWID: each table is stored in its primary key's B-tree, so a write dirties one page
 # fewer (no separate key index) and a commit writes that much less WAL.
@@ -56,195 +38,21 @@ CREATE INDEX IF NOT EXISTS ledger_account ON ledger (account, ended_at);
 """
 
 PURGE_EVERY = 1000
-CHECKPOINT_EVERY_S = 2.0  # PASSIVE, on the store thread: keeps the WAL (and its index searches) short
-
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    return "locked" in str(exc) or "busy" in str(exc)  # token/job writes between purges of long-expired rows
 
 
 class SqliteStore:
     def __init__(self, path: str, busy_timeout_ms: int = 5000) -> None:
         self.path = path
-        self.busy_timeout_ms = busy_timeout_ms
-        self._pool: ThreadPoolExecutor | None = None
-        self._db: sqlite3.Connection | None = None  # the store thread's connection
-        self._inline: sqlite3.Connection | None = None  # the event loop's (busy_timeout 0)
-        self._checkpointer: asyncio.Future | None = None
+        self.db = LoopDatabase(path, busy_timeout_ms, SCHEMA)
+        self._call = self.db.call
+        self._write = self.db.write
         self._writes = 0
-        self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]] = []
-
-    # --- plumbing
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(db, *args)``: inline when the lock is free, else on the store thread."""
-        if self._pool is None or self._inline is None:
-            raise StoreUnavailable("the store is not started")
-        try:
-            return fn(self._inline, *args)
-        except sqlite3.OperationalError as exc:
-            if not _is_busy(exc):
-                raise StoreUnavailable(f"sqlite: {exc}") from None
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"sqlite: {exc}") from None
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, self._db, *args)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"sqlite: {exc}") from None
-
-    @staticmethod
-    def _tx(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in one BEGIN IMMEDIATE transaction on ``db``."""
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(db)
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return result
-
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future:
-        """Queue ``fn(db)`` for this loop turn's group commit; the future holds its result."""
-        if self._pool is None or self._inline is None:
-            raise StoreUnavailable("the store is not started")
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        if not self._batch:
-            loop.call_soon(self._flush)
-        self._batch.append((fn, fut))
-        return fut
-
-    @staticmethod
-    def _run_batch(db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
-        """All of ``fns`` in one transaction; if one raises, each in its own. Busy errors propagate."""
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            results: list[tuple[bool, Any]] = [(True, fn(db)) for fn in fns]
-        except sqlite3.OperationalError as exc:
-            db.execute("ROLLBACK")
-            if _is_busy(exc) or len(fns) == 1:
-                raise
-            return [SqliteStore._run_alone(db, fn) for fn in fns]
-        except Exception:
-            db.execute("ROLLBACK")
-            if len(fns) == 1:
-                raise
-            return [SqliteStore._run_alone(db, fn) for fn in fns]
-        db.execute("COMMIT")
-        return results
-
-    @staticmethod
-    def _run_alone(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any]:
-        try:
-            return True, SqliteStore._tx(db, fn)
-        except Exception as exc:
-            return False, exc
-
-    def _flush(self) -> None:
-        batch, self._batch = self._batch, []
-        batch = [(fn, fut) for fn, fut in batch if not fut.cancelled()]
-        if not batch:
-            return
-        fns = [fn for fn, _ in batch]
-        if self._inline is None or self._pool is None:
-            results: list[tuple[bool, Any]] = [(False, StoreUnavailable("the store is not started"))] * len(batch)
-        else:
-            try:
-                results = self._run_batch(self._inline, fns)
-            except sqlite3.OperationalError as exc:
-                if _is_busy(exc):  # another process holds the write lock: wait for it off the loop
-                    task = asyncio.get_running_loop().run_in_executor(self._pool, self._run_batch, self._db, fns)
-                    task.add_done_callback(lambda t: self._deliver(batch, t))
-                    return
-                results = [(False, exc)]
-            except Exception as exc:
-                results = [(False, exc)]
-        self._settle_futures(batch, results)
-
-    def _deliver(self, batch: list, task: asyncio.Future) -> None:
-        try:
-            results = task.result()
-        except Exception as exc:
-            results = [(False, exc)]
-        self._settle_futures(batch, results)
-
-    @staticmethod
-    def _settle_futures(batch: list, results: list[tuple[bool, Any]]) -> None:
-        if len(results) != len(batch):  # one error for the whole batch
-            results = results * len(batch)
-        for (_, fut), (ok, value) in zip(batch, results, strict=True):
-            if fut.done():
-                continue
-            if ok:
-                fut.set_result(value)
-            elif isinstance(value, sqlite3.Error):
-                fut.set_exception(StoreUnavailable(f"sqlite: {value}"))
-            else:
-                fut.set_exception(value)
-
-    def _connect(self, busy_timeout_ms: int, autocheckpoint: bool) -> sqlite3.Connection:
-        # setup waits like the store thread does (another process may be creating the file or
-        # switching it to WAL); only then does the connection get its own busy timeout
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                             timeout=self.busy_timeout_ms / 1000)
-        db.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        if not autocheckpoint:
-            db.execute("PRAGMA wal_autocheckpoint=0")
-        db.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
-        return db
-
-    def _open(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        if self._db is None:  # a retried start keeps the connection it already has
-            self._db = self._connect(self.busy_timeout_ms, autocheckpoint=True)
-        self._db.executescript(SCHEMA)
-
-    def _checkpoint_wal(self) -> None:
-        if self._db is not None:
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-
-    async def _checkpoint_forever(self) -> None:
-        while True:
-            await asyncio.sleep(CHECKPOINT_EVERY_S)
-            try:
-                await asyncio.get_running_loop().run_in_executor(self._pool, self._checkpoint_wal)
-            except sqlite3.Error:
-                pass
 
     async def start(self) -> None:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowgate-sqlite")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.busy_timeout_ms / 1000
-        while True:
-            try:
-                await loop.run_in_executor(self._pool, self._open)
-                self._inline = await loop.run_in_executor(self._pool, self._connect, 0, False)
-                break
-            except sqlite3.OperationalError as exc:
-                # two processes opening a new file at once: switching it to WAL can be refused
-                # without waiting on the busy timeout, so wait here
-                if not _is_busy(exc) or loop.time() > deadline:
-                    raise StoreUnavailable(f"sqlite: {exc}") from None
-                await asyncio.sleep(0.05)
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"sqlite: {exc}") from None
-        self._checkpointer = asyncio.ensure_future(self._checkpoint_forever())
+        await self.db.start()
 
     async def close(self) -> None:
-        if self._pool is None:
-            return
-        if self._checkpointer is not None:
-            self._checkpointer.cancel()
-        if self._inline is not None:
-            self._inline.close()
-        if self._db is not None:
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._db.close)
-        self._pool.shutdown(wait=True)
-        self._pool, self._db, self._inline, self._checkpointer = None, None, None, None
+        await self.db.close()
 
     async def ping(self) -> None:
         await self._call(lambda db: db.execute("SELECT 1").fetchone())

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
 import time
 
 import pytest
@@ -14,6 +12,7 @@ from redis.crc import key_slot
 from proxy.errors import StoreUnavailable
 from proxy.store import open_store
 from proxy.store.redis import RedisStore
+from tests.conftest import free_port, start_redis
 
 
 def test_account_keys_share_one_hash_slot():
@@ -22,27 +21,11 @@ def test_account_keys_share_one_hash_slot():
     assert len(slots) == 1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
-
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 async def test_outage_raises_fast_and_recovers():
     port = free_port()
-    proc = start(port)
+    proc = start_redis(port)
     s = open_store(f"redis://127.0.0.1:{port}/0")
     try:
         await s.start()
@@ -55,7 +38,7 @@ async def test_outage_raises_fast_and_recovers():
         with pytest.raises(StoreUnavailable):
             await s.ping()
         assert time.monotonic() - began < 1.0
-        proc = start(port)
+        proc = start_redis(port)
         await s.ping()
         await s.grant("a", 3)
         assert (await s.get_account("a")).balance == 3

@@ -89,9 +89,9 @@ async def test_group_commit_isolates_a_failing_write(tmp_path):
         assert (acct.balance, acct.held) == (100, 20)  # boom's UPDATE was rolled back, the holds kept
 
         # many concurrent writes: all committed, one transaction per loop turn
-        before = s._inline.total_changes
+        before = s.db.inline.total_changes
         await asyncio.gather(*(s.put_token(f"t{i}", {"owner": "a"}, time.time() + 60) for i in range(200)))
-        assert s._inline.total_changes - before == 200
+        assert s.db.inline.total_changes - before == 200
         spent = await asyncio.gather(*(s.consume_token(f"t{i}") for i in range(200)))
         assert [status for status, _ in spent] == ["ok"] * 200
     finally:

@@ -1,6 +1,6 @@
 """Builds the aiohttp application: dialect routes at their prefixes, operations routes, resources.
 
-Resources live in ``cleanup_ctx`` (the store, the one shared ClientSession), app state behind
+Resources live in ``cleanup_ctx`` (the store, the one upstream connection pool), app state behind
 ``web.AppKey``. ``create_app`` takes an already-validated :class:`~proxy.config.Config`.
 """
 
@@ -11,7 +11,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from functools import partial
 
-import aiohttp
 import structlog
 from aiohttp import web
 from orjson import dumps
@@ -29,6 +28,7 @@ from .policies import build_chain
 from .policies.credits import sweep_expired_holds
 from .store import open_store
 from .tokens import mint_token
+from .upstream import UpstreamPool
 
 
 @web.middleware
@@ -71,7 +71,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/metrics", metrics_view, name="ops:metrics")
     m.init_series([f.id for f in config.flows], list(config.dialects), list(config.backends))
     app.cleanup_ctx.append(_store_ctx)
-    app.cleanup_ctx.append(_session_ctx)
+    app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_sweeper_ctx)
     return app
 
@@ -116,17 +116,12 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await gw.store.close()
 
 
-async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-    gw.session = aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        timeout=aiohttp.ClientTimeout(total=None),
-        skip_auto_headers=("User-Agent",),
-    )
+    server = gw.config.server
+    gw.upstreams = UpstreamPool(max_idle=server.upstream_keepalive, idle_timeout_s=server.upstream_keepalive_timeout_s)
     yield
-    await gw.session.close()
+    await gw.upstreams.close()
 
 
 async def healthz(request: web.Request) -> web.Response:

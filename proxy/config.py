@@ -80,6 +80,12 @@ class ServerConfig(_Model):
     shutdown_timeout_s: float = Field(
         10.0, ge=0, description="On SIGTERM, how long open streams may go on before they are cut."
     )
+    upstream_keepalive: int = Field(
+        256, ge=0, description="Idle keep-alive connections kept per backend origin; more are closed when released."
+    )
+    upstream_keepalive_timeout_s: float = Field(
+        15.0, gt=0, description="An idle backend connection older than this is closed instead of reused."
+    )
 
 
 class LimitsConfig(_Model):
@@ -147,6 +153,16 @@ class BackendConfig(_Model):
         if not re.match(r"^https?://[^/\s]+", v):
             raise ValueError("url must be an http:// or https:// URL")
         return v.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"the value of {name!r} holds a line break")
+        return v
 
 
 class AccountConfig(_Model):

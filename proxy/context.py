@@ -1,4 +1,4 @@
-"""The gateway's shared state for one app: config, store, the one ClientSession, the chains."""
+"""The gateway's shared state for one app: config, store, the one upstream pool, the chains."""
 
 from __future__ import annotations
 
@@ -8,18 +8,17 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    import aiohttp
-
     from .config import Config
     from .policies import Policy
     from .store import Store
+    from .upstream import UpstreamPool
 
 
 @dataclass(slots=True)
 class Gateway:
     config: Config
     store: Store
-    session: aiohttp.ClientSession | None = None
+    upstreams: UpstreamPool | None = None
     chains: dict[str, list[Policy]] = field(default_factory=dict)
 
 

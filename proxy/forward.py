@@ -1,8 +1,8 @@
-"""The terminal step: open the backend request on the app's one shared ClientSession.
+"""The terminal step: send the run's request to its backend over the app's one upstream pool.
 
-Connection problems become typed errors the dialect renders (502 refused, 504 no headers within
-``connect_timeout_s``, 500 for a backend that answered with a failure status). The response body
-is left unread for the pump.
+Connection problems become typed errors the dialect renders (502 refused or closed, 504 no headers
+within ``connect_timeout_s``, 500 for a backend that answered with a failure status). The response
+body is left unread for the pump, which attaches to the returned connection.
 """
 
 from __future__ import annotations
@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
-
 from . import metrics as m
 from .errors import BackendTimeout, BackendUnavailable, RunFailed
 from .headers import upstream_headers
 from .run import Run
+from .upstream import Connection, UpstreamError, UpstreamPool
 
 
-async def open_upstream(session: aiohttp.ClientSession, run: Run) -> aiohttp.ClientResponse:
+async def open_upstream(pool: UpstreamPool, run: Run) -> Connection:
     backend, target = run.backend, run.target
     assert backend is not None and target is not None
     req = run.request
@@ -31,23 +30,21 @@ async def open_upstream(session: aiohttp.ClientSession, run: Run) -> aiohttp.Cli
     failures = m.BACKEND_FAILURES
     try:
         async with asyncio.timeout(backend.connect_timeout_s):
-            resp = await session.request(
-                req.method, backend.url + target.path, data=run.body, headers=headers, allow_redirects=False
-            )
+            conn = await pool.request(pool.endpoint(backend.url + target.path), req.method, headers, run.body)
     except TimeoutError:
         m.child(failures, target.backend, "timeout").inc()
         run.reason = "backend_timeout"
         raise BackendTimeout("the backend did not answer in time") from None
-    except (aiohttp.ClientConnectionError, OSError):
+    except (UpstreamError, OSError):
         m.child(failures, target.backend, "connect").inc()
         run.reason = "backend_unavailable"
         raise BackendUnavailable("the backend is unavailable") from None
-    if resp.status >= 300:
-        status = resp.status
-        resp.close()
+    if conn.status >= 300:
+        status = conn.status
+        conn.close()
         m.child(failures, target.backend, "status").inc()
         run.reason = f"backend_status_{status // 100}xx"
         if status in (502, 503, 504):
             raise BackendUnavailable(f"the backend is unavailable ({status})")
         raise RunFailed(f"the workflow run failed (backend answered {status})")
-    return resp
+    return conn

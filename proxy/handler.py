@@ -69,7 +69,7 @@ def _error(dialect: Dialect, err: GatewayError, extra: dict[str, str]) -> web.Re
 
 
 async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Policy], cors: dict[str, str]):
-    assert run.backend is not None and gw.session is not None
+    assert run.backend is not None and gw.upstreams is not None
     decoder = new_decoder(run.backend.protocol)
     encoder = new_encoder(dialect.output)
     hooks = [p.on_event for p in admitted if p.overrides("on_event")]
@@ -85,15 +85,14 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
     try:
         try:
             async with asyncio.timeout_at(run.deadline):
-                upstream = await open_upstream(gw.session, run)
+                upstream = await open_upstream(gw.upstreams, run)
                 pump = Pump(run, upstream, decoder, encoder, passthrough, hooks, collect=not run.stream)
                 if run.stream:
                     await pump.start(pump.response({**cors, **run.response_headers}))
                     run.status = 200
                     streams_open.inc()
                 else:
-                    pump.write = _appender(buffer)
-                    buffer.append(encoder.open())
+                    pump.collect_into(buffer)
                 outcome = await pump.pump()
         except TimeoutError:
             outcome = DEADLINE
@@ -101,7 +100,7 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
                 m.child(m.BACKEND_FAILURES, run.target.backend if run.target else "", "timeout").inc()
                 raise BackendTimeout("the run reached its maximum duration before the backend answered") from None
             pump.message = DEADLINE_MESSAGE
-        except ConnectionResetError:  # a write to the client failed: it went away
+        except ConnectionResetError:  # the client went away while the response was prepared
             outcome = CLIENT_DISCONNECTED
         run.outcome = outcome
         if outcome == BACKEND_ERROR:
@@ -132,6 +131,8 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
             run.outcome = BACKEND_ERROR
         raise
     finally:
+        if pump is not None:
+            pump.detach()
         if run.status == 200 and run.stream:
             streams_open.dec()
         if upstream is not None:
@@ -139,13 +140,6 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
                 upstream.release()
             else:
                 upstream.close()  # drop the backend connection at once: it stops generating
-
-
-def _appender(buffer: list[bytes]):
-    async def write(data: bytes) -> None:
-        buffer.append(data)
-
-    return write
 
 
 async def _complete(gw: Gateway, run: Run, admitted: list[Policy]) -> None:

@@ -1,9 +1,18 @@
 """The hot path: upstream bytes -> decoder (side view) -> meter/policies -> encoder -> client.
 
-Per chunk the pump does one read (``iter_any``: whatever the socket has, no line buffering), one
-decode, the ``on_event`` hooks, and one write. When the output format equals the backend protocol
-the chunk is written as it came; the decoder still reads it for metering. Nothing here buffers a
-whole response, logs, or touches the store except through an ``on_event`` hook that asks to.
+The pump is *pushed*: the upstream connection (:mod:`proxy.upstream`) calls :meth:`Pump.body` from
+its socket's ``data_received`` with whatever bytes arrived, and the pump decodes them, runs the
+``on_event`` hooks and writes the result to the client's transport, all synchronously: per chunk
+one read, one decode, the hooks, one write, and no task wake-up. When the output format equals the
+backend protocol the chunk is written as it came; the decoder still reads it for metering. Nothing
+here buffers a whole response, logs, or touches the store except through a hook that asks to.
+
+Two things suspend the flow, each by pausing the upstream socket until it is over:
+
+- a hook that returns an awaitable (a credit hold that must grow in the store): the chunk's
+  remaining events wait for it, later chunks are held in arrival order;
+- a client that reads slower than the backend writes (the client transport is above its high
+  water mark): reading resumes once it has drained.
 
 How a run ends (see :meth:`Pump.finish`):
 
@@ -15,19 +24,23 @@ How a run ends (see :meth:`Pump.finish`):
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable
 
-import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from . import metrics as m
 from .headers import JOB_ID_HEADER, STREAM_HEADERS
 from .policies import StopRun
 from .protocols import Decoder, Encoder, End, Error, Event, Item, Token, Usage, item_text
-from .run import BACKEND_ERROR, COMPLETED, Meter, Run
+from .run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, Meter, Run
+from .upstream import Connection
 
 Hook = Callable[[Run, Event], "Awaitable[None] | None"]
+SMALL = 2048  # below this a chunk and its framing are joined into one bytes object for one write
 
 
 def observe(meter: Meter, ev: Event) -> None:
@@ -46,16 +59,70 @@ def observe(meter: Meter, ev: Event) -> None:
             meter.chars += len(text)
 
 
-class Pump:
-    """Moves one run's body from the backend response to a sink (the client, or a buffer)."""
+class ClientSink:
+    """Writes body bytes straight to the client's transport, framed as HTTP/1.1 chunks when the
+    response is chunked. Synchronous, so the pump can write from the upstream's ``data_received``;
+    the status line and headers are flushed when it is made (after ``prepare()``, never changed)."""
 
-    __slots__ = ("run", "upstream", "decoder", "encoder", "passthrough", "hooks", "resp", "write",
-                 "error_in_stream", "message", "result", "texts", "collect")
+    __slots__ = ("writer", "transport", "protocol", "chunked")
+
+    def __init__(self, writer: AbstractStreamWriter) -> None:
+        writer.send_headers()  # type: ignore[attr-defined]
+        self.writer = writer
+        self.transport = writer.transport  # type: ignore[attr-defined]
+        self.protocol = writer.protocol  # type: ignore[attr-defined]
+        self.chunked = writer.chunked  # type: ignore[attr-defined]
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        if not self.chunked:
+            transport.write(data)
+        elif len(data) < SMALL:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+
+    @property
+    def paused(self) -> bool:
+        return self.protocol.writing_paused
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+
+class BufferSink:
+    """Collects the body of a non-streaming run."""
+
+    __slots__ = ("parts",)
+    paused = False
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = parts
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    async def drain(self) -> None:
+        return None
+
+
+class Pump:
+    """Moves one run's body from the backend connection to a sink (the client, or a buffer).
+
+    ``pump()`` attaches to the upstream and returns the outcome once the body ended; the caller's
+    deadline and client disconnects arrive as cancellation of that await, after which the caller
+    calls :meth:`detach` and closes the upstream."""
+
+    __slots__ = ("run", "upstream", "decoder", "encoder", "passthrough", "hooks", "resp", "sink", "feed",
+                 "error_in_stream", "message", "result", "texts", "collect", "done", "ended", "held",
+                 "draining", "tasks", "ctx", "last")
 
     def __init__(
         self,
         run: Run,
-        upstream: aiohttp.ClientResponse,
+        upstream: Connection,
         decoder: Decoder,
         encoder: Encoder,
         passthrough: bool,
@@ -66,24 +133,24 @@ class Pump:
         self.run = run
         self.upstream = upstream
         self.decoder = decoder
+        self.feed = decoder.feed
         self.encoder = encoder
         self.passthrough = passthrough
         self.hooks = hooks
         self.resp: web.StreamResponse | None = None
-        self.write: Callable[[bytes], Awaitable[None]] | None = None
+        self.sink: ClientSink | BufferSink | None = None
         self.error_in_stream = False  # the backend's own error event was passed through already
         self.message = ""
         self.result: object = None
         self.collect = collect
         self.texts: list[str] = []  # generated text, kept only for non-streaming runs
-
-    async def start(self, resp: web.StreamResponse) -> None:
-        """Prepare the client response (all headers are final here) and write the prologue."""
-        await resp.prepare(self.run.request)
-        self.resp, self.write = resp, resp.write
-        opening = self.encoder.open()
-        if opening and not self.passthrough:
-            await self.write(opening)
+        self.done: asyncio.Future[str] | None = None
+        self.ended = False
+        self.held: list[bytes | str | None] | None = None  # pieces waiting behind a hook (None: the end)
+        self.draining = False
+        self.tasks: set[asyncio.Task] = set()
+        self.ctx: contextvars.Context | None = None
+        self.last = 0.0  # when the previous chunk arrived
 
     def response(self, extra_headers: dict[str, str]) -> web.StreamResponse:
         upstream_id = self.upstream.headers.get(JOB_ID_HEADER)
@@ -93,108 +160,238 @@ class Pump:
         headers.update(extra_headers)
         return web.StreamResponse(status=200, headers=headers)
 
-    async def pump(self) -> str:
-        """Run to the end of the upstream body; returns the outcome (deadline and disconnects arrive
-        as exceptions: TimeoutError from the caller's deadline, ConnectionResetError / CancelledError)."""
-        run, write, passthrough = self.run, self.write, self.passthrough
-        assert write is not None
-        feed, hooks, meter = self.decoder.feed, self.hooks, run.meter
-        flow = run.flow_id or m.UNKNOWN_FLOW
-        gap = m.child(m.CHUNK_GAP, flow)
-        monotonic = time.monotonic
-        last = 0.0
-        try:
-            async for chunk in self.upstream.content.iter_any():
-                now = monotonic()
-                if last:
-                    gap.observe(now - last)
-                else:
-                    m.child(m.BACKEND_TTFB, flow).observe(now - run.forwarded_mono)
-                    if self.resp is not None:
-                        m.child(m.CLIENT_TTFB, run.dialect, flow).observe(now - run.started_mono)
-                last = now
-                run.bytes_in += len(chunk)
-                events = feed(chunk)
-                if passthrough:
-                    outcome = await self._events(events, hooks, meter, None)
-                    await write(chunk)
-                    run.bytes_out += len(chunk)
-                    if outcome is not None:
-                        # an Error decoded from this chunk is already in the bytes just written
-                        self.error_in_stream = outcome == BACKEND_ERROR
-                        return outcome
-                else:
-                    parts: list[bytes] = []
-                    outcome = await self._events(events, hooks, meter, parts) if events else None
-                    if parts:
-                        out = b"".join(parts) if len(parts) > 1 else parts[0]
-                        if out:
-                            await write(out)
-                            run.bytes_out += len(out)
-                    if outcome is not None:
-                        return outcome
-                # drop this chunk's objects before waiting for the next (an idle stream would keep
-                # them, and orjson's output buffers alone are 4 kB each)
-                chunk = events = parts = out = None  # type: ignore[assignment]
-        except aiohttp.ClientPayloadError:
-            self.message = "the backend stream broke off"
-            return BACKEND_ERROR
-        outcome = await self._events(self.decoder.close(), hooks, meter, None)
-        return outcome or COMPLETED
+    async def start(self, resp: web.StreamResponse) -> None:
+        """Prepare the client response (all headers are final here), send it, write the prologue."""
+        writer = await resp.prepare(self.run.request)
+        assert writer is not None
+        self.resp, self.sink = resp, ClientSink(writer)
+        opening = self.encoder.open()
+        if opening and not self.passthrough:
+            self.sink.write(opening)
 
-    async def _events(self, events: list[Event], hooks: list[Hook], meter: Meter, parts: list[bytes] | None):
-        for ev in events:
-            t = type(ev)
-            if t is Error:
-                self.message = ev.message  # type: ignore[union-attr]
-                return BACKEND_ERROR
-            observe(meter, ev)
-            if self.collect:
-                if t is Token:
-                    self.texts.append(ev.text)  # type: ignore[union-attr]
-                elif t is Item:
-                    text = item_text(ev.obj)  # type: ignore[union-attr]
-                    if text:
-                        self.texts.append(text)
-                elif t is End:
-                    self.result = ev.result  # type: ignore[union-attr]
-            for hook in hooks:
+    def collect_into(self, parts: list[bytes]) -> None:
+        """Non-streaming: the body goes to ``parts`` (the encoder's prologue first)."""
+        self.sink = BufferSink(parts)
+        parts.append(self.encoder.open())
+
+    async def pump(self) -> str:
+        """Run to the end of the upstream body; returns the outcome."""
+        loop = asyncio.get_running_loop()
+        self.done = loop.create_future()
+        self.ctx = contextvars.copy_context()  # background work runs with this run's log context
+        self.upstream.attach(self)
+        return await self.done
+
+    def detach(self) -> None:
+        """Stop: no more writes from this pump (the caller is ending the stream itself)."""
+        self.ended = True
+        for task in self.tasks:
+            task.cancel()
+
+    # --- pushed by the upstream connection ---
+    def body(self, data: bytes) -> None:
+        if self.ended:
+            return
+        if self.held is not None:
+            self.held.append(data)
+            return
+        now = time.monotonic()
+        run = self.run
+        flow = run.flow_id or m.UNKNOWN_FLOW
+        if self.last:
+            m.child(m.CHUNK_GAP, flow).observe(now - self.last)
+        else:
+            m.child(m.BACKEND_TTFB, flow).observe(now - run.forwarded_mono)
+            if self.resp is not None:
+                m.child(m.CLIENT_TTFB, run.dialect, flow).observe(now - run.started_mono)
+        self.last = now
+        run.bytes_in += len(data)
+        self._guard(self._chunk, data)
+
+    def end(self) -> None:
+        if self.ended:
+            return
+        if self.held is not None:
+            self.held.append(None)
+            return
+        self._guard(self._chunk, None)
+
+    def broken(self, message: str) -> None:
+        if self.ended:
+            return
+        if self.held is not None:
+            self.held.append(message)
+            return
+        self.message = message
+        self._end(BACKEND_ERROR)
+
+    # --- inside ---
+    def _guard(self, step, *args) -> None:
+        """Run one step; a client gone away or a bug ends the run instead of escaping into the loop."""
+        try:
+            step(*args)
+        except ConnectionResetError:
+            self._end(CLIENT_DISCONNECTED)
+        except Exception as exc:  # noqa: BLE001 - handed to the awaiting handler, which logs it
+            self.ended = True
+            if self.done is not None and not self.done.done():
+                self.done.set_exception(exc)
+
+    def _chunk(self, data: bytes | None) -> None:
+        """One chunk (``data`` None: the end of the body)."""
+        events = self.feed(data) if data is not None else self.decoder.close()
+        parts: list[bytes] | None = None if self.passthrough else []
+        outcome, blocked = self._events(events, parts) if events else (None, None)
+        if blocked is not None:
+            self.held = []
+            self.upstream.pause()
+            self._spawn(self._resume(blocked, events, parts, data))
+            return
+        self._emit(data, parts, outcome)
+
+    def _events(self, events: list[Event], parts: list[bytes] | None, i: int = 0, k: int = 0):
+        """``events[i:]`` through metering, collection and the hooks (event ``i`` from hook ``k``).
+        Returns ``(outcome, None)``, or ``(None, (awaitable, i, k))`` when a hook's awaitable must
+        complete before hook ``k`` of event ``i`` runs."""
+        hooks, run, n = self.hooks, self.run, len(events)
+        while i < n:
+            ev = events[i]
+            if k == 0:
+                t = type(ev)
+                if t is Error:
+                    self.message = ev.message  # type: ignore[union-attr]
+                    return BACKEND_ERROR, None
+                observe(run.meter, ev)
+                if self.collect:
+                    self._collect(ev)
+            while k < len(hooks):
                 try:
-                    pending = hook(self.run, ev)
-                    if pending is not None:
-                        await pending
+                    pending = hooks[k](run, ev)
                 except StopRun as stop:
                     self.message = stop.message
-                    return stop.outcome
+                    return stop.outcome, None
+                k += 1
+                if pending is not None:
+                    return None, (pending, i, k)
             if parts is not None:
                 parts.append(self.encoder.encode(ev))
-        return None
+            i, k = i + 1, 0
+        return None, None
 
+    def _collect(self, ev: Event) -> None:
+        t = type(ev)
+        if t is Token:
+            self.texts.append(ev.text)  # type: ignore[union-attr]
+        elif t is Item:
+            text = item_text(ev.obj)  # type: ignore[union-attr]
+            if text:
+                self.texts.append(text)
+        elif t is End:
+            self.result = ev.result  # type: ignore[union-attr]
+
+    def _emit(self, data: bytes | None, parts: list[bytes] | None, outcome: str | None) -> None:
+        sink, run = self.sink, self.run
+        assert sink is not None
+        if parts is None:  # passthrough: the chunk as it came
+            if data:
+                sink.write(data)
+                run.bytes_out += len(data)
+                if outcome is not None:
+                    # an Error decoded from this chunk is already in the bytes just written
+                    self.error_in_stream = outcome == BACKEND_ERROR
+        elif parts:
+            out = b"".join(parts) if len(parts) > 1 else parts[0]
+            if out:
+                sink.write(out)
+                run.bytes_out += len(out)
+        if outcome is None and data is None:
+            outcome = COMPLETED
+        if outcome is not None:
+            self._end(outcome)
+        elif sink.paused and not self.draining:
+            self.draining = True
+            self.upstream.pause()
+            self._spawn(self._drain())
+
+    async def _resume(self, blocked, events: list[Event], parts: list[bytes] | None, data: bytes | None) -> None:
+        try:
+            outcome = None
+            while blocked is not None:
+                pending, i, k = blocked
+                try:
+                    await pending
+                except StopRun as stop:
+                    self.message, outcome = stop.message, stop.outcome
+                    break
+                outcome, blocked = self._events(events, parts, i, k)
+            if self.ended:
+                return
+            self._emit(data, parts, outcome)
+            held, self.held = self.held or [], None
+            while held and self.held is None and not self.ended:
+                item = held.pop(0)
+                if item is None:
+                    self.end()
+                elif isinstance(item, str):
+                    self.broken(item)
+                else:
+                    self.body(item)
+            if self.held is not None:  # blocked again: keep the arrival order
+                self.held.extend(held)
+            elif not self.ended and not self.draining:
+                self.upstream.resume()
+        except ConnectionResetError:
+            self._end(CLIENT_DISCONNECTED)
+        except Exception as exc:  # noqa: BLE001
+            self.ended = True
+            if self.done is not None and not self.done.done():
+                self.done.set_exception(exc)
+
+    async def _drain(self) -> None:
+        try:
+            await self.sink.drain()  # type: ignore[union-attr]
+        except (ConnectionResetError, ConnectionError):
+            self._end(CLIENT_DISCONNECTED)
+            return
+        self.draining = False
+        if not self.ended and self.held is None:
+            self.upstream.resume()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro, context=self.ctx)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _end(self, outcome: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self.done is not None and not self.done.done():
+            self.done.set_result(outcome)
+
+    # --- the end of the client's stream ---
     async def finish(self, outcome: str) -> None:
         """End the client's stream as ``outcome`` requires (see the module docstring)."""
-        if self.write is None:
+        sink = self.sink
+        if sink is None or self.resp is None:
             return
         if outcome == COMPLETED:
             if not self.passthrough:
                 closing = self.encoder.close()
                 if closing:
-                    await self.write(closing)
-            await self._resp_eof()
+                    sink.write(closing)
+            await self.resp.write_eof()
             return
         if self.error_in_stream:  # the backend's error event already reached the client
-            await self._resp_eof()
+            await self.resp.write_eof()
             return
         event = None if (self.passthrough and self.decoder.pending) else self.encoder.error(
             self.message or "the run was cut")
         if event is None:
             self.abort()
             return
-        await self.write(event)
-        await self._resp_eof()
-
-    async def _resp_eof(self) -> None:
-        if self.resp is not None:
-            await self.resp.write_eof()
+        sink.write(event)
+        await self.resp.write_eof()
 
     def abort(self) -> None:
         """Close the client connection without the chunked terminator: a visibly incomplete body."""

@@ -162,3 +162,22 @@ async def test_backend_job_id_is_used_when_sent(upstream, gateway):
     client = await gateway(base_config(upstream.url))
     resp = await open_stream(client, "profitbase", "wf_text")
     assert resp.headers["flow-job-id"] == "backend-job-7"
+
+
+@pytest.mark.parametrize("dialect", ["profitbase", "workflow"])
+async def test_chunks_behind_a_growing_hold_keep_their_order(upstream, gateway, tmp_path, dialect):
+    """With a 1-token quantum on SQLite every chunk grows the credit hold in the store, so the pump
+    waits for it while the backend's later chunks (sent back to back, parsed from one read) are
+    held: the client still gets every chunk once, in order, and the run is charged for all."""
+    words = [f"w{i:03d}" for i in range(300)]  # 4 chars = 1 token each
+    upstream.handle("/text", lambda request, seen: stream_chunks(request, words))
+    cfg = base_config(upstream.url, store=f"sqlite:///{tmp_path / 'fg.db'}")
+    cfg["limits"] = {"credit_quantum_tokens": 1}
+    client = await gateway(cfg)
+    resp = await open_stream(client, dialect, "wf_text")
+    body = await resp.read()
+    text = "".join(json.loads(body)) if dialect == "profitbase" else body.decode()
+    assert text == "".join(words)
+    from tests.policies.test_credits import settled
+    entries = await settled(client)
+    assert entries[0]["outcome"] == "completed" and entries[0]["credits"] == 300

@@ -5,13 +5,62 @@ Rules (they keep cardinality bounded and secrets out): base units, ``_total`` / 
 (from the config, or ``unknown``), dialect, route name, status class, outcome, reason, backend name,
 store operation. Never a key, token, owner-supplied string or raw path.
 
-Per-chunk work is limited to one histogram observation (the inter-chunk gap); everything else is
-counted once per run.
+Per-chunk work is limited to one histogram observation (the inter-chunk gap, a lock-free
+:class:`LoopHistogram`); everything else is counted once per run.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from bisect import bisect_left
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
+
+
+class LoopHistogram:
+    """A histogram for observations made on the hot path, exposed exactly like prometheus-client's
+    (``_bucket``/``_count``/``_sum``). Only the event loop's thread observes and collects, so it
+    needs no lock: an observation is a bisect and a list increment (~0.2 µs against ~0.9 µs)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: list[str], buckets: tuple[float, ...]) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        self.bounds = (*buckets, float("inf"))
+        self._le = [floatToGoString(b) for b in self.bounds]
+        self._children: dict[tuple[str, ...], _LoopHistogramChild] = {}
+        REGISTRY.register(self)
+
+    def labels(self, *values: str) -> _LoopHistogramChild:
+        found = self._children.get(values)
+        if found is None:
+            found = self._children[values] = _LoopHistogramChild(self.bounds)
+        return found
+
+    def describe(self):
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self):
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            cumulative, buckets = 0, []
+            for le, count in zip(self._le, child.counts, strict=True):
+                cumulative += count
+                buckets.append((le, cumulative))
+            family.add_metric(list(values), buckets, child.sum)
+        yield family
+
+
+class _LoopHistogramChild:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 180, 240, 300)
@@ -32,8 +81,8 @@ BACKEND_TTFB = Histogram("flowgate_backend_ttfb_seconds", "From forwarding to th
                          ["flow"], buckets=LATENCY_BUCKETS)
 CLIENT_TTFB = Histogram("flowgate_client_ttfb_seconds", "From the request's arrival to the first byte written to "
                         "the client.", ["dialect", "flow"], buckets=LATENCY_BUCKETS)
-CHUNK_GAP = Histogram("flowgate_chunk_gap_seconds", "Time between consecutive backend chunks.", ["flow"],
-                      buckets=LATENCY_BUCKETS)
+CHUNK_GAP = LoopHistogram("flowgate_chunk_gap_seconds", "Time between consecutive backend chunks.", ["flow"],
+                          buckets=LATENCY_BUCKETS)
 RUN_DURATION = Histogram("flowgate_run_duration_seconds", "Admitted run length.", ["dialect", "flow", "outcome"],
                          buckets=RUN_BUCKETS)
 BYTES_IN = Counter("flowgate_backend_received_bytes_total", "Body bytes read from backends.", ["flow"])

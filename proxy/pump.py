@@ -117,7 +117,7 @@ class Pump:
 
     __slots__ = ("run", "upstream", "decoder", "encoder", "passthrough", "hooks", "resp", "sink", "feed",
                  "error_in_stream", "message", "result", "texts", "collect", "done", "ended", "held",
-                 "draining", "tasks", "ctx", "last")
+                 "draining", "tasks", "ctx", "last", "gap")
 
     def __init__(
         self,
@@ -151,6 +151,7 @@ class Pump:
         self.tasks: set[asyncio.Task] = set()
         self.ctx: contextvars.Context | None = None
         self.last = 0.0  # when the previous chunk arrived
+        self.gap = m.child(m.CHUNK_GAP, run.flow_id or m.UNKNOWN_FLOW)
 
     def response(self, extra_headers: dict[str, str]) -> web.StreamResponse:
         upstream_id = self.upstream.headers.get(JOB_ID_HEADER)
@@ -197,16 +198,21 @@ class Pump:
             return
         now = time.monotonic()
         run = self.run
-        flow = run.flow_id or m.UNKNOWN_FLOW
         if self.last:
-            m.child(m.CHUNK_GAP, flow).observe(now - self.last)
+            self.gap.observe(now - self.last)
         else:
+            flow = run.flow_id or m.UNKNOWN_FLOW
             m.child(m.BACKEND_TTFB, flow).observe(now - run.forwarded_mono)
             if self.resp is not None:
                 m.child(m.CLIENT_TTFB, run.dialect, flow).observe(now - run.started_mono)
         self.last = now
         run.bytes_in += len(data)
-        self._guard(self._chunk, data)
+        try:  # _guard, inlined: this is the per-chunk path
+            self._chunk(data)
+        except ConnectionResetError:
+            self._end(CLIENT_DISCONNECTED)
+        except Exception as exc:  # noqa: BLE001 - handed to the awaiting handler, which logs it
+            self._fail(exc)
 
     def end(self) -> None:
         if self.ended:
@@ -233,9 +239,12 @@ class Pump:
         except ConnectionResetError:
             self._end(CLIENT_DISCONNECTED)
         except Exception as exc:  # noqa: BLE001 - handed to the awaiting handler, which logs it
-            self.ended = True
-            if self.done is not None and not self.done.done():
-                self.done.set_exception(exc)
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        self.ended = True
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(exc)
 
     def _chunk(self, data: bytes | None) -> None:
         """One chunk (``data`` None: the end of the body)."""
@@ -343,9 +352,7 @@ class Pump:
         except ConnectionResetError:
             self._end(CLIENT_DISCONNECTED)
         except Exception as exc:  # noqa: BLE001
-            self.ended = True
-            if self.done is not None and not self.done.done():
-                self.done.set_exception(exc)
+            self._fail(exc)
 
     async def _drain(self) -> None:
         try:

@@ -9,7 +9,7 @@ body piece.
 How to use it (``forward.py`` and ``pump.py`` are the callers)::
 
     conn = await pool.request(endpoint, b"POST", headers, body)   # returns once the headers are in
-    conn.status, conn.headers                                   # headers: lower-case name -> value
+    conn.status, conn.headers    # the headers the gateway reads (READ_HEADERS), lower-case name -> value
     conn.attach(consumer)        # consumer.body(bytes) per piece, then consumer.end() or .broken(msg)
     conn.pause() / conn.resume() # stop / restart reading the socket (back-pressure)
     conn.release()               # a fully read keep-alive response: the connection goes back to the pool
@@ -32,6 +32,10 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 import httptools
+
+# The backend's response headers the gateway looks at (it never forwards them): an open stream
+# keeps only these.
+READ_HEADERS = frozenset({b"flow-job-id", b"content-length", b"transfer-encoding"})
 
 
 class UpstreamError(Exception):
@@ -146,7 +150,9 @@ class Connection(asyncio.Protocol):
 
     # --- httptools callbacks ---
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode("latin-1").lower()] = value.decode("utf-8", "surrogateescape")
+        name = name.lower()
+        if name in READ_HEADERS:
+            self.headers[name.decode("latin-1")] = value.decode("utf-8", "surrogateescape")
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()  # type: ignore[union-attr]

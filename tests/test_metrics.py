@@ -80,3 +80,29 @@ async def test_mixed_run_counts(upstream, gateway):
                  "flowgate_client_ttfb_seconds", "flowgate_chunk_gap_seconds", "flowgate_run_duration_seconds",
                  "flowgate_store_operation_seconds", "flowgate_backend_failures"):
         assert name in names, name
+
+
+def test_loop_histogram_is_exposed_exactly_like_prometheus_clients():
+    """The lock-free per-chunk histogram renders the same samples as prometheus-client's own."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from proxy.metrics import LATENCY_BUCKETS, LoopHistogram
+
+    ours = LoopHistogram("flowgate_test_gap_seconds", "test", ["flow"], LATENCY_BUCKETS)
+    registry = CollectorRegistry()
+    theirs = Histogram("flowgate_test_gap_seconds", "test", ["flow"], buckets=LATENCY_BUCKETS, registry=registry)
+    for v in (0.0001, 0.0005, 0.0007, 0.02, 0.02, 1, 299.0, 301.0):
+        ours.labels("wf").observe(v)
+        theirs.labels("wf").observe(v)
+    try:
+        def samples(text: bytes) -> dict:
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                    for f in text_string_to_metric_families(text.decode()) for s in f.samples
+                    if not s.name.endswith("_created")}
+
+        mine = samples(generate_latest(REGISTRY))
+        expected = samples(generate_latest(registry))
+        assert expected and all(mine[k] == pytest.approx(v) for k, v in expected.items())
+        assert mine[("flowgate_test_gap_seconds_bucket", (("flow", "wf"), ("le", "0.0005")))] == 2
+    finally:
+        REGISTRY.unregister(ours)

@@ -60,11 +60,13 @@ def observe(meter: Meter, ev: Event) -> None:
 
 
 class ClientSink:
-    """Writes body bytes straight to the client's transport, framed as HTTP/1.1 chunks when the
-    response is chunked. Synchronous, so the pump can write from the upstream's ``data_received``;
-    the status line and headers are flushed when it is made (after ``prepare()``, never changed)."""
+    """Body bytes for the client's transport, framed as HTTP/1.1 chunks when the response is
+    chunked. ``write`` is synchronous, so the pump can write from the upstream's ``data_received``;
+    ``flush`` sends what the pieces of one socket read produced in one write (one syscall, however
+    many chunks the read held). The status line and headers are sent when it is made (after
+    ``prepare()``; they never change after that)."""
 
-    __slots__ = ("writer", "transport", "protocol", "chunked")
+    __slots__ = ("writer", "transport", "protocol", "chunked", "out")
 
     def __init__(self, writer: AbstractStreamWriter) -> None:
         writer.send_headers()  # type: ignore[attr-defined]
@@ -72,17 +74,27 @@ class ClientSink:
         self.transport = writer.transport  # type: ignore[attr-defined]
         self.protocol = writer.protocol  # type: ignore[attr-defined]
         self.chunked = writer.chunked  # type: ignore[attr-defined]
+        self.out: list[bytes] = []
 
     def write(self, data: bytes) -> None:
-        transport = self.transport
+        self.out.append(data)
+
+    def flush(self) -> None:
+        out, transport = self.out, self.transport
+        if not out:
+            return
+        self.out = []
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client went away")
         if not self.chunked:
-            transport.write(data)
-        elif len(data) < SMALL:
-            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+            transport.writelines(out)
+        elif len(out) == 1 and len(out[0]) < SMALL:
+            transport.write(b"%x\r\n%b\r\n" % (len(out[0]), out[0]))
         else:
-            transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            framed: list[bytes] = []
+            for data in out:
+                framed += (b"%x\r\n" % len(data), data, b"\r\n")
+            transport.writelines(framed)
 
     @property
     def paused(self) -> bool:
@@ -103,6 +115,9 @@ class BufferSink:
 
     def write(self, data: bytes) -> None:
         self.parts.append(data)
+
+    def flush(self) -> None:
+        return None
 
     async def drain(self) -> None:
         return None
@@ -169,6 +184,7 @@ class Pump:
         opening = self.encoder.open()
         if opening and not self.passthrough:
             self.sink.write(opening)
+            self.sink.flush()
 
     def collect_into(self, parts: list[bytes]) -> None:
         """Non-streaming: the body goes to ``parts`` (the encoder's prologue first)."""
@@ -317,7 +333,17 @@ class Pump:
             outcome = COMPLETED
         if outcome is not None:
             self._end(outcome)
-        elif sink.paused and not self.draining:
+
+    def flush(self) -> None:
+        """Send what was written since the last flush; a client that cannot keep up pauses the
+        upstream until it has drained."""
+        sink = self.sink
+        try:
+            sink.flush()  # type: ignore[union-attr]
+        except ConnectionResetError:
+            self._end(CLIENT_DISCONNECTED)
+            return
+        if sink.paused and not self.draining and not self.ended:  # type: ignore[union-attr]
             self.draining = True
             self.upstream.pause()
             self._spawn(self._drain())
@@ -345,6 +371,7 @@ class Pump:
                     self.broken(item)
                 else:
                     self.body(item)
+            self.flush()
             if self.held is not None:  # blocked again: keep the arrival order
                 self.held.extend(held)
             elif not self.ended and not self.draining:
@@ -387,17 +414,21 @@ class Pump:
                 closing = self.encoder.close()
                 if closing:
                     sink.write(closing)
+            sink.flush()
             await self.resp.write_eof()
             return
         if self.error_in_stream:  # the backend's error event already reached the client
+            sink.flush()
             await self.resp.write_eof()
             return
         event = None if (self.passthrough and self.decoder.pending) else self.encoder.error(
             self.message or "the run was cut")
         if event is None:
+            sink.flush()  # what was received goes out, then the body breaks off
             self.abort()
             return
         sink.write(event)
+        sink.flush()
         await self.resp.write_eof()
 
     def abort(self) -> None:

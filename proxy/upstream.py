@@ -10,7 +10,8 @@ How to use it (``forward.py`` and ``pump.py`` are the callers)::
 
     conn = await pool.request(endpoint, b"POST", headers, body)   # returns once the headers are in
     conn.status, conn.headers    # the headers the gateway reads (READ_HEADERS), lower-case name -> value
-    conn.attach(consumer)        # consumer.body(bytes) per piece, then consumer.end() or .broken(msg)
+    conn.attach(consumer)        # consumer.body(bytes) per piece, then consumer.end() or .broken(msg);
+                                 # consumer.flush() after each socket read's pieces
     conn.pause() / conn.resume() # stop / restart reading the socket (back-pressure)
     conn.release()               # a fully read keep-alive response: the connection goes back to the pool
     conn.close()                 # anything else: drop the connection now (the backend sees the close)
@@ -48,6 +49,8 @@ class BodyConsumer(Protocol):
     def end(self) -> None: ...
 
     def broken(self, message: str) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,8 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._fail("the backend sent a malformed response")
             self.transport.close()  # type: ignore[union-attr]
+        if self.consumer is not None:
+            self.consumer.flush()  # what this read produced leaves in one write
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
@@ -219,6 +224,7 @@ class Connection(asyncio.Protocol):
             consumer.end()
         elif self.failed is not None:
             consumer.broken(self.failed)
+        consumer.flush()
 
     def pause(self) -> None:
         if self.transport is not None:

@@ -144,6 +144,16 @@ async def test_a_slow_client_pauses_the_backend_instead_of_filling_memory(upstre
     assert received == total
 
 
+class Discard:
+    def body(self, data: bytes) -> None: ...
+
+    def end(self) -> None: ...
+
+    def broken(self, message: str) -> None: ...
+
+    def flush(self) -> None: ...
+
+
 async def test_pool_keeps_at_most_max_idle_connections(upstream):
     async def ok(request):
         return web.Response(text="ok")
@@ -161,8 +171,7 @@ async def test_pool_keeps_at_most_max_idle_connections(upstream):
         conns = [await pool.request(ep, "GET", {}, b"") for _ in range(4)]
         for conn in conns:
             await asyncio.sleep(0.01)  # the 2-byte body arrives
-            conn.attach(type("Sink", (), {"body": lambda s, d: None, "end": lambda s: None,
-                                          "broken": lambda s, m: None})())
+            conn.attach(Discard())
             conn.release()
         assert pool.idle_count() == 2
     finally:

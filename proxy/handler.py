@@ -23,10 +23,9 @@ from .forward import open_upstream
 from .policies import Policy
 from .protocols import new_decoder, new_encoder
 from .pump import Pump
-from .run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, DEADLINE, REJECTED, Run
+from .run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, DEADLINE, REJECTED, RUN, Run
 
 log = structlog.get_logger("flowgate.run")
-RUN = web.RequestKey("run", Run)
 
 DEADLINE_MESSAGE = "the run reached its maximum duration"
 

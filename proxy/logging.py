@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from . import metrics as m
+from .run import RUN
 
 SECRET_FIELDS = frozenset({"api_key", "token", "x-api-key", "authorization", "credential", "secret"})
 
@@ -41,13 +42,27 @@ class _Stderr:
         sys.stderr.flush()
 
 
+_second: list = [0, ""]
+
+
+def iso_timestamp(_logger: object, _name: str, event: dict) -> dict:
+    """``timestamp``: ISO 8601 UTC with microseconds, as structlog's TimeStamper(fmt="iso") writes
+    it, with the part up to the second formatted once a second rather than on every line."""
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:
+        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    event["timestamp"] = f"{_second[1]}.{int((now - second) * 1e6):06d}Z"
+    return event
+
+
 def configure_logging(level: str = "info", json: bool | None = None) -> None:
     if json is None:
         json = not sys.stderr.isatty()
     processors = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        iso_timestamp,
         redact,
         structlog.processors.format_exc_info if json else structlog.dev.set_exc_info,
     ]
@@ -92,8 +107,6 @@ def make_access_middleware(enabled: bool):
             status = exc.status
             raise
         finally:
-            from .handler import RUN
-
             run = request.get(RUN)
             if run is not None and run.status:
                 status = run.status

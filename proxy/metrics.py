@@ -5,48 +5,135 @@ Rules (they keep cardinality bounded and secrets out): base units, ``_total`` / 
 (from the config, or ``unknown``), dialect, route name, status class, outcome, reason, backend name,
 store operation. Never a key, token, owner-supplied string or raw path.
 
-Per-chunk work is limited to one histogram observation (the inter-chunk gap, a lock-free
-:class:`LoopHistogram`); everything else is counted once per run.
+Per-chunk work is limited to one histogram observation (the inter-chunk gap); everything else is
+counted once per run. Values are kept lock-free (:class:`LoopCounter` and friends: only the event
+loop's thread touches them) and exposed through prometheus-client's registry and text format.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 
-class LoopHistogram:
-    """A histogram for observations made on the hot path, exposed exactly like prometheus-client's
-    (``_bucket``/``_count``/``_sum``). Only the event loop's thread observes and collects, so it
-    needs no lock: an observation is a bisect and a list increment (~0.2 µs against ~0.9 µs)."""
+class _LoopMetric:
+    """A labelled metric whose values live in plain Python objects, exposed through
+    prometheus-client's registry exactly as its own Counter/Gauge/Histogram would be (minus the
+    ``_created`` samples). Only the event loop's thread updates and collects them, so they need no
+    lock: an update is an attribute increment (~0.1 µs, against ~0.4 µs for a locked value).
+    Unlabelled metrics take ``inc()``/``observe()`` directly."""
 
-    def __init__(self, name: str, documentation: str, labelnames: list[str], buckets: tuple[float, ...]) -> None:
-        self.name, self.documentation, self.labelnames = name, documentation, labelnames
-        self.bounds = (*buckets, float("inf"))
-        self._le = [floatToGoString(b) for b in self.bounds]
-        self._children: dict[tuple[str, ...], _LoopHistogramChild] = {}
+    def __init__(self, name: str, documentation: str, labelnames: list[str] | tuple[str, ...] = ()) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
+        self._children: dict[tuple[str, ...], object] = {}
+        if not labelnames:
+            self._children[()] = self._child()
         REGISTRY.register(self)
 
-    def labels(self, *values: str) -> _LoopHistogramChild:
+    def _child(self):
+        raise NotImplementedError
+
+    def labels(self, *values: str):
         found = self._children.get(values)
         if found is None:
-            found = self._children[values] = _LoopHistogramChild(self.bounds)
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
+            found = self._children[values] = self._child()
         return found
 
     def describe(self):
-        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+        return [self._family()]
+
+    def _family(self):
+        raise NotImplementedError
+
+
+class _Value:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("counters only go up")
+        self.value += amount
+
+
+class _GaugeValue(_Value):
+    __slots__ = ()
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+
+class LoopCounter(_LoopMetric):
+    def _child(self) -> _Value:
+        return _Value()
+
+    def inc(self, amount: float = 1) -> None:
+        self._children[()].inc(amount)  # type: ignore[attr-defined]
+
+    def _family(self):
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
     def collect(self):
-        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        family = self._family()
+        for values, child in list(self._children.items()):
+            family.add_metric(list(values), child.value)  # type: ignore[attr-defined]
+        yield family
+
+
+class LoopGauge(LoopCounter):
+    def _child(self) -> _GaugeValue:
+        return _GaugeValue()
+
+    def dec(self, amount: float = 1) -> None:
+        self._children[()].dec(amount)  # type: ignore[attr-defined]
+
+    def set(self, value: float) -> None:
+        self._children[()].set(value)  # type: ignore[attr-defined]
+
+    def _family(self):
+        return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+
+class LoopHistogram(_LoopMetric):
+    """Buckets as prometheus-client's (``le`` upper bounds, cumulative in the exposition); an
+    observation is a bisect and a list increment (~0.2 µs against ~0.9 µs)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: list[str] | tuple[str, ...] = (), *,
+                 buckets: tuple[float, ...]) -> None:
+        self.bounds = (*buckets, float("inf"))
+        self._le = [floatToGoString(b) for b in self.bounds]
+        super().__init__(name, documentation, labelnames)
+
+    def _child(self) -> _LoopHistogramChild:
+        return _LoopHistogramChild(self.bounds)
+
+    def observe(self, value: float) -> None:
+        self._children[()].observe(value)  # type: ignore[attr-defined]
+
+    def _family(self):
+        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self):
+        family = self._family()
         for values, child in list(self._children.items()):
             cumulative, buckets = 0, []
-            for le, count in zip(self._le, child.counts, strict=True):
+            for le, count in zip(self._le, child.counts, strict=True):  # type: ignore[attr-defined]
                 cumulative += count
                 buckets.append((le, cumulative))
-            family.add_metric(list(values), buckets, child.sum)
+            family.add_metric(list(values), buckets, child.sum)  # type: ignore[attr-defined]
         yield family
 
 
@@ -61,6 +148,9 @@ class _LoopHistogramChild:
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
+
+
+Counter, Gauge, Histogram = LoopCounter, LoopGauge, LoopHistogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 180, 240, 300)
@@ -81,8 +171,8 @@ BACKEND_TTFB = Histogram("flowgate_backend_ttfb_seconds", "From forwarding to th
                          ["flow"], buckets=LATENCY_BUCKETS)
 CLIENT_TTFB = Histogram("flowgate_client_ttfb_seconds", "From the request's arrival to the first byte written to "
                         "the client.", ["dialect", "flow"], buckets=LATENCY_BUCKETS)
-CHUNK_GAP = LoopHistogram("flowgate_chunk_gap_seconds", "Time between consecutive backend chunks.", ["flow"],
-                          buckets=LATENCY_BUCKETS)
+CHUNK_GAP = Histogram("flowgate_chunk_gap_seconds", "Time between consecutive backend chunks.", ["flow"],
+                      buckets=LATENCY_BUCKETS)
 RUN_DURATION = Histogram("flowgate_run_duration_seconds", "Admitted run length.", ["dialect", "flow", "outcome"],
                          buckets=RUN_BUCKETS)
 BYTES_IN = Counter("flowgate_backend_received_bytes_total", "Body bytes read from backends.", ["flow"])

@@ -13,11 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
 from ulid import ULID
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from .config import BackendConfig, Env, FlowConfig, KeyConfig, TargetConfig
 
 # Outcomes of an admitted run (bounded: used as a metric label).
@@ -101,3 +100,6 @@ class Run:
     @property
     def flow_id(self) -> str | None:
         return self.flow.id if self.flow else None
+
+
+RUN = web.RequestKey("run", Run)  # the run a request started (the access line reads it)

@@ -82,18 +82,32 @@ async def test_mixed_run_counts(upstream, gateway):
         assert name in names, name
 
 
-def test_loop_histogram_is_exposed_exactly_like_prometheus_clients():
-    """The lock-free per-chunk histogram renders the same samples as prometheus-client's own."""
-    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+def test_lock_free_metrics_are_exposed_exactly_like_prometheus_clients():
+    """Our lock-free counter, gauge and histogram render the same samples as prometheus-client's."""
+    import prometheus_client as pc
+    from prometheus_client import CollectorRegistry, generate_latest
 
-    from proxy.metrics import LATENCY_BUCKETS, LoopHistogram
+    from proxy.metrics import LATENCY_BUCKETS, LoopCounter, LoopGauge, LoopHistogram
 
-    ours = LoopHistogram("flowgate_test_gap_seconds", "test", ["flow"], LATENCY_BUCKETS)
     registry = CollectorRegistry()
-    theirs = Histogram("flowgate_test_gap_seconds", "test", ["flow"], buckets=LATENCY_BUCKETS, registry=registry)
-    for v in (0.0001, 0.0005, 0.0007, 0.02, 0.02, 1, 299.0, 301.0):
-        ours.labels("wf").observe(v)
-        theirs.labels("wf").observe(v)
+    ours = [LoopHistogram("flowgate_test_gap_seconds", "test", ["flow"], buckets=LATENCY_BUCKETS),
+            LoopCounter("flowgate_test_things_total", "test", ["kind"]), LoopGauge("flowgate_test_open", "test"),
+            LoopCounter("flowgate_test_plain_total", "test")]
+    theirs = [pc.Histogram("flowgate_test_gap_seconds", "test", ["flow"], buckets=LATENCY_BUCKETS, registry=registry),
+              pc.Counter("flowgate_test_things_total", "test", ["kind"], registry=registry),
+              pc.Gauge("flowgate_test_open", "test", registry=registry),
+              pc.Counter("flowgate_test_plain_total", "test", registry=registry)]
+    for hist in (ours[0], theirs[0]):
+        for v in (0.0001, 0.0005, 0.0007, 0.02, 0.02, 1, 299.0, 301.0):
+            hist.labels("wf").observe(v)
+    for counter, gauge, plain in (ours[1:], theirs[1:]):
+        counter.labels("a").inc()
+        counter.labels("b").inc(2.5)
+        gauge.inc(3)
+        gauge.dec()
+        plain.inc()
+        with pytest.raises(ValueError):
+            plain.inc(-1)
     try:
         def samples(text: bytes) -> dict:
             return {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -104,5 +118,8 @@ def test_loop_histogram_is_exposed_exactly_like_prometheus_clients():
         expected = samples(generate_latest(registry))
         assert expected and all(mine[k] == pytest.approx(v) for k, v in expected.items())
         assert mine[("flowgate_test_gap_seconds_bucket", (("flow", "wf"), ("le", "0.0005")))] == 2
+        assert mine[("flowgate_test_things_total", (("kind", "b"),))] == 2.5
+        assert mine[("flowgate_test_open", ())] == 2
     finally:
-        REGISTRY.unregister(ours)
+        for metric in ours:
+            REGISTRY.unregister(metric)

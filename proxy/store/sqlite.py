@@ -150,19 +150,19 @@ class SqliteStore:
         data = orjson.dumps(meta)
 
         def fn(db: sqlite3.Connection) -> int:
-            # one read: an existing hold (idempotent retry), a settled job, what the account has free
-            held, settled, available = db.execute(
-                "SELECT (SELECT amount FROM holds WHERE job_id = ?), EXISTS (SELECT 1 FROM ledger WHERE job_id = ?), "
-                "(SELECT balance - held FROM accounts WHERE account = ?)", (job_id, job_id, account)).fetchone()
-            if held is not None:
-                return held
-            if settled or not available or available <= 0:
-                return 0
-            granted = min(want, available)
-            db.execute("UPDATE accounts SET held = held + ? WHERE account = ?", (granted, account))
-            db.execute("INSERT INTO holds (job_id, account, amount, expires_at, meta) VALUES (?, ?, ?, ?, ?)",
-                       (job_id, account, granted, expires_at, data))
-            return granted
+            # the hold is created with what the account has free, unless the job already has a hold
+            # (an idempotent retry) or a ledger entry (settled): two statements on the common path
+            row = db.execute(
+                "INSERT INTO holds (job_id, account, amount, expires_at, meta) "
+                "SELECT ?, ?, min(?, balance - held), ?, ? FROM accounts WHERE account = ? AND balance - held > 0 "
+                "AND NOT EXISTS (SELECT 1 FROM ledger WHERE job_id = ?) "
+                "ON CONFLICT (job_id) DO NOTHING RETURNING amount",
+                (job_id, account, want, expires_at, data, account, job_id)).fetchone()
+            if row is None:
+                existing = db.execute("SELECT amount FROM holds WHERE job_id = ?", (job_id,)).fetchone()
+                return existing[0] if existing else 0
+            db.execute("UPDATE accounts SET held = held + ? WHERE account = ?", (row[0], account))
+            return row[0]
 
         return await self._write(fn)
 
@@ -190,21 +190,19 @@ class SqliteStore:
         now = time.time() if now is None else now
 
         def fn(db: sqlite3.Connection) -> dict | None:
+            # a job has a hold or a ledger entry, never both: taking the hold proves it unsettled
             row = db.execute(
-                "SELECT EXISTS (SELECT 1 FROM ledger WHERE job_id = ?), h.job_id, h.account, h.amount, h.metered, "
-                "h.input_tokens, h.output_tokens, h.expires_at, h.meta FROM (SELECT 1) "
-                "LEFT JOIN holds h ON h.job_id = ?", (job_id, job_id)).fetchone()
-            if row[0]:
+                "DELETE FROM holds WHERE job_id = ? RETURNING job_id, account, amount, metered, input_tokens, "
+                "output_tokens, expires_at, meta", (job_id,)).fetchone()
+            if row is None and db.execute("SELECT 1 FROM ledger WHERE job_id = ?", (job_id,)).fetchone():
                 return None
-            hold = Hold(*row[1:8], meta=orjson.loads(row[8])) if row[1] is not None else None
+            hold = Hold(*row[:7], meta=orjson.loads(row[7])) if row is not None else None
             amount = charge if charge is not None else (hold.metered if hold else 0)
             released = hold.amount if hold else 0
             db.execute("INSERT INTO accounts (account, balance, held, spent) VALUES (?, ?, ?, ?) "
                        "ON CONFLICT (account) DO UPDATE SET held = held + excluded.held, "
                        "balance = balance + excluded.balance, spent = spent + excluded.spent",
                        (account, -amount, -released, amount))
-            if hold is not None:
-                db.execute("DELETE FROM holds WHERE job_id = ?", (job_id,))
             result = ledger_entry(hold, job_id, account, amount, entry, now)
             db.execute("INSERT INTO ledger (job_id, account, ended_at, entry) VALUES (?, ?, ?, ?)",
                        (job_id, account, result["ended_at"], orjson.dumps(result)))

@@ -52,6 +52,7 @@ def create_app(config: Config) -> web.Application:
     )
     gw = Gateway(config=config, store=open_store(config.store))
     gw.chains = {"key": build_chain(gw, "key"), "token": build_chain(gw, "token")}
+    gw.hooks = {kind: [p.on_event for p in chain if p.overrides("on_event")] for kind, chain in gw.chains.items()}
     app[GATEWAY] = gw
 
     for name, mount in config.dialects.items():

@@ -20,6 +20,7 @@ class Gateway:
     store: Store
     upstreams: UpstreamPool | None = None
     chains: dict[str, list[Policy]] = field(default_factory=dict)
+    hooks: dict[str, list] = field(default_factory=dict)  # per chain: the on_event hooks it overrides
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

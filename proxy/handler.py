@@ -71,7 +71,7 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
     assert run.backend is not None and gw.upstreams is not None
     decoder = new_decoder(run.backend.protocol)
     encoder = new_encoder(dialect.output)
-    hooks = [p.on_event for p in admitted if p.overrides("on_event")]
+    hooks = gw.hooks[run.credential_kind]  # _execute runs only once the whole chain admitted the run
     passthrough = run.stream and run.backend.protocol == dialect.output
     flow = run.flow_id or m.UNKNOWN_FLOW
     m.child(m.RUNS_STARTED, run.dialect, flow).inc()

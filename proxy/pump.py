@@ -163,7 +163,7 @@ class Pump:
         self.ended = False
         self.held: list[bytes | str | None] | None = None  # pieces waiting behind a hook (None: the end)
         self.draining = False
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: set[asyncio.Task] | None = None  # made when first needed: most runs never need one
         self.ctx: contextvars.Context | None = None
         self.last = 0.0  # when the previous chunk arrived
         self.gap = m.child(m.CHUNK_GAP, run.flow_id or m.UNKNOWN_FLOW)
@@ -202,7 +202,7 @@ class Pump:
     def detach(self) -> None:
         """Stop: no more writes from this pump (the caller is ending the stream itself)."""
         self.ended = True
-        for task in self.tasks:
+        for task in self.tasks or ():
             task.cancel()
 
     # --- pushed by the upstream connection ---
@@ -393,6 +393,8 @@ class Pump:
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro, context=self.ctx)
+        if self.tasks is None:
+            self.tasks = set()
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 

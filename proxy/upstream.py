@@ -168,7 +168,7 @@ class Connection(asyncio.Protocol):
         self.delimited = "content-length" in self.headers or "transfer-encoding" in self.headers or status in (
             204, 304)
         self.headers_in = True
-        waiter = self.waiter
+        waiter, self.waiter = self.waiter, None  # an open stream keeps no spent future
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 

@@ -6,7 +6,7 @@ event: the pump aborts the body instead, so the client sees an incomplete respon
 
 from __future__ import annotations
 
-import codecs
+from codecs import utf_8_decode
 
 import orjson
 
@@ -14,24 +14,29 @@ from . import Event, Item, Token, item_text
 
 
 class TextDecoder:
-    __slots__ = ("_decoder", "_decode")
+    """UTF-8 as it arrives; a multi-byte sequence split across chunks waits for its end."""
+
+    __slots__ = ("_rest",)
 
     def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._decode = self._decoder.decode
+        self._rest = b""  # the start of a split multi-byte sequence
 
     def feed(self, data: bytes) -> list[Event]:
-        text = self._decode(data)
+        if self._rest:
+            data = self._rest + data
+        text, used = utf_8_decode(data, "replace", False)
+        self._rest = data[used:] if used != len(data) else b""
         return [Token(text)] if text else []
 
     def close(self) -> list[Event]:
-        text = self._decode(b"", True)
+        rest, self._rest = self._rest, b""
+        text = utf_8_decode(rest, "replace", True)[0] if rest else ""
         return [Token(text)] if text else []
 
     @property
     def pending(self) -> bool:
         """True while a multi-byte sequence split across chunks is buffered."""
-        return bool(self._decoder.getstate()[0])
+        return bool(self._rest)
 
 
 class TextEncoder:

@@ -8,6 +8,7 @@ the credential fields if anything tries to log them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -29,7 +30,14 @@ def redact(_logger: object, _name: str, event: dict) -> dict:
 
 
 class _Stderr:
-    """Whatever ``sys.stderr`` is at write time (so redirections and test capture see our lines)."""
+    """Whatever ``sys.stderr`` is at write time (so redirections and test capture see our lines).
+
+    Inside a running event loop the lines of one loop turn leave in one write: a flush is deferred
+    to the end of the turn (like the store's group commit), so a busy gateway makes one syscall per
+    turn rather than one per access line. Outside a loop every line is flushed at once."""
+
+    def __init__(self) -> None:
+        self._flush_scheduled = False
 
     def write(self, data: bytes) -> int:
         err = sys.stderr
@@ -39,6 +47,18 @@ class _Stderr:
         return buf.write(data)
 
     def flush(self) -> None:
+        if self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            sys.stderr.flush()
+            return
+        self._flush_scheduled = True
+        loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_scheduled = False
         sys.stderr.flush()
 
 

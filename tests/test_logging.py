@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import sys
 
 import aiohttp
 import pytest
@@ -47,3 +50,39 @@ async def test_no_key_or_token_in_logs_or_metrics(upstream, gateway, capfd):
     assert run_lines and {"job_id", "flow", "key_id", "env", "status", "output_tokens", "duration_s"} <= set(
         run_lines[0])
     assert any(a.get("outcome") == "deadline" for a in access)
+
+
+class _Recorder(io.RawIOBase):
+    """A raw stream that records each write that reaches it (each would be one syscall)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.writes.append(bytes(b))
+        return len(b)
+
+
+async def test_lines_of_one_loop_turn_leave_in_one_write_right_after_it(monkeypatch):
+    import structlog
+
+    raw = _Recorder()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(io.BufferedWriter(raw), write_through=True))
+    log = structlog.get_logger("flowgate.test")
+    log.info("first_line")
+    log.info("second_line")
+    assert raw.writes == []  # deferred to the end of this loop turn
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert len(raw.writes) == 1 and b"first_line" in raw.writes[0] and b"second_line" in raw.writes[0]
+
+
+def test_outside_a_loop_each_line_is_flushed_at_once(capfd):
+    import structlog
+
+    capfd.readouterr()
+    structlog.get_logger("flowgate.test").info("sync_line")
+    assert "sync_line" in capfd.readouterr().err

@@ -31,6 +31,7 @@ import aiohttp
 from .common import SECRET, STAMP, cpu_seconds, flowgate_config, free_port, rss_bytes, spawn, start_flowgate, wait_port
 
 OUT = Path(__file__).resolve().parent / "out"
+PIPE_SCENARIOS = ("streams", "bulk")  # where the byte pipe's numbers mean something (it parses no HTTP)
 
 NGINX_CONF = """
 worker_processes 1;
@@ -208,7 +209,9 @@ def plot(results: dict, png: Path) -> None:
         print("(matplotlib not installed: no plot; `make bench` installs it)")
         return
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.5))
-    for (name, r), color in zip(results.items(), ("#444", "#888", "#2a7"), strict=False):
+    colors = {"direct": "#444", "nginx": "#888", "pipe": "#bbb", "flowgate": "#2a7"}
+    for name, r in results.items():
+        color = colors.get(name, "#000")
         for key, style, label in (("streams", "-", "long streams"), ("latency", "--", "many streams")):
             if key not in r:
                 continue
@@ -220,9 +223,10 @@ def plot(results: dict, png: Path) -> None:
     a.set_title("latency CDF")
     a.legend(fontsize=7)
     proxies = [n for n in results if n != "direct"]
-    b.bar(proxies, [results[n].get("streams", {}).get("cpu_us_per_line") or 0 for n in proxies], color=["#888", "#2a7"])
+    bar_colors = [colors.get(n, "#000") for n in proxies]
+    b.bar(proxies, [results[n].get("streams", {}).get("cpu_us_per_line") or 0 for n in proxies], color=bar_colors)
     b.set_title("proxy CPU per forwarded line (µs)")
-    c.bar(proxies, [results[n].get("short", {}).get("cpu_us_per_run") or 0 for n in proxies], color=["#888", "#2a7"])
+    c.bar(proxies, [results[n].get("short", {}).get("cpu_us_per_run") or 0 for n in proxies], color=bar_colors)
     c.axhline(400, color="#c33", linestyle=":", label="target 400 µs")
     c.legend(fontsize=7)
     c.set_title("proxy CPU per short run (µs)")
@@ -232,7 +236,7 @@ def plot(results: dict, png: Path) -> None:
 
 def table(results: dict, args) -> str:
     """The ratios, and each of issue 6's targets with whether this run met it."""
-    d, ng, fg = results["direct"], results.get("nginx"), results["flowgate"]
+    d, ng, fg, pipe = results["direct"], results.get("nginx"), results["flowgate"], results.get("pipe")
     top = str(max(args.idle))
 
     def get(r, *keys):
@@ -261,11 +265,11 @@ def table(results: dict, args) -> str:
     def ratio(v, ref):
         return f"{v / ref:.2f}×" if v and ref else "-"
 
-    out = ["| metric | direct | nginx | flowgate | flowgate / nginx | flowgate / direct |",
-           "|---|---|---|---|---|---|"]
+    out = ["| metric | direct | nginx | uvloop pipe | flowgate | flowgate / nginx | flowgate / direct |",
+           "|---|---|---|---|---|---|---|"]
     for label, keys in rows:
-        vd, vn, vf = get(d, *keys), get(ng, *keys), get(fg, *keys)
-        out.append(f"| {label} | {fmt(vd)} | {fmt(vn)} | {fmt(vf)} | {ratio(vf, vn)} | {ratio(vf, vd)} |")
+        vd, vn, vp, vf = get(d, *keys), get(ng, *keys), get(pipe, *keys), get(fg, *keys)
+        out.append(f"| {label} | {fmt(vd)} | {fmt(vn)} | {fmt(vp)} | {fmt(vf)} | {ratio(vf, vn)} | {ratio(vf, vd)} |")
 
     line, nline = get(fg, "streams", "cpu_us_per_line"), get(ng, "streams", "cpu_us_per_line")
     run = get(fg, "short", "cpu_us_per_run")
@@ -302,14 +306,17 @@ async def main(args) -> None:
         paths.append(Path_("nginx", f"http://127.0.0.1:{nport}", None, "plain"))
     else:
         print("(nginx not found: apt-get install nginx-light; measuring direct and flowgate only)")
+    if not args.no_pipe:  # the Python floor: a uvloop byte pipe (streams and bulk only)
+        pport = free_port()
+        procs.append(spawn([sys.executable, "-m", "bench.pipe", str(bport), str(pport)], 1))
+        paths.append(Path_("pipe", f"http://127.0.0.1:{pport}", procs[-1].pid, "plain"))
     procs.append(start_flowgate(flowgate_config(tmp, gport, bport), 1))
     paths.append(Path_("flowgate", f"http://127.0.0.1:{gport}", procs[-1].pid, "flowgate"))
     try:
-        wait_port(bport)
-        wait_port(gport)
-        if len(paths) == 3:
-            wait_port(nport)
-            paths[1].pid = procs[1].pid
+        for p in paths:
+            wait_port(int(p.base.rsplit(":", 1)[1]))
+        if any(p.name == "nginx" for p in paths):
+            paths[1].pid = procs[1].pid  # nginx's master (its worker is a child: cpu_seconds adds it)
         conn = aiohttp.TCPConnector(limit=0, force_close=False)
         async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as s:
             for p in paths:  # warm each path (connections, caches) before measuring
@@ -335,6 +342,8 @@ async def main(args) -> None:
                 for p in paths:
                     if key == "idle" and p.pid is None:
                         continue  # no proxy process to measure
+                    if p.name == "pipe" and key not in PIPE_SCENARIOS:
+                        continue
                     print(f"[{p.name}] {label} ...", flush=True)
                     gc.collect()
                     gc.disable()
@@ -368,6 +377,7 @@ def cli() -> None:
     ap.add_argument("--idle", type=lambda v: [int(x) for x in v.split(",")], default=[5000, 9000],
                     help="open idle streams for the memory measurement, comma-separated steps")
     ap.add_argument("--no-nginx", action="store_true")
+    ap.add_argument("--no-pipe", action="store_true", help="leave out the uvloop byte pipe (the Python floor)")
     ap.add_argument("--only", type=lambda v: v.split(","), default=None,
                     help="run only these scenarios (streams,latency,short,bulk,idle), e.g. while profiling")
     asyncio.run(main(ap.parse_args()))

@@ -45,6 +45,11 @@ def credits_for(tokens: int, per_1k: int) -> int:
     return -(-tokens * per_1k // 1000)
 
 
+def covered_tokens(held: int, per_1k: int) -> int:
+    """The most tokens ``held`` credits pay for: credits_for(t) <= held  <=>  t <= this."""
+    return held * 1000 // per_1k if per_1k else 0
+
+
 @dataclass(slots=True)
 class Hold:
     account: str
@@ -53,6 +58,7 @@ class Hold:
     held: int  # credits held in the store for this job
     allow_overrun: bool
     expires_at: float
+    covered: int = 0  # the most tokens ``held`` pays for (kept with it: the hot path compares tokens)
     cut: bool = False
     last_checkpoint: float = 0.0
     checkpointed_tokens: int = -1
@@ -86,21 +92,22 @@ class Credits(Policy):
         if granted <= 0 and per_1k > 0:
             run.reason = "no_credits"
             raise NoCredits("no credits remaining on the account")
-        run.extra[self.name] = Hold(run.owner, per_1k, quantum, granted, flow.on_credits_exhausted == "allow",
-                                    expires, last_checkpoint=time.monotonic())
+        hold = Hold(run.owner, per_1k, quantum, granted, flow.on_credits_exhausted == "allow", expires,
+                    last_checkpoint=time.monotonic())
+        hold.covered = covered_tokens(granted, per_1k)
+        run.extra[self.name] = hold
 
     def on_event(self, run: Run, event: Event):
         hold: Hold | None = run.extra.get(self.name)
         if hold is None or hold.per_1k == 0:
             return None
         tokens = run.meter.output_tokens
-        cost = credits_for(tokens, hold.per_1k)
-        if cost > hold.held and not hold.cut:
-            return self._grow(run, hold, cost)
+        if tokens > hold.covered and not hold.cut:
+            return self._grow(run, hold, credits_for(tokens, hold.per_1k))
         now = time.monotonic()
         if now - hold.last_checkpoint >= CHECKPOINT_EVERY_S and tokens != hold.checkpointed_tokens:
             hold.last_checkpoint = now
-            self._spawn(self._checkpoint(run, hold, cost))
+            self._spawn(self._checkpoint(run, hold, credits_for(tokens, hold.per_1k)))
         return None
 
     async def _grow(self, run: Run, hold: Hold, cost: int) -> None:
@@ -113,6 +120,7 @@ class Credits(Policy):
         except StoreUnavailable:
             granted = 0  # fail closed: an unreachable store cannot vouch for more credit
         hold.held += granted
+        hold.covered = covered_tokens(hold.held, hold.per_1k)
         hold.last_checkpoint = time.monotonic()
         self._spawn(self._checkpoint(run, hold, cost))
         if hold.held < cost:

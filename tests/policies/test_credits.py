@@ -233,3 +233,12 @@ async def test_ai_sdk_finish_part_usage_is_charged(upstream, gateway):
     entries = await settled(client)
     assert (entries[0]["credits"], entries[0]["output_tokens"], entries[0]["input_tokens"]) == (120, 120, 9)
     assert entries[0]["outcome"] == "completed"
+
+
+@pytest.mark.parametrize("per_1k", [1, 7, 250, 1000, 1001, 3333, 100000])
+def test_covered_tokens_is_the_exact_edge_of_what_a_hold_pays_for(per_1k):
+    from proxy.policies.credits import covered_tokens
+
+    for held in (0, 1, 2, 3, 999, 1000, 12345):
+        edge = covered_tokens(held, per_1k)
+        assert credits_for(edge, per_1k) <= held < credits_for(edge + 1, per_1k)

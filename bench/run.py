@@ -226,7 +226,8 @@ def plot(results: dict, png: Path) -> None:
     bar_colors = [colors.get(n, "#000") for n in proxies]
     b.bar(proxies, [results[n].get("streams", {}).get("cpu_us_per_line") or 0 for n in proxies], color=bar_colors)
     b.set_title("proxy CPU per forwarded line (µs)")
-    c.bar(proxies, [results[n].get("short", {}).get("cpu_us_per_run") or 0 for n in proxies], color=bar_colors)
+    ran = [n for n in proxies if "short" in results[n]]
+    c.bar(ran, [results[n]["short"]["cpu_us_per_run"] or 0 for n in ran], color=[colors.get(n, "#000") for n in ran])
     c.axhline(400, color="#c33", linestyle=":", label="target 400 µs")
     c.legend(fontsize=7)
     c.set_title("proxy CPU per short run (µs)")

@@ -95,6 +95,8 @@ class Dialect:
         limit = self.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        if not request.body_exists:
+            return b""
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_any():

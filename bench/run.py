@@ -1,4 +1,5 @@
-"""Side-by-side benchmark: direct (the limit), nginx (proxy_buffering off), flowgate (every policy on).
+"""Side-by-side benchmark: direct (the limit), nginx (proxy_buffering off), a uvloop byte pipe (the
+Python floor, streams and bulk only), flowgate (every policy on).
 
 One command, one run, same workload for every path; the backend and this load generator on core 0,
 the proxy alone on core 1 (taskset). Prints a table of ratios and writes ``bench/out/`` (JSON + PNG).

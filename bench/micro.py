@@ -1,0 +1,69 @@
+"""CPU of the pump's per-chunk path alone, in-process: ``Pump.body`` + ``Pump.flush`` for one
+21-byte line, passed through (workflow) and transcoded to a JSON array (profitbase), with the
+credit check on and the socket write stubbed. A hot-cache figure: under load the same code runs
+colder.
+
+Run: python -m bench.micro
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+from proxy.config import Env
+from proxy.policies.credits import Credits, Hold
+from proxy.protocols import new_decoder, new_encoder
+from proxy.pump import ClientSink, Pump
+from proxy.run import Run
+
+LINE = b"L12:123456789012345;\n"
+
+
+class _Upstream:
+    headers: dict[str, str] = {}
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+class _Transport:
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None: ...
+
+    def writelines(self, data) -> None: ...
+
+
+async def per_chunk_us(output: str, n: int = 200_000) -> float:
+    run = Run(request=None, dialect="workflow", route="stream", flow_ref="wf", env=Env.Production,  # type: ignore[arg-type]
+              stream=True, body=b"")
+    run.flow = SimpleNamespace(id="wf_lines")  # type: ignore[assignment]
+    run.extra["credits"] = Hold("acct", 1000, 1000, 10**9, False, 0.0, covered=10**9,
+                                last_checkpoint=time.monotonic() + 1e9)
+    credits = Credits(SimpleNamespace(config=None, store=None))
+    pump = Pump(run, _Upstream(), new_decoder("text"), new_encoder(output), output == "text",  # type: ignore[arg-type]
+                [credits.on_event])
+    sink = object.__new__(ClientSink)
+    sink.transport, sink.chunked, sink.out = _Transport(), True, []
+    sink.protocol = SimpleNamespace(writing_paused=False)
+    pump.sink, pump.resp = sink, object()  # type: ignore[assignment]
+    pump.done = asyncio.get_running_loop().create_future()
+    body, flush = pump.body, pump.flush
+    started = time.perf_counter()
+    for _ in range(n):
+        body(LINE)
+        flush()
+    return (time.perf_counter() - started) / n * 1e6
+
+
+async def main() -> None:
+    for output, label in (("text", "passed through (workflow)"), ("json-array", "transcoded (profitbase)")):
+        print(f"{label}: {await per_chunk_us(output):.2f} µs per chunk")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -126,9 +126,9 @@ class BufferSink:
 class Pump:
     """Moves one run's body from the backend connection to a sink (the client, or a buffer).
 
-    ``pump()`` attaches to the upstream and returns the outcome once the body ended; the caller's
-    deadline and client disconnects arrive as cancellation of that await, after which the caller
-    calls :meth:`detach` and closes the upstream."""
+    ``await pump.pump()`` attaches to the upstream and gives the outcome once the body ended; the
+    caller's deadline and client disconnects arrive as cancellation of that await, after which the
+    caller calls :meth:`detach` and closes the upstream."""
 
     __slots__ = ("run", "upstream", "decoder", "encoder", "passthrough", "hooks", "resp", "sink", "feed",
                  "error_in_stream", "message", "result", "texts", "collect", "done", "ended", "held",
@@ -191,13 +191,13 @@ class Pump:
         self.sink = BufferSink(parts)
         parts.append(self.encoder.open())
 
-    async def pump(self) -> str:
-        """Run to the end of the upstream body; returns the outcome."""
-        loop = asyncio.get_running_loop()
-        self.done = loop.create_future()
+    def pump(self) -> asyncio.Future[str]:
+        """Attach to the upstream body; the future holds the outcome once it has ended. (A future,
+        not a coroutine: an open stream keeps no frame of the pump's.)"""
+        self.done = asyncio.get_running_loop().create_future()
         self.ctx = contextvars.copy_context()  # background work runs with this run's log context
         self.upstream.attach(self)
-        return await self.done
+        return self.done
 
     def detach(self) -> None:
         """Stop: no more writes from this pump (the caller is ending the stream itself)."""

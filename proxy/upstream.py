@@ -254,12 +254,13 @@ class Connection(asyncio.Protocol):
 class UpstreamPool:
     """Keep-alive connections per backend origin. One per app (``cleanup_ctx``)."""
 
-    def __init__(self, *, max_idle: int = 256, idle_timeout_s: float = 15.0) -> None:
+    def __init__(self, *, max_idle: int = 256, idle_timeout_s: float = 15.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.max_idle = max_idle
         self.idle_timeout_s = idle_timeout_s
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._endpoints: dict[str, Endpoint] = {}
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context  # https backends; default: the system's CAs, hostname checked
 
     def endpoint(self, url: str) -> Endpoint:
         ep = self._endpoints.get(url)

@@ -177,3 +177,47 @@ async def test_pool_keeps_at_most_max_idle_connections(upstream):
     finally:
         await pool.close()
         await runner.cleanup()
+
+
+async def test_https_backend_over_a_verified_connection():
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+
+    async def ok(request):
+        return web.Response(text="over tls")
+
+    app = web.Application()
+    app.router.add_get("/tls", ok)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "localhost", 0, ssl_context=server_ctx).start()
+    port = runner.addresses[0][1]
+    try:
+        untrusted = UpstreamPool()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await untrusted.request(untrusted.endpoint(f"https://localhost:{port}/tls"), "GET", {}, b"")
+        client_ctx = ssl.create_default_context()
+        ca.configure_trust(client_ctx)
+        pool = UpstreamPool(ssl_context=client_ctx)
+        conn = await pool.request(pool.endpoint(f"https://localhost:{port}/tls"), "GET", {}, b"")
+        got: list[bytes] = []
+
+        class Collect(Discard):
+            def body(self, data: bytes) -> None:
+                got.append(data)
+
+        conn.attach(Collect())
+        for _ in range(100):
+            if conn.complete:
+                break
+            await asyncio.sleep(0.01)
+        assert conn.status == 200 and b"".join(got) == b"over tls"
+        conn.release()
+        await pool.close()
+    finally:
+        await runner.cleanup()

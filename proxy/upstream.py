@@ -282,7 +282,7 @@ class UpstreamPool:
             except UpstreamError:
                 conn.close()
                 if attempt == 0 and conn.reused and conn.received == 0:
-                    continue  # a stale keep-alive connection: the backend never saw this request
+                    continue  # the mark of a keep-alive connection the backend closed while idle
                 raise
             except BaseException:
                 conn.close()

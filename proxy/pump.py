@@ -30,17 +30,16 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
 
 from . import metrics as m
 from .headers import JOB_ID_HEADER, STREAM_HEADERS
 from .policies import StopRun
 from .protocols import Decoder, Encoder, End, Error, Event, Item, Token, Usage, item_text
 from .run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, Meter, Run
+from .sinks import BufferSink, ClientSink
 from .upstream import Connection
 
 Hook = Callable[[Run, Event], "Awaitable[None] | None"]
-SMALL = 2048  # below this a chunk and its framing are joined into one bytes object for one write
 
 
 def observe(meter: Meter, ev: Event) -> None:
@@ -57,70 +56,6 @@ def observe(meter: Meter, ev: Event) -> None:
         text = item_text(ev.obj)  # type: ignore[union-attr]
         if text:
             meter.chars += len(text)
-
-
-class ClientSink:
-    """Body bytes for the client's transport, framed as HTTP/1.1 chunks when the response is
-    chunked. ``write`` is synchronous, so the pump can write from the upstream's ``data_received``;
-    ``flush`` sends what the pieces of one socket read produced in one write (one syscall, however
-    many chunks the read held). The status line and headers are sent when it is made (after
-    ``prepare()``; they never change after that)."""
-
-    __slots__ = ("writer", "transport", "protocol", "chunked", "out")
-
-    def __init__(self, writer: AbstractStreamWriter) -> None:
-        writer.send_headers()  # type: ignore[attr-defined]
-        self.writer = writer
-        self.transport = writer.transport  # type: ignore[attr-defined]
-        self.protocol = writer.protocol  # type: ignore[attr-defined]
-        self.chunked = writer.chunked  # type: ignore[attr-defined]
-        self.out: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.out.append(data)
-
-    def flush(self) -> None:
-        out, transport = self.out, self.transport
-        if not out:
-            return
-        self.out = []
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("the client went away")
-        if not self.chunked:
-            transport.writelines(out)
-        elif len(out) == 1 and len(out[0]) < SMALL:
-            transport.write(b"%x\r\n%b\r\n" % (len(out[0]), out[0]))
-        else:
-            framed: list[bytes] = []
-            for data in out:
-                framed += (b"%x\r\n" % len(data), data, b"\r\n")
-            transport.writelines(framed)
-
-    @property
-    def paused(self) -> bool:
-        return self.protocol.writing_paused
-
-    async def drain(self) -> None:
-        await self.writer.drain()
-
-
-class BufferSink:
-    """Collects the body of a non-streaming run."""
-
-    __slots__ = ("parts",)
-    paused = False
-
-    def __init__(self, parts: list[bytes]) -> None:
-        self.parts = parts
-
-    def write(self, data: bytes) -> None:
-        self.parts.append(data)
-
-    def flush(self) -> None:
-        return None
-
-    async def drain(self) -> None:
-        return None
 
 
 class Pump:

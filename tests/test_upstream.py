@@ -154,17 +154,22 @@ class Discard:
     def flush(self) -> None: ...
 
 
-async def test_pool_keeps_at_most_max_idle_connections(upstream):
-    async def ok(request):
-        return web.Response(text="ok")
+async def text_server(text: str, host: str = "127.0.0.1", ssl_context=None) -> tuple[web.AppRunner, int]:
+    """A backend answering ``text`` on every GET; returns its runner (clean it up) and port."""
+
+    async def answer(request):
+        return web.Response(text=text)
 
     app = web.Application()
-    app.router.add_get("/", ok)
+    app.router.add_get("/{tail:.*}", answer)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    await web.TCPSite(runner, host, 0, ssl_context=ssl_context).start()
+    return runner, runner.addresses[0][1]
+
+
+async def test_pool_keeps_at_most_max_idle_connections():
+    runner, port = await text_server("ok")
     pool = UpstreamPool(max_idle=2)
     try:
         ep = pool.endpoint(f"http://127.0.0.1:{port}/")
@@ -188,15 +193,7 @@ async def test_https_backend_over_a_verified_connection():
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(server_ctx)
 
-    async def ok(request):
-        return web.Response(text="over tls")
-
-    app = web.Application()
-    app.router.add_get("/tls", ok)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "localhost", 0, ssl_context=server_ctx).start()
-    port = runner.addresses[0][1]
+    runner, port = await text_server("over tls", "localhost", server_ctx)
     try:
         untrusted = UpstreamPool()
         with pytest.raises(ssl.SSLCertVerificationError):

@@ -92,10 +92,8 @@ class Credits(Policy):
         if granted <= 0 and per_1k > 0:
             run.reason = "no_credits"
             raise NoCredits("no credits remaining on the account")
-        hold = Hold(run.owner, per_1k, quantum, granted, flow.on_credits_exhausted == "allow", expires,
-                    last_checkpoint=time.monotonic())
-        hold.covered = covered_tokens(granted, per_1k)
-        run.extra[self.name] = hold
+        run.extra[self.name] = Hold(run.owner, per_1k, quantum, granted, flow.on_credits_exhausted == "allow",
+                                    expires, covered_tokens(granted, per_1k), last_checkpoint=time.monotonic())
 
     def on_event(self, run: Run, event: Event):
         hold: Hold | None = run.extra.get(self.name)

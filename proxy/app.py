@@ -21,6 +21,7 @@ from .context import GATEWAY, Gateway
 from .cors import preflight
 from .dialects import ROUTES, dialect_classes
 from .errors import StoreUnavailable
+from .front import FRONT_ROUTES
 from .handler import handle_run
 from .jobs import get_job
 from .logging import make_access_middleware
@@ -55,6 +56,7 @@ def create_app(config: Config) -> web.Application:
     gw.hooks = {kind: [p.on_event for p in chain if p.overrides("on_event")] for kind, chain in gw.chains.items()}
     app[GATEWAY] = gw
 
+    front_routes: list[web.AbstractRoute] = []
     for name, mount in config.dialects.items():
         dialect = dialect_classes()[name](config.server.max_body_bytes)
         for method, path, route in ROUTES[name]:
@@ -64,7 +66,8 @@ def create_app(config: Config) -> web.Application:
                 handler = partial(_preflight, config=config)
             else:
                 handler = partial(handle_run, dialect=dialect, route=route)
-            app.router.add_route(method, mount.prefix + path, handler, name=f"{name}:{route}")
+            front_routes.append(app.router.add_route(method, mount.prefix + path, handler, name=f"{name}:{route}"))
+    app[FRONT_ROUTES] = front_routes  # the public API: served by flowgate's own front protocol
 
     app.router.add_get("/api/v1/jobs/{jobId}", get_job, name="jobs:get")
     app.router.add_get("/healthz", healthz, name="ops:healthz")

@@ -54,10 +54,12 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None) 
     from aiohttp import web
 
     from .app import create_app, metrics_view
+    from .front import GatewayRunner
 
     app = create_app(config)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=config.server.shutdown_timeout_s)
+    runner = GatewayRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=config.server.shutdown_timeout_s,
+                           keepalive_timeout=config.server.client_keepalive_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, backlog=config.server.backlog,
                        reuse_address=True)

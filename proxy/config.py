@@ -80,6 +80,14 @@ class ServerConfig(_Model):
     shutdown_timeout_s: float = Field(
         10.0, ge=0, description="On SIGTERM, how long open streams may go on before they are cut."
     )
+    front: Literal["flowgate", "aiohttp"] = Field(
+        "flowgate",
+        description="Server protocol for the dialect routes: flowgate's own HTTP/1.1 front (less memory and CPU "
+        "per run) or aiohttp's. Every other route, and whatever the front does not take, is aiohttp's either way.",
+    )
+    client_keepalive_timeout_s: float = Field(
+        75.0, gt=0, description="An idle client keep-alive connection is closed after this long."
+    )
     upstream_keepalive: int = Field(
         256, ge=0, description="Idle keep-alive connections kept per backend origin; more are closed when released."
     )

@@ -36,7 +36,7 @@ from .headers import JOB_ID_HEADER, STREAM_HEADERS
 from .policies import StopRun
 from .protocols import Decoder, Encoder, End, Error, Event, Item, Token, Usage, item_text
 from .run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, Meter, Run
-from .sinks import BufferSink, ClientSink
+from .sinks import BufferSink, ClientSink, open_client
 from .upstream import Connection
 
 Hook = Callable[[Run, Event], "Awaitable[None] | None"]
@@ -113,9 +113,8 @@ class Pump:
 
     async def start(self, resp: web.StreamResponse) -> None:
         """Prepare the client response (all headers are final here), send it, write the prologue."""
-        writer = await resp.prepare(self.run.request)
-        assert writer is not None
-        self.resp, self.sink = resp, ClientSink(writer)
+        self.sink = await open_client(self.run.request, resp)
+        self.resp = resp
         opening = self.encoder.open()
         if opening and not self.passthrough:
             self.sink.write(opening)
@@ -355,11 +354,11 @@ class Pump:
                 if closing:
                     sink.write(closing)
             sink.flush()
-            await self.resp.write_eof()
+            await sink.end()  # type: ignore[union-attr]
             return
         if self.error_in_stream:  # the backend's error event already reached the client
             sink.flush()
-            await self.resp.write_eof()
+            await sink.end()  # type: ignore[union-attr]
             return
         event = None if (self.passthrough and self.decoder.pending) else self.encoder.error(
             self.message or "the run was cut")
@@ -369,7 +368,7 @@ class Pump:
             return
         sink.write(event)
         sink.flush()
-        await self.resp.write_eof()
+        await sink.end()  # type: ignore[union-attr]
 
     def abort(self) -> None:
         """Close the client connection without the chunked terminator: a visibly incomplete body."""

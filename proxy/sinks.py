@@ -5,6 +5,7 @@ run). Both take bytes synchronously, so the pump can write from the upstream's `
 from __future__ import annotations
 
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.web import StreamResponse
 
 SMALL = 2048  # below this a chunk and its framing are joined into one bytes object for one write
 
@@ -13,17 +14,18 @@ class ClientSink:
     """Body bytes for the client's transport, framed as HTTP/1.1 chunks when the response is
     chunked. ``write`` is synchronous, so the pump can write from the upstream's ``data_received``;
     ``flush`` sends what the pieces of one socket read produced in one write (one syscall, however
-    many chunks the read held). The status line and headers are sent when it is made (after
-    ``prepare()``; they never change after that)."""
+    many chunks the read held). The status line and headers are already sent when it is made.
 
-    __slots__ = ("writer", "transport", "protocol", "chunked", "out")
+    ``conn`` is what the response is written through: flowgate's front protocol, or
+    :class:`AiohttpStream` for a response aiohttp prepared; it offers ``writing_paused``,
+    ``drain()`` and ``write_eof()``."""
 
-    def __init__(self, writer: AbstractStreamWriter) -> None:
-        writer.send_headers()  # type: ignore[attr-defined]
-        self.writer = writer
-        self.transport = writer.transport  # type: ignore[attr-defined]
-        self.protocol = writer.protocol  # type: ignore[attr-defined]
-        self.chunked = writer.chunked  # type: ignore[attr-defined]
+    __slots__ = ("transport", "chunked", "conn", "out")
+
+    def __init__(self, transport, chunked: bool, conn) -> None:
+        self.transport = transport
+        self.chunked = chunked
+        self.conn = conn
         self.out: list[bytes] = []
 
     def write(self, data: bytes) -> None:
@@ -50,10 +52,44 @@ class ClientSink:
 
     @property
     def paused(self) -> bool:
-        return self.protocol.writing_paused
+        return self.conn.writing_paused
+
+    async def drain(self) -> None:
+        await self.conn.drain()
+
+    async def end(self) -> None:
+        """The body is complete: the chunked terminator (or aiohttp's end of the response)."""
+        await self.conn.write_eof()
+
+
+class AiohttpStream:
+    """A response prepared by aiohttp, as a :class:`ClientSink` writes through it."""
+
+    __slots__ = ("writer", "resp")
+
+    def __init__(self, writer: AbstractStreamWriter, resp: StreamResponse) -> None:
+        self.writer, self.resp = writer, resp
+
+    @property
+    def writing_paused(self) -> bool:
+        return self.writer.protocol.writing_paused  # type: ignore[attr-defined]
 
     async def drain(self) -> None:
         await self.writer.drain()
+
+    async def write_eof(self) -> None:
+        await self.resp.write_eof()
+
+
+async def open_client(request, resp: StreamResponse) -> ClientSink:
+    """Send ``resp``'s status line and headers to the client; its body then goes through the sink."""
+    start_stream = getattr(request, "protocol", None) and getattr(request.protocol, "start_stream", None)
+    if start_stream is not None:  # flowgate's front protocol
+        return start_stream(resp)
+    writer = await resp.prepare(request)
+    assert writer is not None
+    writer.send_headers()  # type: ignore[attr-defined]
+    return ClientSink(writer.transport, writer.chunked, AiohttpStream(writer, resp))  # type: ignore[attr-defined]
 
 
 class BufferSink:

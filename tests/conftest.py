@@ -19,9 +19,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from proxy.app import create_app
 from proxy.config import parse_config
+from proxy.context import GATEWAY
+from proxy.front import GatewayRunner
 from proxy.logging import configure_logging
 
 SECRET = "fg_test_secret_acme_1"
@@ -164,12 +167,21 @@ async def upstream(aiohttp_server) -> Upstream:
     return up
 
 
+class GatewayTestServer(TestServer):
+    """aiohttp's test server, run by the runner `flowgate serve` uses (the front included)."""
+
+    async def _make_runner(self, **kwargs):
+        server = self.app[GATEWAY].config.server
+        return GatewayRunner(self.app, access_log=None, keepalive_timeout=server.client_keepalive_timeout_s, **kwargs)
+
+
 @pytest.fixture
 def gateway(aiohttp_client):
     """A gateway on a real socket, served as `flowgate serve` serves it (no aiohttp access log)."""
 
     async def make(cfg: dict):
-        return await aiohttp_client(create_app(parse_config(cfg)), server_kwargs={"access_log": None})
+        app = create_app(parse_config(cfg))
+        return await aiohttp_client(GatewayTestServer(app))
 
     return make
 

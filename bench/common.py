@@ -49,9 +49,17 @@ def shutil_which(name: str) -> str | None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its children (nginx workers), from /proc."""
+    """CPU time of a process and its children (nginx workers), from /proc: the scheduler's
+    nanosecond count of every thread (``/proc/PID/task/TID/schedstat``), else utime + stime in
+    clock ticks (10 ms: half a microsecond per line in the streams scenario)."""
     total = 0.0
     for p in [pid, *children(pid)]:
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+            total += sum(int((t / "schedstat").read_text().split()[0]) for t in tasks) / 1e9
+            continue
+        except (OSError, ValueError, IndexError):
+            pass
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:

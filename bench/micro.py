@@ -50,7 +50,7 @@ async def per_chunk_us(output: str, n: int = 200_000) -> float:
                 [credits.on_event])
     sink = object.__new__(ClientSink)
     sink.transport, sink.chunked, sink.out = _Transport(), True, []
-    sink.protocol = SimpleNamespace(writing_paused=False)
+    sink.conn = SimpleNamespace(writing_paused=False)
     pump.sink, pump.resp = sink, object()  # type: ignore[assignment]
     pump.done = asyncio.get_running_loop().create_future()
     body, flush = pump.body, pump.flush

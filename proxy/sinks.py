@@ -18,7 +18,8 @@ class ClientSink:
 
     ``conn`` is what the response is written through: flowgate's front protocol, or
     :class:`AiohttpStream` for a response aiohttp prepared; it offers ``writing_paused``,
-    ``drain()`` and ``write_eof()``."""
+    ``drain()``, and ``joins_eof`` (True: the sink writes the terminator and sets ``eof_sent``;
+    False: ``write_eof()`` ends the response)."""
 
     __slots__ = ("transport", "chunked", "conn", "out")
 
@@ -58,7 +59,14 @@ class ClientSink:
         await self.conn.drain()
 
     async def end(self) -> None:
-        """The body is complete: the chunked terminator (or aiohttp's end of the response)."""
+        """Send what is pending and end the body. On flowgate's front both leave in one write (a
+        zero-length chunk is the chunked terminator); aiohttp ends its response itself, after."""
+        if self.chunked and self.conn.joins_eof:
+            self.out.append(b"")
+            self.flush()
+            self.conn.eof_sent = True
+            return
+        self.flush()
         await self.conn.write_eof()
 
 
@@ -66,6 +74,7 @@ class AiohttpStream:
     """A response prepared by aiohttp, as a :class:`ClientSink` writes through it."""
 
     __slots__ = ("writer", "resp")
+    joins_eof = False
 
     def __init__(self, writer: AbstractStreamWriter, resp: StreamResponse) -> None:
         self.writer, self.resp = writer, resp

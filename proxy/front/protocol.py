@@ -90,6 +90,8 @@ def _header_lines(resp: web.StreamResponse) -> list[bytes]:
 class FrontProtocol(asyncio.Protocol):
     """One client connection (see the module docstring). Also what a stream's sink drains on."""
 
+    joins_eof = True  # a stream's sink writes the chunked terminator with its last bytes
+
     __slots__ = ("server", "transport", "buf", "request", "task", "keep_alive", "remaining", "writing_paused",
                  "waiter", "timer", "streamed", "eof_sent", "reading_paused")
 
@@ -165,12 +167,6 @@ class FrontProtocol(asyncio.Protocol):
                 await self.waiter
             finally:
                 self.waiter = None
-
-    async def write_eof(self) -> None:
-        if self.transport is None or self.transport.is_closing():
-            raise ConnectionResetError("the client went away")
-        self.transport.write(b"0\r\n\r\n")
-        self.eof_sent = True
 
     def start_stream(self, resp: web.StreamResponse) -> ClientSink:
         """Send the status line and headers of a chunked response; its body goes through the sink."""

@@ -9,6 +9,7 @@ A name present in both tables means "same format in and out": the pump then writ
 bytes as they came and only uses the decoder as a side view for metering.
 
 Events are deliberately tiny, slotted dataclasses: one is made per decoded token on the hot path.
+They are not frozen (a frozen dataclass's constructor costs twice as much); treat them as values.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Token:
     """A piece of generated text."""
 
     text: str
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Usage:
     """Token usage reported by the backend (cumulative for the run, as backends report it)."""
 
@@ -33,21 +34,21 @@ class Usage:
     total: int | None = None
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Item:
     """A structured element (an ndjson line, a JSON-array element, an SSE JSON payload)."""
 
     obj: Any
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class End:
     """The backend said the run is complete; ``result`` is its final payload when it has one."""
 
     result: Any = None
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Error:
     """The backend reported a failure (or its stream was cut short in a way the protocol can tell)."""
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("flowgate.front")
 
-MAX_HEAD = 64 * 1024  # a head longer than this is aiohttp's to refuse (431/400)
+MAX_HEAD = 8192  # a longer head is aiohttp's to serve, or to refuse under its own limits (400/431)
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 NO_BODY = frozenset((204, 304))
 OWN_HEADERS = frozenset(("content-length", "transfer-encoding", "connection", "date"))
@@ -189,6 +189,9 @@ class FrontProtocol(asyncio.Protocol):
                 self._hand_over()
             return
         self._disarm()
+        if end + 4 > MAX_HEAD:
+            self._hand_over()
+            return
         head, rest = buf[:end + 4], buf[end + 4:]
         parsed = _Head()
         parser = httptools.HttpRequestParser(parsed)

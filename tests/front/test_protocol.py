@@ -191,6 +191,20 @@ async def test_what_the_front_does_not_take_aiohttp_answers(upstream, gateway, r
     writer.close()
 
 
+async def test_a_long_head_is_aiohttps_to_serve_and_to_refuse(upstream, gateway):
+    client = await gateway(config(upstream))
+    reader, writer = await connect(client)
+    writer.write(post(STREAM, b"{}", *(f"x-pad-{i}: " + "a" * 3000 for i in range(3))))
+    status, headers, body = await response(reader)
+    assert (status, body) == (200, OUT) and "aiohttp" in headers["server"]
+    writer.close()
+    reader, writer = await connect(client)
+    writer.write(post(STREAM, b"{}", "x-pad: " + "a" * 20000))
+    status, headers, _ = await response(reader)
+    assert status in (400, 431) and "aiohttp" in headers["server"]
+    writer.close()
+
+
 async def test_escaped_paths_and_wrong_methods_get_aiohttps_routing(upstream, gateway):
     client = await gateway(config(upstream))
     reader, writer = await connect(client)

@@ -282,13 +282,12 @@ class Pump:
     def flush(self) -> None:
         """Send what was written since the last flush; a client that cannot keep up pauses the
         upstream until it has drained."""
-        sink = self.sink
         try:
-            sink.flush()  # type: ignore[union-attr]
+            paused = self.sink.flush()  # type: ignore[union-attr]
         except ConnectionResetError:
             self._end(CLIENT_DISCONNECTED)
             return
-        if sink.paused and not self.draining and not self.ended:  # type: ignore[union-attr]
+        if paused and not self.draining and not self.ended:
             self.draining = True
             self.upstream.pause()
             self._spawn(self._drain())

@@ -32,10 +32,11 @@ class ClientSink:
     def write(self, data: bytes) -> None:
         self.out.append(data)
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Write what is pending; True when the client's transport is above its high-water mark."""
         out, transport = self.out, self.transport
         if not out:
-            return
+            return self.conn.writing_paused
         try:
             if transport is None or transport.is_closing():
                 raise ConnectionResetError("the client went away")
@@ -50,9 +51,6 @@ class ClientSink:
                 transport.writelines(framed)
         finally:
             out.clear()  # the transport has taken (or refused) the bytes; the list serves again
-
-    @property
-    def paused(self) -> bool:
         return self.conn.writing_paused
 
     async def drain(self) -> None:
@@ -105,7 +103,6 @@ class BufferSink:
     """Collects the body of a non-streaming run."""
 
     __slots__ = ("parts",)
-    paused = False
 
     def __init__(self, parts: list[bytes]) -> None:
         self.parts = parts
@@ -113,8 +110,8 @@ class BufferSink:
     def write(self, data: bytes) -> None:
         self.parts.append(data)
 
-    def flush(self) -> None:
-        return None
+    def flush(self) -> bool:
+        return False
 
     async def drain(self) -> None:
         return None

@@ -66,6 +66,9 @@ class Hold:
     last_grow: float = 0.0
 
 
+monotonic = time.monotonic
+
+
 class Credits(Policy):
     name = "credits"
 
@@ -96,13 +99,13 @@ class Credits(Policy):
                                     expires, covered_tokens(granted, per_1k), last_checkpoint=time.monotonic())
 
     def on_event(self, run: Run, event: Event):
-        hold: Hold | None = run.extra.get(self.name)
+        hold: Hold | None = run.extra.get("credits")  # (self.name; a constant on the per-event path)
         if hold is None or hold.per_1k == 0:
             return None
         tokens = run.meter.output_tokens
         if tokens > hold.covered and not hold.cut:
             return self._grow(run, hold, credits_for(tokens, hold.per_1k))
-        now = time.monotonic()
+        now = monotonic()
         if now - hold.last_checkpoint >= CHECKPOINT_EVERY_S and tokens != hold.checkpointed_tokens:
             hold.last_checkpoint = now
             self._spawn(self._checkpoint(run, hold, credits_for(tokens, hold.per_1k)))

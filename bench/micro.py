@@ -51,7 +51,7 @@ async def per_chunk_us(output: str, n: int = 200_000) -> float:
     sink = object.__new__(ClientSink)
     sink.transport, sink.chunked, sink.out = _Transport(), True, []
     sink.conn = SimpleNamespace(writing_paused=False)
-    pump.sink, pump.resp = sink, object()  # type: ignore[assignment]
+    pump.sink, pump.resp, pump.write = sink, object(), sink.out.append  # type: ignore[assignment]
     pump.done = asyncio.get_running_loop().create_future()
     body, flush = pump.body, pump.flush
     started = time.perf_counter()

@@ -70,7 +70,7 @@ class Pump:
 
     __slots__ = ("run", "upstream", "decoder", "encoder", "passthrough", "hooks", "resp", "sink", "feed",
                  "error_in_stream", "message", "result", "texts", "collect", "done", "ended", "held",
-                 "draining", "tasks", "ctx", "last", "gap")
+                 "draining", "tasks", "ctx", "last", "gap", "simple", "write")
 
     def __init__(
         self,
@@ -105,6 +105,8 @@ class Pump:
         self.ctx: contextvars.Context | None = None
         self.last = 0.0  # when the previous chunk arrived
         self.gap = m.child(m.CHUNK_GAP, run.flow_id or m.UNKNOWN_FLOW)
+        self.simple = passthrough and not collect  # body() takes its short path
+        self.write: Callable[[bytes], None] = self._no_sink  # the sink's list append, once there is one
 
     def response(self, extra_headers: dict[str, str]) -> web.StreamResponse:
         upstream_id = self.upstream.headers.get(JOB_ID_HEADER)
@@ -117,6 +119,7 @@ class Pump:
     async def start(self, resp: web.StreamResponse) -> None:
         """Prepare the client response (all headers are final here), send it, write the prologue."""
         self.sink = await open_client(self.run.request, resp)
+        self.write = self.sink.out.append
         self.resp = resp
         opening = self.encoder.open()
         if opening and not self.passthrough:
@@ -126,7 +129,12 @@ class Pump:
     def collect_into(self, parts: list[bytes]) -> None:
         """Non-streaming: the body goes to ``parts`` (the encoder's prologue first)."""
         self.sink = BufferSink(parts)
+        self.write = parts.append
         parts.append(self.encoder.open())
+
+    @staticmethod
+    def _no_sink(data: bytes) -> None:
+        raise RuntimeError("the pump has no sink yet")
 
     def pump(self) -> asyncio.Future[str]:
         """Attach to the upstream body; the future holds the outcome once it has ended. (A future,
@@ -163,7 +171,29 @@ class Pump:
         self.last = now
         run.bytes_in += len(data)
         try:  # _guard, inlined: this is the per-chunk path
-            self._chunk(data)
+            if not self.simple:
+                self._chunk(data)
+                return
+            # the common case, without _chunk/_events/_emit: bytes passed through, at most one
+            # piece of text in them, nothing collected (the general path gives the same result)
+            events = self.feed(data)
+            if events:
+                if len(events) > 1 or type(ev := events[0]) is not Token:
+                    self._chunk_events(data, events, None)
+                    return
+                run.meter.chars += len(ev.text)  # type: ignore[union-attr]
+                k = 0
+                for hook in self.hooks:
+                    k += 1
+                    pending = hook(run, ev)
+                    if pending is not None:  # a hook must wait: the general path resumes after it
+                        self._hold((pending, 0, k), events, None, data)
+                        return
+            self.write(data)
+            run.bytes_out += len(data)
+        except StopRun as stop:
+            self.message = stop.message
+            self._emit(data, None, stop.outcome)
         except ConnectionResetError:
             self._end(CLIENT_DISCONNECTED)
         except Exception as exc:  # noqa: BLE001 - handed to the awaiting handler, which logs it
@@ -204,17 +234,23 @@ class Pump:
     def _chunk(self, data: bytes | None) -> None:
         """One chunk (``data`` None: the end of the body)."""
         events = self.feed(data) if data is not None else self.decoder.close()
-        parts: list[bytes] | None = None if self.passthrough else []
+        self._chunk_events(data, events, None if self.passthrough else [])
+
+    def _chunk_events(self, data: bytes | None, events: list[Event], parts: list[bytes] | None) -> None:
         outcome, blocked = self._events(events, parts) if events else (None, None)
         if blocked is not None:
-            self.held = []
-            self.upstream.pause()
-            self._spawn(self._resume(blocked, events, parts, data))
+            self._hold(blocked, events, parts, data)
         elif parts is None and outcome is None and data:  # passed through, the run goes on: _emit's common case
-            self.sink.write(data)  # type: ignore[union-attr]
+            self.write(data)
             self.run.bytes_out += len(data)
         else:
             self._emit(data, parts, outcome)
+
+    def _hold(self, blocked, events: list[Event], parts: list[bytes] | None, data: bytes | None) -> None:
+        """A hook must wait: later chunks are held, the backend paused, until it is done."""
+        self.held = []
+        self.upstream.pause()
+        self._spawn(self._resume(blocked, events, parts, data))
 
     def _events(self, events: list[Event], parts: list[bytes] | None, i: int = 0, k: int = 0):
         """``events[i:]`` through metering, collection and the hooks (event ``i`` from hook ``k``).

@@ -181,3 +181,44 @@ async def test_chunks_behind_a_growing_hold_keep_their_order(upstream, gateway, 
     from tests.policies.test_credits import settled
     entries = await settled(client)
     assert entries[0]["outcome"] == "completed" and entries[0]["credits"] == 300
+
+
+class _Upstream:
+    headers: dict[str, str] = {}
+
+    def attach(self, pump) -> None: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+@pytest.mark.parametrize("output,expected", [("text", [b"", b"ab", b"cd"]), ("json-array", [b"[", b'"ab"'])])
+async def test_a_hook_that_stops_the_run_ends_it_at_that_chunk_on_either_path(output, expected):
+    from types import SimpleNamespace
+
+    from proxy.config import Env
+    from proxy.policies import StopRun
+    from proxy.protocols import new_decoder, new_encoder
+    from proxy.pump import Pump
+    from proxy.run import Run
+
+    seen: list[str] = []
+
+    def hook(run, ev):
+        seen.append(ev.text)
+        if len(seen) == 2:
+            raise StopRun("credits_cut", "out of credits")
+
+    run = Run(request=None, dialect="workflow", route="stream", flow_ref="wf", env=Env.Production,  # type: ignore[arg-type]
+              stream=False, body=b"")
+    run.flow = SimpleNamespace(id="wf")  # type: ignore[assignment]
+    pump = Pump(run, _Upstream(), new_decoder("text"), new_encoder(output), output == "text", [hook])  # type: ignore[arg-type]
+    parts: list[bytes] = []
+    pump.collect_into(parts)
+    done = pump.pump()
+    for chunk in (b"ab", b"cd", b"ef"):
+        pump.body(chunk)
+        pump.flush()
+    assert await asyncio.wait_for(done, 5) == "credits_cut" and pump.message == "out of credits"
+    assert seen == ["ab", "cd"] and parts == expected and run.meter.chars == 4

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -154,6 +155,27 @@ async def test_cut_ends_the_stream_and_never_goes_below_zero(upstream, gateway):
     resp = await client.post("/api/v1/run/wf_text", headers={"x-api-key": SECRET})
     if acct.balance == 0:
         assert resp.status == 402
+
+
+async def test_cut_on_a_passed_through_stream_breaks_it_off_and_never_goes_below_zero(upstream, gateway):
+    upstream.handle("/text", endless_tokens(100))  # text in, text out: the bytes pass through
+    cfg = base_config(upstream.url)
+    cfg["accounts"]["acme"]["initial_credits"] = 250
+    cfg["limits"] = {"credit_quantum_tokens": 100}
+    client = await gateway(cfg)
+    mint = await client.get("/api/v1/token", headers={"x-api-key": SECRET})
+    token = (await mint.json())["token"]
+    resp = await client.post(f"/api/v1/run/wf_text/stream?token={token}")
+    assert resp.status == 200
+    received = b""
+    with pytest.raises(aiohttp.ClientPayloadError):  # no clean end: plain text has no error event
+        async for chunk in resp.content.iter_any():
+            received += chunk
+    assert 0 < len(received) < 4000
+    entries = await settled(client)
+    assert entries[0]["outcome"] == "credits_cut"
+    acct = await client.app[GATEWAY].store.get_account("acme")
+    assert acct.balance >= 0 and acct.held == 0 and acct.balance == 250 - entries[0]["credits"]
 
 
 async def test_allow_finishes_and_may_go_negative(upstream, gateway):

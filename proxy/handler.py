@@ -58,7 +58,12 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
     finally:
         if run.outcome is None:  # cancelled: aiohttp saw the client go away
             run.outcome = CLIENT_DISCONNECTED
-        await asyncio.shield(_complete(gw, run, admitted))
+        try:
+            await asyncio.shield(_complete(gw, run, admitted))
+        finally:
+            # request -> run (for the access line) stays; run -> request goes, so that neither
+            # waits for the cyclic GC, whose full passes over thousands of open streams stall the loop
+            run.request = None  # type: ignore[assignment]
 
 
 def _error(dialect: Dialect, err: GatewayError, extra: dict[str, str]) -> web.Response:

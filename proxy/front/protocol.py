@@ -146,6 +146,7 @@ class FrontProtocol(asyncio.Protocol):
             self.waiter.set_exception(ConnectionResetError("the client went away"))
         if self.request is not None:
             self.request.content.finish()
+            self.request = None  # (request -> protocol stays; the two must not wait for the cyclic GC)
         if self.task is not None and not self.task.done():
             self.task.cancel()  # as aiohttp's handler_cancellation: the run sees the disconnect
 

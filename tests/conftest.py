@@ -167,6 +167,23 @@ async def upstream(aiohttp_server) -> Upstream:
     return up
 
 
+@pytest.fixture
+def text_upstream(upstream) -> Upstream:
+    """The fake upstream answering ``/text`` with two chunks ("hello ", "world") and ``/forever``
+    and ``/text-dev`` (wf_text's Development target) with chunks that never end."""
+
+    async def text(request, seen):
+        return await stream_chunks(request, ["hello ", "world"])
+
+    async def forever(request, seen):
+        return await never_ending(request, seen)
+
+    upstream.handle("/text", text)
+    upstream.handle("/forever", forever)
+    upstream.handle("/text-dev", forever)
+    return upstream
+
+
 class GatewayTestServer(TestServer):
     """aiohttp's test server, run by the runner `flowgate serve` uses (the front included)."""
 

@@ -5,23 +5,15 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from tests.conftest import SECRET, base_config, never_ending, stream_chunks
+from tests.conftest import SECRET, base_config
 
 PB = "/api/v1/tenants/t1/workspaces/w1/flows/{flow}/run-streaming"
 
 
-async def test_a_finished_run_leaves_no_cycle_for_the_gc(upstream, gateway):
+async def test_a_finished_run_leaves_no_cycle_for_the_gc(text_upstream, gateway):
     """Run and request must die by reference counting: with thousands of open streams the cyclic
     GC's full passes stall the loop for milliseconds, so none of its work may come from runs."""
-
-    async def text(request, seen):
-        return await stream_chunks(request, ["hello ", "world"])
-
-    async def forever(request, seen):
-        return await never_ending(request, seen)
-
-    upstream.handle("/text", text)
-    upstream.handle("/text-dev", forever)
+    upstream = text_upstream
     client = await gateway(base_config(upstream.url))
     gc.collect()
     gc.disable()

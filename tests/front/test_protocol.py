@@ -10,24 +10,12 @@ from aiohttp import web
 from proxy.app import create_app
 from proxy.config import parse_config
 from proxy.front import GatewayRunner
-from tests.conftest import SECRET, base_config, free_port, never_ending, stream_chunks
+from tests.conftest import SECRET, base_config, free_port
 
-pytestmark = pytest.mark.usefixtures("texts")
+pytestmark = pytest.mark.usefixtures("text_upstream")
 
 STREAM = "/api/v1/tenants/t1/workspaces/w1/flows/wf_text/run-streaming"
 OUT = b'["hello ","world"]'  # the profitbase stream of the text backend's two chunks
-
-
-@pytest.fixture
-def texts(upstream):
-    async def text(request, seen):
-        return await stream_chunks(request, ["hello ", "world"])
-
-    async def forever(request, seen):
-        return await never_ending(request, seen)
-
-    upstream.handle("/text", text)
-    upstream.handle("/forever", forever)
 
 
 def config(upstream, **server) -> dict:

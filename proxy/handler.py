@@ -92,7 +92,7 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
                 upstream = await open_upstream(gw.upstreams, run)
                 pump = Pump(run, upstream, decoder, encoder, passthrough, hooks, collect=not run.stream)
                 if run.stream:
-                    await pump.start(pump.response({**cors, **run.response_headers}))
+                    await pump.start(pump.response_headers({**cors, **run.response_headers}))
                     run.status = 200
                     streams_open.inc()
                 else:

@@ -108,19 +108,18 @@ class Pump:
         self.simple = passthrough and not collect  # body() takes its short path
         self.write: Callable[[bytes], None] = self._no_sink  # the sink's list append, once there is one
 
-    def response(self, extra_headers: dict[str, str]) -> web.StreamResponse:
+    def response_headers(self, extra_headers: dict[str, str]) -> dict[str, str]:
         upstream_id = self.upstream.headers.get(JOB_ID_HEADER)
         if upstream_id and len(upstream_id) <= 128 and upstream_id.isprintable():
             self.run.job_id = upstream_id
         headers = {"Content-Type": self.encoder.content_type, JOB_ID_HEADER: self.run.job_id, **STREAM_HEADERS}
         headers.update(extra_headers)
-        return web.StreamResponse(status=200, headers=headers)
+        return headers
 
-    async def start(self, resp: web.StreamResponse) -> None:
-        """Prepare the client response (all headers are final here), send it, write the prologue."""
-        self.sink = await open_client(self.run.request, resp)
+    async def start(self, headers: dict[str, str]) -> None:
+        """Send the client response's status and headers (final here), then the prologue."""
+        self.sink, self.resp = await open_client(self.run.request, 200, headers)
         self.write = self.sink.out.append
-        self.resp = resp
         opening = self.encoder.open()
         if opening and not self.passthrough:
             self.sink.write(opening)

@@ -88,15 +88,22 @@ class AiohttpStream:
         await self.resp.write_eof()
 
 
-async def open_client(request, resp: StreamResponse) -> ClientSink:
-    """Send ``resp``'s status line and headers to the client; its body then goes through the sink."""
-    start_stream = getattr(request, "protocol", None) and getattr(request.protocol, "start_stream", None)
+# What a handler returns for a stream that flowgate's front has already sent (the front ignores it;
+# the stream keeps no response object of its own, nor a second copy of its headers).
+SENT = StreamResponse()
+
+
+async def open_client(request, status: int, headers: dict[str, str]) -> tuple[ClientSink, StreamResponse]:
+    """Send a chunked response's status line and headers to the client; its body then goes through
+    the sink. Returns the sink and what the handler returns once the stream is over."""
+    start_stream = getattr(getattr(request, "protocol", None), "start_stream", None)
     if start_stream is not None:  # flowgate's front protocol
-        return start_stream(resp)
+        return start_stream(status, headers), SENT
+    resp = StreamResponse(status=status, headers=headers)
     writer = await resp.prepare(request)
     assert writer is not None
     writer.send_headers()  # type: ignore[attr-defined]
-    return ClientSink(writer.transport, writer.chunked, AiohttpStream(writer, resp))  # type: ignore[attr-defined]
+    return ClientSink(writer.transport, writer.chunked, AiohttpStream(writer, resp)), resp  # type: ignore[attr-defined]
 
 
 class BufferSink:

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import httptools
@@ -72,13 +74,13 @@ class _Head:
         self.complete = True
 
 
-def _status_line(resp: web.StreamResponse) -> bytes:
-    return b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason.encode("latin-1"))
+def _status_line(status: int, reason: str) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1"))
 
 
-def _header_lines(resp: web.StreamResponse) -> list[bytes]:
+def _header_lines(headers: Mapping[str, str]) -> list[bytes]:
     lines = []
-    for name, value in resp.headers.items():
+    for name, value in headers.items():
         if name.lower() in OWN_HEADERS:
             continue
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
@@ -169,10 +171,11 @@ class FrontProtocol(asyncio.Protocol):
             finally:
                 self.waiter = None
 
-    def start_stream(self, resp: web.StreamResponse) -> ClientSink:
+    def start_stream(self, status: int, headers: Mapping[str, str]) -> ClientSink:
         """Send the status line and headers of a chunked response; its body goes through the sink."""
         assert self.transport is not None and not self.streamed
-        head = [_status_line(resp), *_header_lines(resp), b"Transfer-Encoding: chunked\r\n", date_header()]
+        head = [_status_line(status, HTTPStatus(status).phrase), *_header_lines(headers),
+                b"Transfer-Encoding: chunked\r\n", date_header()]
         if not self.keep_alive:
             head.append(b"Connection: close\r\n")
         head.append(b"\r\n")
@@ -270,7 +273,7 @@ class FrontProtocol(asyncio.Protocol):
             resp, body = web.Response(status=500, text="500 Internal Server Error"), None
             body = resp.body
         body = body or b""
-        head = [_status_line(resp), *_header_lines(resp), date_header()]
+        head = [_status_line(resp.status, resp.reason), *_header_lines(resp.headers), date_header()]
         if resp.status not in NO_BODY:
             head.append(b"Content-Length: %d\r\n" % len(body))
         else:

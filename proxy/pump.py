@@ -70,7 +70,7 @@ class Pump:
 
     __slots__ = ("run", "upstream", "decoder", "encoder", "passthrough", "hooks", "resp", "sink", "feed",
                  "error_in_stream", "message", "result", "texts", "collect", "done", "ended", "held",
-                 "draining", "tasks", "ctx", "last", "gap", "simple", "write")
+                 "draining", "tasks", "ctx", "last", "gap", "write")
 
     def __init__(
         self,
@@ -105,7 +105,6 @@ class Pump:
         self.ctx: contextvars.Context | None = None
         self.last = 0.0  # when the previous chunk arrived
         self.gap = m.child(m.CHUNK_GAP, run.flow_id or m.UNKNOWN_FLOW)
-        self.simple = passthrough and not collect  # body() takes its short path
         self.write: Callable[[bytes], None] = self._no_sink  # the sink's list append, once there is one
 
     def response_headers(self, extra_headers: dict[str, str]) -> dict[str, str]:
@@ -170,29 +169,7 @@ class Pump:
         self.last = now
         run.bytes_in += len(data)
         try:  # _guard, inlined: this is the per-chunk path
-            if not self.simple:
-                self._chunk(data)
-                return
-            # the common case, without _chunk/_events/_emit: bytes passed through, at most one
-            # piece of text in them, nothing collected (the general path gives the same result)
-            events = self.feed(data)
-            if events:
-                if len(events) > 1 or type(ev := events[0]) is not Token:
-                    self._chunk_events(data, events, None)
-                    return
-                run.meter.chars += len(ev.text)  # type: ignore[union-attr]
-                k = 0
-                for hook in self.hooks:
-                    k += 1
-                    pending = hook(run, ev)
-                    if pending is not None:  # a hook must wait: the general path resumes after it
-                        self._hold((pending, 0, k), events, None, data)
-                        return
-            self.write(data)
-            run.bytes_out += len(data)
-        except StopRun as stop:
-            self.message = stop.message
-            self._emit(data, None, stop.outcome)
+            self._chunk(data)
         except ConnectionResetError:
             self._end(CLIENT_DISCONNECTED)
         except Exception as exc:  # noqa: BLE001 - handed to the awaiting handler, which logs it
@@ -233,23 +210,17 @@ class Pump:
     def _chunk(self, data: bytes | None) -> None:
         """One chunk (``data`` None: the end of the body)."""
         events = self.feed(data) if data is not None else self.decoder.close()
-        self._chunk_events(data, events, None if self.passthrough else [])
-
-    def _chunk_events(self, data: bytes | None, events: list[Event], parts: list[bytes] | None) -> None:
+        parts: list[bytes] | None = None if self.passthrough else []
         outcome, blocked = self._events(events, parts) if events else (None, None)
         if blocked is not None:
-            self._hold(blocked, events, parts, data)
+            self.held = []
+            self.upstream.pause()
+            self._spawn(self._resume(blocked, events, parts, data))
         elif parts is None and outcome is None and data:  # passed through, the run goes on: _emit's common case
             self.write(data)
             self.run.bytes_out += len(data)
         else:
             self._emit(data, parts, outcome)
-
-    def _hold(self, blocked, events: list[Event], parts: list[bytes] | None, data: bytes | None) -> None:
-        """A hook must wait: later chunks are held, the backend paused, until it is done."""
-        self.held = []
-        self.upstream.pause()
-        self._spawn(self._resume(blocked, events, parts, data))
 
     def _events(self, events: list[Event], parts: list[bytes] | None, i: int = 0, k: int = 0):
         """``events[i:]`` through metering, collection and the hooks (event ``i`` from hook ``k``).

@@ -1,15 +1,18 @@
-# flowgate: the same install step as the README (`make install` creates .venv with the package).
+# flowgate: the same install step as the README (`make install` creates .venv with the package and
+# compiles proxy/textpath.pyx; the C compiler is removed again once it has).
 FROM python:3.11-slim
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends make \
+ && apt-get install -y --no-install-recommends make gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-COPY pyproject.toml README.md Makefile ./
+COPY pyproject.toml setup.py README.md Makefile ./
 COPY proxy ./proxy
 COPY config ./config
-RUN make install
+RUN make install \
+ && .venv/bin/python -c "import proxy.textpath" \
+ && apt-get purge -y --auto-remove gcc libc6-dev
 
 RUN useradd --system --home /var/lib/flowgate flowgate \
  && mkdir -p /var/lib/flowgate /etc/flowgate \

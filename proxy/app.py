@@ -54,6 +54,9 @@ def create_app(config: Config) -> web.Application:
     gw = Gateway(config=config, store=open_store(config.store))
     gw.chains = {"key": build_chain(gw, "key"), "token": build_chain(gw, "token")}
     gw.hooks = {kind: [p.on_event for p in chain if p.overrides("on_event")] for kind, chain in gw.chains.items()}
+    if config.server.compiled_text_path:  # a chain whose hooks all say when they are quiet can take it
+        gw.quiet = {kind: [p.quiet for p in chain if p.overrides("on_event")] for kind, chain in gw.chains.items()
+                    if all(p.overrides("quiet") for p in chain if p.overrides("on_event"))}
     app[GATEWAY] = gw
 
     front_routes: list[web.AbstractRoute] = []

@@ -85,6 +85,12 @@ class ServerConfig(_Model):
         description="Server protocol for the dialect routes: flowgate's own HTTP/1.1 front (less memory and CPU "
         "per run) or aiohttp's. Every other route, and whatever the front does not take, is aiohttp's either way.",
     )
+    compiled_text_path: bool = Field(
+        True,
+        description="Stream `text` backend bodies through flowgate's compiled per-chunk path (proxy/textpath.pyx, "
+        "built by `make install` where a C compiler is found): a chunk is metered, framed and written without "
+        "Python frames, policies run only when their limits are crossed. false: every chunk in Python.",
+    )
     client_keepalive_timeout_s: float = Field(
         75.0, gt=0, description="An idle client keep-alive connection is closed after this long."
     )

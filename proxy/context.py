@@ -21,6 +21,7 @@ class Gateway:
     upstreams: UpstreamPool | None = None
     chains: dict[str, list[Policy]] = field(default_factory=dict)
     hooks: dict[str, list] = field(default_factory=dict)  # per chain: the on_event hooks it overrides
+    quiet: dict[str, list] = field(default_factory=dict)  # per chain: those hooks' quiet(), if all have one
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

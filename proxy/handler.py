@@ -90,7 +90,8 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
         try:
             async with asyncio.timeout_at(run.deadline):
                 upstream = await open_upstream(gw.upstreams, run)
-                pump = Pump(run, upstream, decoder, encoder, passthrough, hooks, collect=not run.stream)
+                pump = Pump(run, upstream, decoder, encoder, passthrough, hooks, collect=not run.stream,
+                            quiet=gw.quiet.get(run.credential_kind))
                 if run.stream:
                     await pump.start(pump.response_headers({**cors, **run.response_headers}))
                     run.status = 200

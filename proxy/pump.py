@@ -36,9 +36,15 @@ from . import metrics as m
 from .headers import JOB_ID_HEADER, STREAM_HEADERS
 from .policies import StopRun
 from .protocols import Decoder, Encoder, End, Error, Event, Item, Token, Usage, item_text
+from .protocols.text import TextDecoder
 from .run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, Meter, Run
 from .sinks import BufferSink, ClientSink, open_client
 from .upstream import Connection
+
+try:
+    from .textpath import TextPath
+except ImportError:  # not built (no C compiler at install): every chunk takes the Python path
+    TextPath = None
 
 monotonic = time.monotonic
 
@@ -70,7 +76,7 @@ class Pump:
 
     __slots__ = ("run", "upstream", "decoder", "encoder", "passthrough", "hooks", "resp", "sink", "feed",
                  "error_in_stream", "message", "result", "texts", "collect", "done", "ended", "held",
-                 "draining", "tasks", "ctx", "last", "gap", "write")
+                 "draining", "tasks", "ctx", "last", "gap", "write", "quiet", "fast")
 
     def __init__(
         self,
@@ -82,6 +88,7 @@ class Pump:
         hooks: list[Hook],
         *,
         collect: bool = False,
+        quiet: list[Callable[[Run], tuple[int | None, float]]] | None = None,
     ) -> None:
         self.run = run
         self.upstream = upstream
@@ -106,6 +113,8 @@ class Pump:
         self.last = 0.0  # when the previous chunk arrived
         self.gap = m.child(m.CHUNK_GAP, run.flow_id or m.UNKNOWN_FLOW)
         self.write: Callable[[bytes], None] = self._no_sink  # the sink's list append, once there is one
+        self.quiet = quiet  # the hooks' quiet limits (None: the compiled text path is off for this run)
+        self.fast = None  # the compiled text path, when it takes this run's chunks
 
     def response_headers(self, extra_headers: dict[str, str]) -> dict[str, str]:
         upstream_id = self.upstream.headers.get(JOB_ID_HEADER)
@@ -119,10 +128,23 @@ class Pump:
         """Send the client response's status and headers (final here), then the prologue."""
         self.sink, self.resp = await open_client(self.run.request, 200, headers)
         self.write = self.sink.out.append
+        self.fast = self.fast_path()
         opening = self.encoder.open()
         if opening and not self.passthrough:
             self.sink.write(opening)
             self.sink.flush()
+
+    def fast_path(self):
+        """The compiled per-chunk path (:mod:`proxy.textpath`) for a streamed ``text`` body, when it
+        was built, the chain's hooks all say when they are quiet, and the output format can encode
+        a piece of text directly; else None (this pump's own path)."""
+        if TextPath is None or self.quiet is None or type(self.decoder) is not TextDecoder \
+                or type(self.sink) is not ClientSink:
+            return None
+        encode_text = None if self.passthrough else getattr(self.encoder, "encode_text", None)
+        if encode_text is None and not self.passthrough:
+            return None
+        return TextPath(self, self.sink, self.quiet, encode_text)
 
     def collect_into(self, parts: list[bytes]) -> None:
         """Non-streaming: the body goes to ``parts`` (the encoder's prologue first)."""
@@ -139,12 +161,13 @@ class Pump:
         not a coroutine: an open stream keeps no frame of the pump's.)"""
         self.done = asyncio.get_running_loop().create_future()
         self.ctx = contextvars.copy_context()  # background work runs with this run's log context
-        self.upstream.attach(self)
+        self.upstream.attach(self if self.fast is None else self.fast)
         return self.done
 
     def detach(self) -> None:
         """Stop: no more writes from this pump (the caller is ending the stream itself)."""
         self.ended = True
+        self.fast = None  # (it points back at the pump: no cycle for the GC)
         for task in self.tasks or ():
             task.cancel()
 
@@ -169,7 +192,7 @@ class Pump:
         self.last = now
         run.bytes_in += len(data)
         try:  # _guard, inlined: this is the per-chunk path
-            self._chunk(data)
+            self._chunk(data, self.feed(data))
         except ConnectionResetError:
             self._end(CLIENT_DISCONNECTED)
         except Exception as exc:  # noqa: BLE001 - handed to the awaiting handler, which logs it
@@ -181,7 +204,12 @@ class Pump:
         if self.held is not None:
             self.held.append(None)
             return
-        self._guard(self._chunk, None)
+        self._guard(self._chunk, None, self.decoder.close())
+
+    def decoded(self, data: bytes, text: str) -> None:
+        """A chunk the compiled text path counted and decoded already (``text``; nothing metered
+        yet): from the hooks on, as :meth:`body` goes on."""
+        self._guard(self._chunk, data, [Token(text)])
 
     def broken(self, message: str) -> None:
         if self.ended:
@@ -207,9 +235,8 @@ class Pump:
         if self.done is not None and not self.done.done():
             self.done.set_exception(exc)
 
-    def _chunk(self, data: bytes | None) -> None:
-        """One chunk (``data`` None: the end of the body)."""
-        events = self.feed(data) if data is not None else self.decoder.close()
+    def _chunk(self, data: bytes | None, events: list[Event]) -> None:
+        """One chunk and its decoded events (``data`` None: the end of the body)."""
         parts: list[bytes] | None = None if self.passthrough else []
         outcome, blocked = self._events(events, parts) if events else (None, None)
         if blocked is not None:
@@ -322,6 +349,8 @@ class Pump:
                 else:
                     self.body(item)
             self.flush()
+            if self.fast is not None:  # the hooks ran here: their quiet limits moved
+                self.fast.refresh()
             if self.held is not None:  # blocked again: keep the arrival order
                 self.held.extend(held)
             elif not self.ended and not self.draining:

@@ -7,6 +7,11 @@ Hooks (implement only those you need; the handler calls only overridden ones):
 - ``on_event(run, event)``: once per decoded backend event, on the hot path. Return ``None``, or an
   awaitable when you need I/O (e.g. growing a credit hold); the pump awaits it before writing on.
   Raise :class:`StopRun` to end the stream (the pump renders the format's error event or aborts).
+- ``quiet(run)``: the companion of ``on_event`` for the compiled text path (:mod:`proxy.textpath`):
+  ``(max_chars, until)`` such that ``on_event`` would do nothing for a text event while
+  ``run.meter.chars <= max_chars`` (None: no such limit) and ``time.monotonic() < until``. Chunks
+  inside both limits skip the hooks; the first past either calls them, then ``quiet`` again. A
+  chain with an ``on_event`` policy that does not implement it streams every chunk in Python.
 - ``async on_complete(run)``: exactly once after the run ended (``run.outcome`` is set), also when
   the client went away; only for policies whose ``on_request`` returned normally.
 
@@ -44,6 +49,9 @@ class Policy:
 
     def on_event(self, run: Run, event: Event) -> Awaitable[None] | None:
         return None
+
+    def quiet(self, run: Run) -> tuple[int | None, float]:
+        return 0, 0.0  # never quiet
 
     async def on_complete(self, run: Run) -> None:
         return None

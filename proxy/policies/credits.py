@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 
@@ -110,6 +111,16 @@ class Credits(Policy):
             hold.last_checkpoint = now
             self._spawn(self._checkpoint(run, hold, credits_for(tokens, hold.per_1k)))
         return None
+
+    def quiet(self, run: Run) -> tuple[int | None, float]:
+        """Quiet up to the characters the hold covers (ceil(chars / 4) tokens <= covered) and
+        until the next checkpoint is due."""
+        hold: Hold | None = run.extra.get("credits")
+        if hold is None or hold.per_1k == 0:
+            return None, math.inf
+        if run.meter.reported_output is not None:  # tokens do not follow characters: ask every time
+            return 0, 0.0
+        return (None if hold.cut else 4 * hold.covered), hold.last_checkpoint + CHECKPOINT_EVERY_S
 
     async def _grow(self, run: Run, hold: Hold, cost: int) -> None:
         now = time.monotonic()

@@ -83,6 +83,8 @@ class Encoder(Protocol):
     ``encode(event)`` per event (``b""`` for events the format does not show), ``close()`` on a
     clean end. ``error(message)`` returns the format's error event, or ``None`` when the format has
     none: the pump then aborts the chunked body so the client sees an incomplete response.
+    ``encode_text(text)`` is ``encode(Token(text))`` without the event: the compiled text path
+    (:mod:`proxy.textpath`) calls it per chunk.
     """
 
     content_type: str
@@ -90,6 +92,8 @@ class Encoder(Protocol):
     def open(self) -> bytes: ...
 
     def encode(self, event: Event) -> bytes: ...
+
+    def encode_text(self, text: str) -> bytes: ...
 
     def close(self) -> bytes: ...
 

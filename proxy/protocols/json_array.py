@@ -146,6 +146,9 @@ class JsonArrayEncoder:
     def open(self) -> bytes:
         return b"["
 
+    def encode_text(self, text: str) -> bytes:
+        return self._element(orjson.dumps(text))
+
     def encode(self, event: Event) -> bytes:
         t = type(event)
         if t is Token:
@@ -154,6 +157,9 @@ class JsonArrayEncoder:
             body = orjson.dumps(event.obj)  # type: ignore[union-attr]
         else:
             return b""
+        return self._element(body)
+
+    def _element(self, body: bytes) -> bytes:
         if self._first:
             self._first = False
             return body

@@ -159,7 +159,7 @@ class LangflowEncoder:
     def open(self) -> bytes:
         return b""
 
-    def _token(self, text: str) -> bytes:
+    def encode_text(self, text: str) -> bytes:
         self._texts.append(text)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         return _frame("token", {"chunk": text, "id": self._id, "timestamp": stamp})
@@ -167,11 +167,11 @@ class LangflowEncoder:
     def encode(self, event: Event) -> bytes:
         t = type(event)
         if t is Token:
-            return self._token(event.text)  # type: ignore[union-attr]
+            return self.encode_text(event.text)  # type: ignore[union-attr]
         if t is Item:
             text = item_text(event.obj)  # type: ignore[union-attr]
             if text is not None:
-                return self._token(text)
+                return self.encode_text(text)
             return _frame("add_message", {"text": "", "sender": "Machine", "sender_name": "AI", "id": self._id,
                                           "data": event.obj})  # type: ignore[union-attr]
         if t is End:

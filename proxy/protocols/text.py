@@ -16,27 +16,27 @@ from . import Event, Item, Token, item_text
 class TextDecoder:
     """UTF-8 as it arrives; a multi-byte sequence split across chunks waits for its end."""
 
-    __slots__ = ("_rest",)
+    __slots__ = ("rest",)
 
     def __init__(self) -> None:
-        self._rest = b""  # the start of a split multi-byte sequence
+        self.rest = b""  # the start of a split multi-byte sequence (shared with proxy.textpath)
 
     def feed(self, data: bytes) -> list[Event]:
-        if self._rest:
-            data = self._rest + data
+        if self.rest:
+            data = self.rest + data
         text, used = utf_8_decode(data, "replace", False)
-        self._rest = data[used:] if used != len(data) else b""
+        self.rest = data[used:] if used != len(data) else b""
         return [Token(text)] if text else []
 
     def close(self) -> list[Event]:
-        rest, self._rest = self._rest, b""
+        rest, self.rest = self.rest, b""
         text = utf_8_decode(rest, "replace", True)[0] if rest else ""
         return [Token(text)] if text else []
 
     @property
     def pending(self) -> bool:
         """True while a multi-byte sequence split across chunks is buffered."""
-        return bool(self._rest)
+        return bool(self.rest)
 
 
 class TextEncoder:
@@ -44,6 +44,9 @@ class TextEncoder:
 
     def open(self) -> bytes:
         return b""
+
+    def encode_text(self, text: str) -> bytes:
+        return text.encode()
 
     def encode(self, event: Event) -> bytes:
         t = type(event)

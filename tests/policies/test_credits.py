@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from proxy.context import GATEWAY
-from proxy.policies.credits import credits_for, sweep_expired_holds
+from proxy.policies.credits import CHECKPOINT_EVERY_S, Credits, Hold, credits_for, sweep_expired_holds
 from tests.conftest import SECRET, base_config, stream_chunks
 from tests.dialects.test_langflow import frame
 
@@ -36,6 +36,33 @@ async def settled(client, account="acme", n=1, wait_s=5.0) -> list[dict]:
         if len(entries) >= n or time.monotonic() > deadline:
             return entries
         await asyncio.sleep(0.02)
+
+
+def test_quiet_limits_are_where_on_event_would_act():
+    """quiet() (the compiled text path's limits) agrees with on_event: nothing to do at 4 × covered
+    characters, a growth one character later; a checkpoint once the second is up."""
+    from types import SimpleNamespace
+
+    from proxy.protocols import Token
+    from proxy.run import Meter
+
+    credits = Credits(SimpleNamespace(config=None, store=None))
+    hold = Hold("acme", 1000, 10, 10, False, 0.0, covered=10, last_checkpoint=time.monotonic())
+    run = SimpleNamespace(extra={"credits": hold}, meter=Meter())
+    max_chars, until = credits.quiet(run)
+    assert (max_chars, until) == (40, hold.last_checkpoint + CHECKPOINT_EVERY_S)
+    run.meter.chars = max_chars
+    assert credits.on_event(run, Token("x")) is None
+    run.meter.chars = max_chars + 1
+    grow = credits.on_event(run, Token("x"))
+    assert grow is not None
+    grow.close()  # (not awaited: the store is not needed to show it was asked for)
+    hold.cut = True
+    assert credits.quiet(run)[0] is None  # allow-overrun after exhaustion: no more growths
+    run.meter.reported_output = 5
+    assert credits.quiet(run) == (0, 0.0)  # tokens that do not follow characters: always ask
+    run.extra = {}
+    assert credits.quiet(run) == (None, float("inf"))
 
 
 def test_credits_round_up():

@@ -1,0 +1,240 @@
+"""The compiled text path (proxy/textpath.pyx): the same bytes, metering and hook calls as the
+Python pump, chunk by chunk and through the gateway.
+
+Where it was not built (no C compiler at install) these tests skip, unless REQUIRE_NATIVE=1 (CI),
+where its absence is a failure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from proxy.config import Env
+from proxy.context import GATEWAY
+from proxy.policies import StopRun
+from proxy.protocols import new_decoder, new_encoder
+from proxy.pump import Pump, TextPath
+from proxy.run import Run
+from proxy.sinks import ClientSink
+from tests.conftest import base_config, stream_chunks
+from tests.policies.test_credits import settled
+from tests.test_pump import open_stream
+
+if TextPath is None:
+    if os.environ.get("REQUIRE_NATIVE") == "1":
+        raise RuntimeError("REQUIRE_NATIVE=1 but proxy.textpath is not built (make install compiles it)")
+    pytest.skip("proxy.textpath is not built (no C compiler at install): the Python pump serves every chunk",
+                allow_module_level=True)
+
+TEXT = "Grüße, 世界! tokens…"
+
+
+class _Upstream:
+    headers: dict[str, str] = {}
+
+    def __init__(self) -> None:
+        self.paused = False
+
+    def attach(self, consumer) -> None: ...
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def writelines(self, data) -> None:
+        self.writes.append(b"".join(data))
+
+
+class _Conn:
+    writing_paused = False
+    joins_eof = True
+
+    async def drain(self) -> None:
+        self.writing_paused = False
+
+
+def _pump(output: str, hooks=(), quiet=()):
+    """A streaming pump on a fake transport, its compiled path made as Pump.start makes it."""
+    run = Run(request=None, dialect="workflow", route="stream", flow_ref="wf", env=Env.Production,  # type: ignore[arg-type]
+              stream=True, body=b"")
+    run.flow = SimpleNamespace(id="wf")  # type: ignore[assignment]
+    pump = Pump(run, _Upstream(), new_decoder("text"), new_encoder(output), output == "text", list(hooks),  # type: ignore[arg-type]
+                quiet=list(quiet))
+    transport = _Transport()
+    pump.sink = ClientSink(transport, True, _Conn())
+    pump.resp = object()  # type: ignore[assignment]
+    pump.write = pump.sink.out.append
+    pump.fast = pump.fast_path()
+    assert isinstance(pump.fast, TextPath)
+    pump.done = asyncio.get_running_loop().create_future()
+    return pump, transport
+
+
+def _unframe(writes: list[bytes]) -> list[bytes]:
+    pieces = []
+    for w in writes:
+        while w:
+            size, _, rest = w.partition(b"\r\n")
+            n = int(size, 16)
+            pieces.append(rest[:n])
+            assert rest[n:n + 2] == b"\r\n"
+            w = rest[n + 2:]
+    return pieces
+
+
+def _feed(pump: Pump, chunks) -> None:
+    for chunk in chunks:
+        pump.fast.body(chunk)  # type: ignore[union-attr]
+        pump.fast.flush()  # type: ignore[union-attr]
+
+
+def _split_everywhere(data: bytes):
+    for cut in range(1, len(data)):
+        yield [data[:cut], data[cut:]]
+    yield [data[i:i + 1] for i in range(len(data))]
+
+
+@pytest.mark.parametrize("output", ["text", "json-array", "langflow"])
+async def test_every_split_writes_and_meters_what_the_python_pump_does(output):
+    body = TEXT.encode()
+    for chunks in _split_everywhere(body):
+        fast, fast_t = _pump(output)
+        _feed(fast, chunks)
+        slow, slow_t = _pump(output)
+        for chunk in chunks:
+            slow.body(chunk)
+            slow.flush()
+        assert fast.run.meter.chars == slow.run.meter.chars == len(TEXT), chunks
+        assert (fast.run.bytes_in, fast.run.bytes_out) == (slow.run.bytes_in, slow.run.bytes_out), chunks
+        got, want = _unframe(fast_t.writes), _unframe(slow_t.writes)
+        if output == "langflow":  # frames carry a timestamp: compare their text
+            got = [json.loads(p)["data"]["chunk"] for p in got]
+            want = [json.loads(p)["data"]["chunk"] for p in want]
+        assert got == want, chunks
+        assert fast.decoder.rest == b"" and not fast.ended
+
+
+async def test_each_chunk_is_framed_and_counted():
+    pump, transport = _pump("text")
+    _feed(pump, [b"ab", b"cd", b"e" * 3000])
+    assert transport.writes[:2] == [b"2\r\nab\r\n", b"2\r\ncd\r\n"]  # one write per chunk
+    assert _unframe(transport.writes) == [b"ab", b"cd", b"e" * 3000]  # a large piece: the sink's writelines
+    assert (pump.run.bytes_in, pump.run.bytes_out, pump.run.meter.chars) == (3004, 3004, 3004)
+    assert sum(pump.gap.counts) >= 2  # the gaps after the first chunk, counted in C
+
+
+async def test_hooks_run_only_past_their_quiet_limits():
+    calls: list[tuple[int, str]] = []
+    limit = {"chars": 4}
+
+    def hook(run, ev):
+        calls.append((run.meter.chars, ev.text))
+        limit["chars"] = run.meter.chars + 4
+
+    pump, transport = _pump("text", [hook], [lambda run: (limit["chars"], math.inf)])
+    _feed(pump, [b"ab", b"cd", b"ef", b"gh", b"ijklm", b"n"])
+    # the first chunk is the pump's own (every hook runs); then only chunks past the limit
+    assert calls == [(2, "ab"), (8, "gh"), (13, "ijklm")]
+    assert b"".join(_unframe(transport.writes)) == b"abcdefghijklmn" and pump.run.meter.chars == 14
+
+
+async def test_a_due_time_limit_calls_the_hooks_every_chunk():
+    calls: list[str] = []
+    pump, _ = _pump("text", [lambda run, ev: calls.append(ev.text)], [lambda run: (None, 0.0)])
+    _feed(pump, [b"a", b"b", b"c"])
+    assert calls == ["a", "b", "c"]
+
+
+async def test_a_hook_that_stops_the_run_on_the_compiled_path():
+    def hook(run, ev):
+        if run.meter.chars > 2:
+            raise StopRun("credits_cut", "out of credits")
+
+    pump, transport = _pump("text", [hook], [lambda run: (2, math.inf)])
+    _feed(pump, [b"ab", b"cd", b"ef"])
+    assert await asyncio.wait_for(pump.done, 5) == "credits_cut"  # type: ignore[arg-type]
+    # as on the Python path: a passed-through chunk goes out as it came, the run ends after it
+    assert _unframe(transport.writes) == [b"ab", b"cd"] and pump.run.meter.chars == 4
+
+
+async def test_a_hook_that_awaits_holds_later_chunks_in_order():
+    gate = asyncio.Event()
+
+    def hook(run, ev):
+        if run.meter.chars == 4:
+            return gate.wait()
+        return None
+
+    pump, transport = _pump("text", [hook], [lambda run: (3, math.inf) if run.meter.chars < 4 else (None, math.inf)])
+    _feed(pump, [b"ab", b"cd", b"ef", b"gh"])
+    assert pump.upstream.paused and _unframe(transport.writes) == [b"ab"]  # type: ignore[attr-defined]
+    gate.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert b"".join(_unframe(transport.writes)) == b"abcdefgh" and not pump.upstream.paused  # type: ignore[attr-defined]
+    assert pump.run.meter.chars == 8
+
+
+async def test_a_client_above_its_high_water_mark_pauses_the_upstream():
+    pump, transport = _pump("text")
+    _feed(pump, [b"ab"])
+    pump.sink.conn.writing_paused = True  # type: ignore[union-attr]
+    _feed(pump, [b"cd"])
+    assert pump.draining and pump.upstream.paused  # type: ignore[attr-defined]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not pump.draining and not pump.upstream.paused  # type: ignore[attr-defined]
+    assert _unframe(transport.writes) == [b"ab", b"cd"]
+
+
+async def test_an_ended_pump_takes_nothing_more():
+    pump, transport = _pump("text")
+    _feed(pump, [b"ab"])
+    pump.detach()
+    pump.body(b"cd")
+    assert _unframe(transport.writes) == [b"ab"] and pump.run.bytes_in == 2
+
+
+@pytest.mark.parametrize("dialect", ["profitbase", "workflow", "langflow"])
+async def test_the_gateway_streams_and_charges_the_same_either_way(upstream, gateway, tmp_path, dialect):
+    """Through real sockets with credits on SQLite (a 1-token quantum: the hold grows at every
+    token), with the compiled path on and off: same text, same charge."""
+    chunks = [TEXT.encode()[i:i + 3] for i in range(0, len(TEXT.encode()), 3)]
+    upstream.handle("/text", lambda request, seen: stream_chunks(request, chunks, delay=0.002))
+    results = []
+    for compiled in (True, False):
+        cfg = base_config(upstream.url, store=f"sqlite:///{tmp_path / f'{compiled}.db'}")
+        cfg["server"] = {**cfg["server"], "compiled_text_path": compiled}
+        cfg["limits"] = {"credit_quantum_tokens": 1}
+        client = await gateway(cfg)
+        assert sorted(client.app[GATEWAY].quiet) == (["key", "token"] if compiled else [])
+        resp = await open_stream(client, dialect, "wf_text")
+        body = await resp.read()
+        if dialect == "profitbase":
+            text = "".join(json.loads(body))
+        elif dialect == "workflow":
+            text = body.decode()
+        else:
+            frames = [json.loads(line) for line in body.split(b"\n") if line.strip()]
+            text = "".join(f["data"]["chunk"] for f in frames if f["event"] == "token")
+        entry = (await settled(client))[0]
+        results.append((text, entry["credits"], entry["output_tokens"], entry["outcome"]))
+    assert results[0] == results[1] == (TEXT, -(-len(TEXT) // 4), -(-len(TEXT) // 4), "completed")

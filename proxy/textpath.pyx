@@ -10,7 +10,8 @@ common case of a chunk in C: count the gap, decode the UTF-8 side view, meter, c
 policies' quiet limits, frame and write. Python runs again only where something happens.
 
 How it sits in the pump (:mod:`proxy.pump` makes one when :meth:`Pump.fast_path` allows): it is
-the upstream connection's body consumer in the pump's place, with the same four calls.
+the upstream connection's body consumer in the pump's place, with the same four calls, and one
+more.
 
 - ``body(data)``: the common chunk here; the first chunk, an ended or held pump, and a chunk that
   crosses a quiet limit go to the pump (``Pump.body`` / ``Pump.decoded``), which then does for it
@@ -18,6 +19,12 @@ the upstream connection's body consumer in the pump's place, with the same four 
 - ``flush()``: one small chunked piece is framed and written here; anything else, and a client
   that cannot keep up, is ``Pump.flush``'s.
 - ``end()``, ``broken(message)``: the pump's.
+- ``take_body(conn, raw)``: for a chunked response (nearly every streaming backend's) it also
+  reads the chunk framing itself: it becomes the socket's protocol (``data_received`` per read,
+  RFC 9112 chunks, extensions and trailers read past) until the last chunk, then sets the
+  connection back as its protocol, complete and reusable. So a line costs one call from the event
+  loop into C, and no Python frame, unless something happens. Malformed framing is the backend's
+  failure, as from the parser: the stream breaks off and the connection is dropped.
 
 The state is the pump's, shared, never copied: ``pump.last``, ``run.bytes_in``/``bytes_out``,
 ``run.meter.chars``, the decoder's ``rest`` (a split UTF-8 sequence), the sink's ``out`` list.
@@ -31,6 +38,8 @@ asked again. Adding an ``on_event`` policy without ``quiet`` turns this path off
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_GET_LENGTH
 from libc.math cimport INFINITY
 from libc.stdio cimport snprintf
@@ -42,9 +51,13 @@ cdef extern from "Python.h":
     object PyUnicode_DecodeUTF8Stateful(const char *s, Py_ssize_t size, const char *errors,
                                         Py_ssize_t *consumed)
 
-DEF MAX_BOUNDS = 64
 cdef Py_ssize_t SMALL = 2048  # as proxy.sinks.SMALL: below it a piece and its framing are one write
 cdef long long NO_LIMIT = 1 << 62
+cdef long long MAX_CHUNK = 1 << 40
+
+# where the chunked-body parser is (RFC 9112 section 7.1)
+cdef enum:
+    SIZE, EXT, SIZE_LF, DATA, DATA_CR, DATA_LF, TRAILER, TRAILER_LINE, END_LF, DONE, FAILED
 
 
 cdef inline double _monotonic() noexcept nogil:  # time.monotonic()'s clock
@@ -62,8 +75,8 @@ cdef bytes _frame(bytes piece):
     cdef char *p = PyBytes_AS_STRING(framed)
     memcpy(p, head, h)
     memcpy(p + h, PyBytes_AS_STRING(piece), n)
-    p[h + n] = b'\r'
-    p[h + n + 1] = b'\n'
+    p[h + n] = c'\r'
+    p[h + n + 1] = c'\n'
     return framed
 
 
@@ -84,11 +97,15 @@ cdef class TextPath:
 
     cdef object pump, run, meter, decoder, gap, transport, conn, encode_text
     cdef list out, counts, quiet
-    cdef double bounds[MAX_BOUNDS]
-    cdef Py_ssize_t nbounds
+    cdef tuple bounds  # the histogram's, shared by every stream
     cdef bint passthrough, chunked
     cdef long long max_chars
     cdef double until
+    # the backend's chunked body, when this parses it (take_body)
+    cdef object upstream
+    cdef int state, digits
+    cdef long long remaining
+    cdef bint keep_alive
 
     def __init__(self, pump, sink, list quiet, encode_text):
         """``pump``: the run's pump (its sink is ``sink``, a ClientSink); ``quiet``: the chain's
@@ -104,12 +121,9 @@ cdef class TextPath:
         self.conn = sink.conn
         self.gap = pump.gap
         self.counts = pump.gap.counts
-        bounds = tuple(pump.gap.bounds)
-        if not 0 < len(bounds) <= MAX_BOUNDS:
-            raise ValueError("histogram bounds")
-        self.nbounds = len(bounds)
-        for i, b in enumerate(bounds):
-            self.bounds[i] = b
+        self.bounds = pump.gap.bounds
+        if not self.bounds or any(type(b) is not float for b in self.bounds):
+            raise TypeError("the chunk-gap histogram's bounds must be a tuple of floats")
         self.passthrough = pump.passthrough
         self.quiet = quiet
         self.encode_text = encode_text
@@ -128,19 +142,20 @@ cdef class TextPath:
         self.max_chars = most
         self.until = until
 
-    def body(self, bytes data):
+    cdef int _piece(self, bytes data) except -1:
+        """One body piece: the common case here, the rest the pump's."""
         pump = self.pump
         if pump.ended or pump.held is not None or pump.last == 0.0:
             pump.body(data)  # the first chunk (time-to-first-byte metrics), or nothing for us to do
             self.refresh()
-            return
+            return 0
         cdef double now = _monotonic()
         cdef double seconds = now - <double>pump.last
-        cdef Py_ssize_t i = 0
+        cdef Py_ssize_t i = 0, last = PyTuple_GET_SIZE(self.bounds) - 1
         cdef long long chars
         try:
-            while i < self.nbounds - 1 and self.bounds[i] < seconds:  # bisect_left: the gap's bucket
-                i += 1
+            while i < last and PyFloat_AS_DOUBLE(<object>PyTuple_GET_ITEM(self.bounds, i)) < seconds:
+                i += 1  # bisect_left: the gap's bucket
             self.counts[i] = self.counts[i] + 1
             gap = self.gap
             gap.sum = gap.sum + seconds
@@ -157,21 +172,22 @@ cdef class TextPath:
                 if chars > self.max_chars or now >= self.until:
                     pump.decoded(data, text)  # a policy has something to do: the pump's path
                     self.refresh()
-                    return
+                    return 0
                 meter.chars = chars
                 if not self.passthrough:
                     piece = self.encode_text(text)
                     if piece:
                         self.out.append(piece)
                         run.bytes_out = run.bytes_out + PyBytes_GET_SIZE(piece)
-                    return
+                    return 0
             if self.passthrough:
                 self.out.append(data)
                 run.bytes_out = run.bytes_out + PyBytes_GET_SIZE(data)
         except Exception as exc:  # a bug: the awaiting handler logs it and ends the run
             pump._fail(exc)
+        return 0
 
-    def flush(self):
+    cdef int _flush(self) except -1:
         cdef list out = self.out
         transport = self.transport
         if len(out) == 1 and self.chunked and PyBytes_GET_SIZE(out[0]) < SMALL and transport is not None \
@@ -180,11 +196,135 @@ cdef class TextPath:
             out.clear()
             transport.write(framed)
             if not self.conn.writing_paused:
-                return
+                return 0
         self.pump.flush()  # more pieces, large ones, a closing client, or back-pressure
+        return 0
+
+    # --- the consumer of the upstream connection (proxy.upstream.Connection.attach) ---
+    def body(self, bytes data):
+        self._piece(data)
+
+    def flush(self):
+        self._flush()
 
     def end(self):
         self.pump.end()
 
     def broken(self, message):
         self.pump.broken(message)
+
+    # --- the backend's chunked body, parsed here (the transport's protocol until it ends) ---
+    def take_body(self, conn, list raw):
+        """Parse the chunked body of ``conn``'s response from here on: ``conn`` (a
+        :class:`proxy.upstream.Connection`) has parsed exactly the response's head, ``raw`` is
+        what arrived after it. This object is the transport's protocol until the body ends; then
+        the connection is again, complete, as if its own parser had read the body."""
+        self.upstream = conn
+        self.keep_alive = conn.parser.should_keep_alive()
+        self.state, self.digits, self.remaining = SIZE, 0, 0
+        conn.transport.set_protocol(self)
+        for data in raw:
+            self.data_received(data)
+
+    def data_received(self, bytes data):
+        cdef const char *p = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), i = 0, take
+        cdef char c
+        cdef int v
+        if self.state >= DONE:
+            self.keep_alive = False  # bytes after the body: nothing more on it may be trusted
+            return
+        while i < n:
+            if self.state == DATA:
+                take = n - i if n - i < self.remaining else self.remaining
+                self._piece(data if take == n else PyBytes_FromStringAndSize(p + i, take))
+                i += take
+                self.remaining -= take
+                if self.remaining == 0:
+                    self.state = DATA_CR
+                continue
+            c = p[i]
+            i += 1
+            if self.state == SIZE:
+                v = _hex(c)
+                if v >= 0:
+                    self.remaining = self.remaining * 16 + v
+                    self.digits += 1
+                    if self.remaining > MAX_CHUNK:
+                        return self._malformed()
+                elif self.digits and (c == c';' or c == c' ' or c == c'\t'):
+                    self.state = EXT
+                elif self.digits and c == c'\r':
+                    self.state = SIZE_LF
+                else:
+                    return self._malformed()
+            elif self.state == EXT:  # chunk extensions: read past, as they mean nothing here
+                if c == c'\r':
+                    self.state = SIZE_LF
+                elif c == c'\n':
+                    return self._malformed()
+            elif self.state == SIZE_LF:
+                if c != c'\n':
+                    return self._malformed()
+                self.state = TRAILER if self.remaining == 0 else DATA
+            elif self.state == DATA_CR:
+                if c != c'\r':
+                    return self._malformed()
+                self.state = DATA_LF
+            elif self.state == DATA_LF:
+                if c != c'\n':
+                    return self._malformed()
+                self.state, self.digits, self.remaining = SIZE, 0, 0
+            elif self.state == TRAILER:  # trailer fields: read past; an empty line ends the body
+                self.state = END_LF if c == c'\r' else TRAILER_LINE
+            elif self.state == TRAILER_LINE:
+                if c == c'\n':
+                    self.state = TRAILER
+            elif self.state == END_LF:
+                if c != c'\n':
+                    return self._malformed()
+                self.state = DONE
+                if i < n:
+                    self.keep_alive = False
+                self._done()
+                break
+        self._flush()
+
+    cdef _done(self):
+        conn = self.upstream
+        conn.keep_alive = self.keep_alive
+        transport = conn.transport
+        if transport is not None:
+            transport.set_protocol(conn)
+        conn._complete()  # the consumer's end: this object's, so the pump's
+
+    cdef _malformed(self):
+        self.state = FAILED
+        conn = self.upstream
+        conn._fail("the backend sent a malformed response")
+        transport = conn.transport
+        if transport is not None:
+            transport.close()
+        self._flush()
+
+    def eof_received(self):
+        return False  # close our side too; connection_lost follows
+
+    def connection_lost(self, exc):
+        self.upstream.connection_lost(exc)  # mid-body: the connection reports the stream broken
+
+    def pause_writing(self):
+        pass
+
+    def resume_writing(self):
+        pass
+
+
+cdef inline int _hex(char c) noexcept:
+    if c'0' <= c <= c'9':
+        return c - c'0'
+    if c'a' <= c <= c'f':
+        return c - c'a' + 10
+    if c'A' <= c <= c'F':
+        return c - c'A' + 10
+    return -1

@@ -16,6 +16,11 @@ How to use it (``forward.py`` and ``pump.py`` are the callers)::
     conn.release()               # a fully read keep-alive response: the connection goes back to the pool
     conn.close()                 # anything else: drop the connection now (the backend sees the close)
 
+The parser reads a response's head and not one byte more; a chunked body's bytes then wait for
+the consumer, and one with ``take_body(conn, raw)`` (the compiled text path, :mod:`proxy.textpath`)
+parses them itself as the transport's protocol until the body ends, then hands the connection back
+complete. Any other consumer gets them through the parser, as every other body.
+
 Bodies are never decompressed (the gateway asks for ``identity`` and meters what it reads). A
 request on a pooled connection that the backend closed while it sat idle is retried once on a new
 connection, and only when not one byte of a response had arrived: the backend never saw it.
@@ -88,7 +93,8 @@ class Connection(asyncio.Protocol):
     """One upstream connection and the response in flight on it (see the module docstring)."""
 
     __slots__ = ("pool", "key", "transport", "parser", "status", "headers", "consumer", "early", "complete",
-                 "failed", "headers_in", "waiter", "received", "reused", "idle_since", "delimited", "keep_alive")
+                 "failed", "headers_in", "waiter", "received", "reused", "idle_since", "delimited", "keep_alive",
+                 "tail", "raw")
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, str, int]) -> None:
         self.pool, self.key = pool, key
@@ -110,6 +116,8 @@ class Connection(asyncio.Protocol):
         self.received = 0
         self.delimited = False  # the body has a length or is chunked (else it ends at EOF)
         self.keep_alive = False  # read when the message completes (the parser resets after it)
+        self.tail = b""  # the end of the head read so far (its blank line may span two reads)
+        self.raw: list[bytes] | None = None  # a chunked body's bytes, unparsed, until attach() (take_body)
 
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -128,20 +136,60 @@ class Connection(asyncio.Protocol):
             self.transport.close()  # type: ignore[union-attr]
             return
         self.received += len(data)
+        if self.raw is not None:  # a chunked body waiting for its consumer
+            self.raw.append(data)
+            return
+        if not self.headers_in:
+            data = self._head(data)
+            if self.raw is not None:
+                if data:
+                    self.raw.append(data)
+                return
+        if data:
+            self._feed(data)
+        if self.consumer is not None:
+            self.consumer.flush()  # what this read produced leaves in one write
+
+    def _head(self, data: bytes) -> bytes:
+        """Feed the parser the response head (interim ones too) and not one byte more; returns the
+        bytes after it. A chunked body's bytes then wait, unparsed, for a consumer that may parse
+        them itself (``take_body``: the compiled text path). A head whose end is not a CRLF CRLF
+        this finds (a lenient parser's bare LFs) goes to the parser whole, as before."""
+        while not self.headers_in and data and self.failed is None:
+            seen = self.tail + data
+            end = seen.find(b"\r\n\r\n")
+            if end < 0:
+                self.tail = seen[-3:]
+                self._feed(data)
+                return b""
+            cut = end + 4 - len(self.tail)
+            self.tail = b""
+            self._feed(data[:cut])
+            data = data[cut:]
+        if self.headers_in and not self.complete and self.failed is None and \
+                self.headers.get("transfer-encoding", "").lower() == "chunked":
+            self.raw = []
+        return data
+
+    def _feed(self, data: bytes) -> None:
         try:
-            parser.feed_data(data)
+            self.parser.feed_data(data)  # type: ignore[union-attr]
         except httptools.HttpParserCallbackError as exc:
             raise (exc.__context__ or exc) from None  # a consumer's own bug: let it surface
         except httptools.HttpParserError:
             self._fail("the backend sent a malformed response")
-            self.transport.close()  # type: ignore[union-attr]
-        if self.consumer is not None:
-            self.consumer.flush()  # what this read produced leaves in one write
+            if self.transport is not None:
+                self.transport.close()
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.raw is not None:  # a body nobody took yet: the parser reads it now
+            raw, self.raw = self.raw, None
+            for data in raw:
+                if self.failed is None:
+                    self._feed(data)
         self.transport = None
         if self.parser is None:
             self.pool._discard(self)
@@ -215,8 +263,19 @@ class Connection(asyncio.Protocol):
         await self.waiter
 
     def attach(self, consumer: BodyConsumer) -> None:
-        """From now on the body goes to ``consumer``; what arrived before is handed over first."""
+        """From now on the body goes to ``consumer``; what arrived before is handed over first. A
+        consumer with ``take_body`` parses a chunked body itself (proxy.textpath)."""
         self.consumer = consumer
+        if self.raw is not None:
+            raw, self.raw = self.raw, None
+            take_body = getattr(consumer, "take_body", None)
+            if take_body is not None and self.transport is not None:
+                take_body(self, raw)
+                consumer.flush()
+                return
+            for data in raw:  # the parser, which has read exactly the head, reads the body as usual
+                if self.failed is None:
+                    self._feed(data)
         early, self.early = self.early, None
         for piece in early or ():
             consumer.body(piece)

@@ -238,3 +238,112 @@ async def test_the_gateway_streams_and_charges_the_same_either_way(upstream, gat
         entry = (await settled(client))[0]
         results.append((text, entry["credits"], entry["output_tokens"], entry["outcome"]))
     assert results[0] == results[1] == (TEXT, -(-len(TEXT) // 4), -(-len(TEXT) // 4), "completed")
+
+
+# --- the backend's chunked body, parsed by the compiled path (take_body) ---
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+WORDS = [w.encode() for w in ("Grüße", ", ", "世界", "! ", "tokens…")]
+CHUNKED = b"".join(b"%x;ext=1\r\n%b\r\n" % (len(w), w) for w in WORDS) + b"0\r\nx-trailer: t\r\n\r\n"
+
+
+class RawBackend:
+    """A backend on a real socket that answers every request with ``script(n)``: the pieces to
+    write, each after a short pause so that each is its own read on the gateway's side."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.script = lambda n: [HEAD + CHUNKED]
+        self.requests = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                self.requests += 1
+                for i, piece in enumerate(self.script(self.requests)):
+                    if i:
+                        await asyncio.sleep(0.003)
+                    if piece is None:
+                        writer.close()
+                        return
+                    writer.write(piece)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def raw_backend():
+    backend = RawBackend()
+    server = await asyncio.start_server(backend.serve, "127.0.0.1", 0)
+    backend.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"  # type: ignore[attr-defined]
+    yield backend
+    server.close()
+
+
+async def _text(client) -> tuple[str, str]:
+    resp = await open_stream(client, "profitbase", "wf_text")
+    body = await resp.read()
+    return "".join(json.loads(body)), resp.headers["flow-job-id"]
+
+
+async def test_a_chunked_body_split_anywhere_reads_the_same_and_keeps_the_connection(raw_backend, gateway):
+    """Cut at every byte from the head's blank line (split across two reads) to the body's end,
+    chunk extensions and a trailer: the same text every time, all on one kept-alive connection."""
+    full = HEAD + CHUNKED
+    client = await gateway(base_config(raw_backend.url))
+    want = b"".join(WORDS).decode()
+    for cut in range(len(HEAD) - 5, len(full)):
+        raw_backend.script = lambda n, cut=cut: [full[:cut], full[cut:]]
+        assert (await _text(client))[0] == want, cut
+    assert raw_backend.connections == 1
+
+
+async def test_a_malformed_chunk_breaks_the_stream_and_drops_the_connection(raw_backend, gateway):
+    raw_backend.script = lambda n: [HEAD + b"5\r\nhello\r\n", b"zz\r\nworld\r\n0\r\n\r\n"] if n == 1 else \
+        [HEAD + CHUNKED]
+    client = await gateway(base_config(raw_backend.url))
+    resp = await open_stream(client, "profitbase", "wf_text")
+    with pytest.raises(Exception):  # noqa: B017 - aiohttp's incomplete-payload error: the body broke off
+        await resp.read()
+    assert (await _text(client))[0] == b"".join(WORDS).decode()
+    assert raw_backend.connections == 2  # the first connection was not reused
+
+
+async def test_bytes_after_the_body_keep_the_connection_from_reuse(raw_backend, gateway):
+    raw_backend.script = lambda n: [HEAD + CHUNKED + b"HTTP/1.1 200 OK\r\n"] if n == 1 else [HEAD + CHUNKED]
+    client = await gateway(base_config(raw_backend.url))
+    for _ in range(2):
+        assert (await _text(client))[0] == b"".join(WORDS).decode()
+    assert raw_backend.connections == 2
+
+
+async def test_a_backend_closing_mid_body_breaks_the_stream(raw_backend, gateway, tmp_path):
+    raw_backend.script = lambda n: [HEAD + b"5\r\nhello\r\n", None]
+    cfg = base_config(raw_backend.url, store=f"sqlite:///{tmp_path / 'fg.db'}")
+    client = await gateway(cfg)
+    resp = await open_stream(client, "profitbase", "wf_text")
+    with pytest.raises(Exception):  # noqa: B017 - the client sees an incomplete body
+        await resp.read()
+    entry = (await settled(client))[0]
+    assert entry["outcome"] == "backend_error" and entry["output_tokens"] == 2  # "hello": 5 chars
+
+
+@pytest.mark.parametrize("pieces,want", [
+    ([b"HTTP/1.1 100 Continue\r\n\r\n", HEAD + CHUNKED], b"".join(WORDS).decode()),  # an interim head first
+    ([b"HTTP/1.1 100 Continue\r\n\r\n" + HEAD[:-1], HEAD[-1:] + CHUNKED], b"".join(WORDS).decode()),
+    ([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel", b"lo"], "hello"),  # a length: the parser's as before
+])
+async def test_heads_interim_answers_and_lengths_around_the_compiled_body(raw_backend, gateway, pieces, want):
+    raw_backend.script = lambda n: pieces
+    client = await gateway(base_config(raw_backend.url))
+    for _ in range(2):
+        assert (await _text(client))[0] == want
+    assert raw_backend.connections == 1

@@ -2,7 +2,9 @@
 Python floor, streams and bulk only), flowgate (every policy on).
 
 One command, one run, same workload for every path; the backend and this load generator on core 0,
-the proxy alone on core 1 (taskset). Prints a table of ratios and writes ``bench/out/`` (JSON + PNG).
+the proxy alone on core 1 (taskset). The streams, latency and short-run scenarios run ``--rounds``
+times (3), every path in turn each round, and each figure is the median of its rounds. Prints a
+table of ratios and writes ``bench/out/`` (JSON + PNG).
 
     make bench                                   # or: .venv/bin/python -m bench.run --help
 
@@ -33,6 +35,7 @@ from .common import SECRET, STAMP, cpu_seconds, flowgate_config, free_port, rss_
 
 OUT = Path(__file__).resolve().parent / "out"
 PIPE_SCENARIOS = ("streams", "bulk")  # where the byte pipe's numbers mean something (it parses no HTTP)
+ROUNDED = ("streams", "latency", "short")  # run --rounds times, path after path, each figure the median
 
 NGINX_CONF = """
 worker_processes 1;
@@ -200,6 +203,24 @@ async def scenario_idle(s, path: Path_, sizes: list[int]) -> dict:
     return out
 
 
+def merge_rounds(rounds: list[dict]) -> dict:
+    """One scenario's rounds on one path as one result: each figure the median of its rounds (the
+    rounds' own figures kept under ``rounds``), the latency samples of all rounds together."""
+    if len(rounds) == 1:
+        return rounds[0]
+    out: dict = {}
+    for k, v in rounds[0].items():
+        values = [r[k] for r in rounds]
+        if isinstance(v, list):
+            out[k] = sorted(x for r in rounds for x in r[k])
+        elif all(isinstance(x, int | float) and not isinstance(x, bool) for x in values):
+            out[k] = statistics.median(values)
+        else:
+            out[k] = v
+    out["rounds"] = [{k: v for k, v in r.items() if not isinstance(v, list)} for r in rounds]
+    return out
+
+
 def plot(results: dict, png: Path) -> None:
     try:
         import matplotlib
@@ -342,24 +363,30 @@ async def main(args) -> None:
             for key, label, run in steps:
                 if args.only and key not in args.only:
                     continue
-                for p in paths:
-                    if key == "idle" and p.pid is None:
-                        continue  # no proxy process to measure
-                    if p.name == "pipe" and key not in PIPE_SCENARIOS:
-                        continue
-                    print(f"[{p.name}] {label} ...", flush=True)
-                    gc.collect()
-                    gc.disable()
-                    try:
-                        # each scenario on each path gets its own client connections, closed after:
-                        # one scenario's leftovers (1,000 idle keep-alive connections after the
-                        # latency one, cycled through in turn by aiohttp's pool) must not load the next
-                        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                                         timeout=s.timeout) as own:
-                            results[p.name][key] = await run(p, own)
-                    finally:
-                        gc.enable()
-                    await asyncio.sleep(0.5)  # the closed connections are gone on every side
+                rounds = args.rounds if key in ROUNDED else 1
+                per_path: dict[str, list[dict]] = {}
+                for r in range(rounds):
+                    for p in paths:
+                        if key == "idle" and p.pid is None:
+                            continue  # no proxy process to measure
+                        if p.name == "pipe" and key not in PIPE_SCENARIOS:
+                            continue
+                        print(f"[{p.name}] {label}" + (f", round {r + 1}/{rounds}" if rounds > 1 else "") + " ...",
+                              flush=True)
+                        gc.collect()
+                        gc.disable()
+                        try:
+                            # each scenario on each path gets its own client connections, closed after:
+                            # one scenario's leftovers (1,000 idle keep-alive connections after the
+                            # latency one, cycled through in turn by aiohttp's pool) must not load the next
+                            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                                             timeout=s.timeout) as own:
+                                per_path.setdefault(p.name, []).append(await run(p, own))
+                        finally:
+                            gc.enable()
+                        await asyncio.sleep(0.5)  # the closed connections are gone on every side
+                for name, rounds_done in per_path.items():
+                    results[name][key] = merge_rounds(rounds_done)
         OUT.mkdir(exist_ok=True)
         (OUT / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
         plot(results, OUT / "bench.png")
@@ -385,6 +412,10 @@ def cli() -> None:
     ap.add_argument("--latency-streams", type=int, default=1000, help="concurrent streams for the p99 latency target")
     ap.add_argument("--idle", type=lambda v: [int(x) for x in v.split(",")], default=[5000, 9000],
                     help="open idle streams for the memory measurement, comma-separated steps")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of the streams, latency and short-run scenarios, path after path in turn; "
+                         "each figure is the median of its rounds (this machine's CPU readings move ±15%% "
+                         "between rounds)")
     ap.add_argument("--no-nginx", action="store_true")
     ap.add_argument("--no-pipe", action="store_true", help="leave out the uvloop byte pipe (the Python floor)")
     ap.add_argument("--only", type=lambda v: v.split(","), default=None,

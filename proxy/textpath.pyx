@@ -80,6 +80,23 @@ cdef bytes _frame(bytes piece):
     return framed
 
 
+cdef bint _ascii(bytes data) noexcept:
+    """Whether every byte is below 0x80 (then characters = bytes), eight at a time."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data), i = 0
+    cdef unsigned long long word
+    while i + 8 <= n:
+        memcpy(&word, p + i, 8)
+        if word & 0x8080808080808080ULL:
+            return False
+        i += 8
+    while i < n:
+        if p[i] & 0x80:
+            return False
+        i += 1
+    return True
+
+
 cdef object _decode(bytes buf, decoder, rest):
     """The text of ``buf``; a multi-byte sequence split at its end stays in ``decoder.rest``."""
     cdef Py_ssize_t used = 0
@@ -153,6 +170,7 @@ cdef class TextPath:
         cdef double seconds = now - <double>pump.last
         cdef Py_ssize_t i = 0, last = PyTuple_GET_SIZE(self.bounds) - 1
         cdef long long chars
+        cdef Py_ssize_t k
         try:
             while i < last and PyFloat_AS_DOUBLE(<object>PyTuple_GET_ITEM(self.bounds, i)) < seconds:
                 i += 1  # bisect_left: the gap's bucket
@@ -164,13 +182,17 @@ cdef class TextPath:
             run.bytes_in = run.bytes_in + PyBytes_GET_SIZE(data)
             decoder = self.decoder
             rest = decoder.rest
-            buf = (rest + data) if rest else data
-            text = _decode(buf, decoder, rest)
-            if PyUnicode_GET_LENGTH(text):
+            if self.passthrough and not rest and _ascii(data):
+                text, k = None, PyBytes_GET_SIZE(data)  # passed through: the count is all metering needs
+            else:
+                text = _decode((rest + data) if rest else data, decoder, rest)
+                k = PyUnicode_GET_LENGTH(text)
+            if k:
                 meter = self.meter
-                chars = <long long>meter.chars + PyUnicode_GET_LENGTH(text)
+                chars = <long long>meter.chars + k
                 if chars > self.max_chars or now >= self.until:
-                    pump.decoded(data, text)  # a policy has something to do: the pump's path
+                    # a policy has something to do: the pump's path
+                    pump.decoded(data, data.decode("ascii") if text is None else text)
                     self.refresh()
                     return 0
                 meter.chars = chars

@@ -1,7 +1,8 @@
-"""CPU of the pump's per-chunk path alone, in-process: ``Pump.body`` + ``Pump.flush`` for one
-21-byte line, passed through (workflow) and transcoded to a JSON array (profitbase), with the
-credit check on and the socket write stubbed. A hot-cache figure: under load the same code runs
-colder.
+"""CPU of the pump's per-chunk path alone, in-process: one 21-byte line, passed through
+(workflow) and transcoded to a JSON array (profitbase), with the credit check on and the socket
+write stubbed; through the Python pump (``Pump.body`` + ``Pump.flush``) and through the compiled
+text path (``TextPath.data_received`` with the line in its HTTP chunk framing, as the socket
+delivers it). A hot-cache figure: under load the same code runs colder.
 
 Run: python -m bench.micro
 """
@@ -15,7 +16,7 @@ from types import SimpleNamespace
 from proxy.config import Env
 from proxy.policies.credits import Credits, Hold
 from proxy.protocols import new_decoder, new_encoder
-from proxy.pump import Pump
+from proxy.pump import Pump, TextPath
 from proxy.run import Run
 from proxy.sinks import ClientSink
 
@@ -39,7 +40,12 @@ class _Transport:
     def writelines(self, data) -> None: ...
 
 
-async def per_chunk_us(output: str, n: int = 200_000) -> float:
+class _Conn:
+    transport = SimpleNamespace(set_protocol=lambda protocol: None)
+    parser = SimpleNamespace(should_keep_alive=lambda: True)
+
+
+async def per_chunk_us(output: str, compiled: bool = False, n: int = 200_000) -> float:
     run = Run(request=None, dialect="workflow", route="stream", flow_ref="wf", env=Env.Production,  # type: ignore[arg-type]
               stream=True, body=b"")
     run.flow = SimpleNamespace(id="wf_lines")  # type: ignore[assignment]
@@ -47,12 +53,22 @@ async def per_chunk_us(output: str, n: int = 200_000) -> float:
                                 last_checkpoint=time.monotonic() + 1e9)
     credits = Credits(SimpleNamespace(config=None, store=None))
     pump = Pump(run, _Upstream(), new_decoder("text"), new_encoder(output), output == "text",  # type: ignore[arg-type]
-                [credits.on_event])
+                [credits.on_event], quiet=[credits.quiet])
     sink = object.__new__(ClientSink)
     sink.transport, sink.chunked, sink.out = _Transport(), True, []
     sink.conn = SimpleNamespace(writing_paused=False)
     pump.sink, pump.resp, pump.write = sink, object(), sink.out.append  # type: ignore[assignment]
     pump.done = asyncio.get_running_loop().create_future()
+    if compiled:
+        fast = pump.fast_path()
+        assert fast is not None
+        pump.body(LINE)  # the first chunk is the pump's
+        fast.take_body(_Conn(), [])
+        framed, receive = b"%x\r\n%b\r\n" % (len(LINE), LINE), fast.data_received
+        started = time.perf_counter()
+        for _ in range(n):
+            receive(framed)
+        return (time.perf_counter() - started) / n * 1e6
     body, flush = pump.body, pump.flush
     started = time.perf_counter()
     for _ in range(n):
@@ -63,7 +79,9 @@ async def per_chunk_us(output: str, n: int = 200_000) -> float:
 
 async def main() -> None:
     for output, label in (("text", "passed through (workflow)"), ("json-array", "transcoded (profitbase)")):
-        print(f"{label}: {await per_chunk_us(output):.2f} µs per chunk")
+        print(f"{label}, Python pump: {await per_chunk_us(output):.2f} µs per chunk")
+        if TextPath is not None:
+            print(f"{label}, compiled text path: {await per_chunk_us(output, compiled=True):.2f} µs per chunk")
 
 
 if __name__ == "__main__":

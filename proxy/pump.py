@@ -167,7 +167,10 @@ class Pump:
     def detach(self) -> None:
         """Stop: no more writes from this pump (the caller is ending the stream itself)."""
         self.ended = True
-        self.fast = None  # (it points back at the pump: no cycle for the GC)
+        if self.fast is not None:  # its counts reach the run now; it passes anything later on to us
+            self.fast.sync()
+            self.fast.refresh()
+            self.fast = None  # (it points back at the pump: no cycle for the GC)
         for task in self.tasks or ():
             task.cancel()
 
@@ -232,6 +235,8 @@ class Pump:
 
     def _fail(self, exc: Exception) -> None:
         self.ended = True
+        if self.fast is not None:
+            self.fast.refresh()
         if self.done is not None and not self.done.done():
             self.done.set_exception(exc)
 
@@ -381,6 +386,8 @@ class Pump:
         if self.ended:
             return
         self.ended = True
+        if self.fast is not None:  # the compiled path stops taking chunks
+            self.fast.refresh()
         if self.done is not None and not self.done.done():
             self.done.set_result(outcome)
 

@@ -118,6 +118,11 @@ cdef class TextPath:
     cdef bint passthrough, chunked
     cdef long long max_chars
     cdef double until
+    # the pump's state as of the last pull(), and what this added since the last sync()
+    cdef bint active  # the pump takes chunks and none is held behind a hook
+    cdef double last  # when the previous chunk arrived (the pump's ``last``)
+    cdef long long chars_base, d_chars, d_in, d_out
+    cdef double d_gap
     # the backend's chunked body, when this parses it (take_body)
     cdef object upstream
     cdef int state, digits
@@ -146,8 +151,29 @@ cdef class TextPath:
         self.encode_text = encode_text
         self.refresh()
 
+    cpdef sync(self):
+        """Add what this counted since the last sync to the run, its meter and the chunk-gap
+        histogram (they are Python objects: touching them per chunk was most of this path's cost).
+        Called before any call into the pump, and by the pump when the run ends (detach)."""
+        if self.d_in or self.d_out or self.d_chars:
+            run = self.run
+            run.bytes_in = run.bytes_in + self.d_in
+            run.bytes_out = run.bytes_out + self.d_out
+            meter = self.meter
+            meter.chars = meter.chars + self.d_chars
+            gap = self.gap
+            gap.sum = gap.sum + self.d_gap
+            self.d_in = self.d_out = self.d_chars = 0
+            self.d_gap = 0.0
+            self.pump.last = self.last
+
     cpdef refresh(self):
-        """Ask the policies for their quiet limits again (after they ran)."""
+        """Read the pump's state again and ask the policies for their quiet limits (after the
+        pump ran: it calls this too when its state changes on its own, e.g. a hold's end)."""
+        pump = self.pump
+        self.last = pump.last
+        self.active = not pump.ended and pump.held is None and self.last != 0.0
+        self.chars_base = self.meter.chars
         cdef long long most = NO_LIMIT
         cdef double until = INFINITY
         for quiet in self.quiet:
@@ -161,13 +187,13 @@ cdef class TextPath:
 
     cdef int _piece(self, bytes data) except -1:
         """One body piece: the common case here, the rest the pump's."""
-        pump = self.pump
-        if pump.ended or pump.held is not None or pump.last == 0.0:
-            pump.body(data)  # the first chunk (time-to-first-byte metrics), or nothing for us to do
+        if not self.active:
+            self.sync()
+            self.pump.body(data)  # the first chunk (time-to-first-byte metrics), or nothing for us to do
             self.refresh()
             return 0
         cdef double now = _monotonic()
-        cdef double seconds = now - <double>pump.last
+        cdef double seconds = now - self.last
         cdef Py_ssize_t i = 0, last = PyTuple_GET_SIZE(self.bounds) - 1
         cdef long long chars
         cdef Py_ssize_t k
@@ -175,11 +201,9 @@ cdef class TextPath:
             while i < last and PyFloat_AS_DOUBLE(<object>PyTuple_GET_ITEM(self.bounds, i)) < seconds:
                 i += 1  # bisect_left: the gap's bucket
             self.counts[i] = self.counts[i] + 1
-            gap = self.gap
-            gap.sum = gap.sum + seconds
-            pump.last = now
-            run = self.run
-            run.bytes_in = run.bytes_in + PyBytes_GET_SIZE(data)
+            self.d_gap += seconds
+            self.last = now
+            self.d_in += PyBytes_GET_SIZE(data)
             decoder = self.decoder
             rest = decoder.rest
             if self.passthrough and not rest and _ascii(data):
@@ -188,25 +212,26 @@ cdef class TextPath:
                 text = _decode((rest + data) if rest else data, decoder, rest)
                 k = PyUnicode_GET_LENGTH(text)
             if k:
-                meter = self.meter
-                chars = <long long>meter.chars + k
+                chars = self.chars_base + self.d_chars + k
                 if chars > self.max_chars or now >= self.until:
-                    # a policy has something to do: the pump's path
-                    pump.decoded(data, data.decode("ascii") if text is None else text)
+                    # a policy has something to do: the pump's path (which meters the text itself)
+                    self.sync()
+                    self.pump.decoded(data, data.decode("ascii") if text is None else text)
                     self.refresh()
                     return 0
-                meter.chars = chars
+                self.d_chars += k
                 if not self.passthrough:
                     piece = self.encode_text(text)
                     if piece:
                         self.out.append(piece)
-                        run.bytes_out = run.bytes_out + PyBytes_GET_SIZE(piece)
+                        self.d_out += PyBytes_GET_SIZE(piece)
                     return 0
             if self.passthrough:
                 self.out.append(data)
-                run.bytes_out = run.bytes_out + PyBytes_GET_SIZE(data)
+                self.d_out += PyBytes_GET_SIZE(data)
         except Exception as exc:  # a bug: the awaiting handler logs it and ends the run
-            pump._fail(exc)
+            self.sync()
+            self.pump._fail(exc)
         return 0
 
     cdef int _flush(self) except -1:
@@ -219,7 +244,9 @@ cdef class TextPath:
             transport.write(framed)
             if not self.conn.writing_paused:
                 return 0
+        self.sync()
         self.pump.flush()  # more pieces, large ones, a closing client, or back-pressure
+        self.refresh()
         return 0
 
     # --- the consumer of the upstream connection (proxy.upstream.Connection.attach) ---
@@ -230,10 +257,14 @@ cdef class TextPath:
         self._flush()
 
     def end(self):
+        self.sync()
         self.pump.end()
+        self.refresh()
 
     def broken(self, message):
+        self.sync()
         self.pump.broken(message)
+        self.refresh()
 
     # --- the backend's chunked body, parsed here (the transport's protocol until it ends) ---
     def take_body(self, conn, list raw):

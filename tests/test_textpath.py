@@ -118,6 +118,7 @@ async def test_every_split_writes_and_meters_what_the_python_pump_does(output):
     for chunks in _split_everywhere(body):
         fast, fast_t = _pump(output)
         _feed(fast, chunks)
+        fast.detach()  # the compiled path's counts reach the run at the latest here
         slow, slow_t = _pump(output)
         for chunk in chunks:
             slow.body(chunk)
@@ -129,16 +130,18 @@ async def test_every_split_writes_and_meters_what_the_python_pump_does(output):
             got = [json.loads(p)["data"]["chunk"] for p in got]
             want = [json.loads(p)["data"]["chunk"] for p in want]
         assert got == want, chunks
-        assert fast.decoder.rest == b"" and not fast.ended
+        assert fast.decoder.rest == b"" and not fast.done.done()  # type: ignore[union-attr]
 
 
 async def test_each_chunk_is_framed_and_counted():
     pump, transport = _pump("text")
     _feed(pump, [b"ab", b"cd", b"e" * 3000])
+    gap = pump.gap
+    pump.detach()
     assert transport.writes[:2] == [b"2\r\nab\r\n", b"2\r\ncd\r\n"]  # one write per chunk
     assert _unframe(transport.writes) == [b"ab", b"cd", b"e" * 3000]  # a large piece: the sink's writelines
     assert (pump.run.bytes_in, pump.run.bytes_out, pump.run.meter.chars) == (3004, 3004, 3004)
-    assert sum(pump.gap.counts) >= 2  # the gaps after the first chunk, counted in C
+    assert sum(gap.counts) >= 2 and gap.sum > 0  # the gaps after the first chunk, counted in C
 
 
 async def test_hooks_run_only_past_their_quiet_limits():
@@ -151,8 +154,11 @@ async def test_hooks_run_only_past_their_quiet_limits():
 
     pump, transport = _pump("text", [hook], [lambda run: (limit["chars"], math.inf)])
     _feed(pump, [b"ab", b"cd", b"ef", b"gh", b"ijklm", b"n"])
-    # the first chunk is the pump's own (every hook runs); then only chunks past the limit
+    # the first chunk is the pump's own (every hook runs); then only chunks past the limit, which
+    # see the run's meter with every chunk before them counted
     assert calls == [(2, "ab"), (8, "gh"), (13, "ijklm")]
+    assert pump.run.meter.chars == 13  # the last chunk's count is still the compiled path's
+    pump.detach()
     assert b"".join(_unframe(transport.writes)) == b"abcdefghijklmn" and pump.run.meter.chars == 14
 
 
@@ -347,3 +353,18 @@ async def test_heads_interim_answers_and_lengths_around_the_compiled_body(raw_ba
     for _ in range(2):
         assert (await _text(client))[0] == want
     assert raw_backend.connections == 1
+
+
+async def test_counts_reach_the_run_at_the_end_and_nothing_is_taken_after_it():
+    """The compiled path keeps its counts in C between hand-overs: a run ended from elsewhere (a
+    task, the handler) stops it taking chunks at once, and detach() adds its counts to the run."""
+    pump, transport = _pump("text")
+    _feed(pump, [b"ab", b"cd", b"ef"])
+    assert pump.run.bytes_in == 2  # only the first chunk, the pump's own, so far
+    pump._end("client_disconnected")  # as the drain task does when the client is gone
+    _feed(pump, [b"gh"])
+    assert _unframe(transport.writes) == [b"ab", b"cd", b"ef"]
+    gap = pump.gap
+    pump.detach()
+    assert (pump.run.bytes_in, pump.run.bytes_out, pump.run.meter.chars) == (6, 6, 6)
+    assert sum(gap.counts) >= 2

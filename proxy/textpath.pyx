@@ -26,10 +26,16 @@ more.
   loop into C, and no Python frame, unless something happens. Malformed framing is the backend's
   failure, as from the parser: the stream breaks off and the connection is dropped.
 
-The state is the pump's, shared, never copied: ``pump.last``, ``run.bytes_in``/``bytes_out``,
-``run.meter.chars``, the decoder's ``rest`` (a split UTF-8 sequence), the sink's ``out`` list.
-So the two paths can take turns within one stream (a hook that awaits the store holds later
-chunks in the pump; they are replayed through ``Pump.body``).
+State: the decoder's ``rest`` (a split UTF-8 sequence) and the sink's ``out`` list are shared as
+they are. The pump's ``ended``/``held``/``last`` and the run's counts (``run.bytes_in``,
+``bytes_out``, ``run.meter.chars``, the chunk-gap histogram) are kept in C between hand-overs:
+before any call into the pump this adds what it counted to them (``sync``), after the call it
+reads the pump's state again (``refresh``); the pump calls ``refresh`` when its state changes on
+its own (a hold's end, the run's end) and ``sync`` when the run ends (``detach``). Between
+hand-overs those Python objects lag by what this counted: a policy always sees them current when
+it is called, a credit checkpoint as of the call that asked for it. The two paths take turns
+within one stream (a hook that awaits the store holds later chunks in the pump; they are replayed
+through ``Pump.body``).
 
 Quiet limits: every ``on_event`` policy of the run's chain says, through ``quiet(run)``, up to how
 many generated characters and until which monotonic time its ``on_event`` would do nothing for a

@@ -202,6 +202,10 @@ class Connection(asyncio.Protocol):
         self._fail("the backend stream broke off" if self.headers_in else "the backend closed the connection")
 
     # --- httptools callbacks ---
+    def on_message_begin(self) -> None:
+        if self.complete:  # bytes after the response: nothing more on this connection may be trusted
+            self.keep_alive = False
+
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         if name in READ_HEADERS:

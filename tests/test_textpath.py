@@ -34,6 +34,15 @@ if TextPath is None:
 TEXT = "Grüße, 世界! tokens…"
 
 
+def _config(url: str, compiled: bool = True, **overrides) -> dict:
+    cfg = base_config(url, **overrides)
+    cfg["server"] = {**cfg["server"], "compiled_text_path": compiled}
+    return cfg
+
+
+BOTH_PATHS = pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+
+
 class _Upstream:
     headers: dict[str, str] = {}
 
@@ -227,8 +236,7 @@ async def test_the_gateway_streams_and_charges_the_same_either_way(upstream, gat
     upstream.handle("/text", lambda request, seen: stream_chunks(request, chunks, delay=0.002))
     results = []
     for compiled in (True, False):
-        cfg = base_config(upstream.url, store=f"sqlite:///{tmp_path / f'{compiled}.db'}")
-        cfg["server"] = {**cfg["server"], "compiled_text_path": compiled}
+        cfg = _config(upstream.url, compiled, store=f"sqlite:///{tmp_path / f'{compiled}.db'}")
         cfg["limits"] = {"credit_quantum_tokens": 1}
         client = await gateway(cfg)
         assert sorted(client.app[GATEWAY].quiet) == (["key", "token"] if compiled else [])
@@ -312,10 +320,11 @@ async def test_a_chunked_body_split_anywhere_reads_the_same_and_keeps_the_connec
     assert raw_backend.connections == 1
 
 
-async def test_a_malformed_chunk_breaks_the_stream_and_drops_the_connection(raw_backend, gateway):
+@BOTH_PATHS
+async def test_a_malformed_chunk_breaks_the_stream_and_drops_the_connection(raw_backend, gateway, compiled):
     raw_backend.script = lambda n: [HEAD + b"5\r\nhello\r\n", b"zz\r\nworld\r\n0\r\n\r\n"] if n == 1 else \
         [HEAD + CHUNKED]
-    client = await gateway(base_config(raw_backend.url))
+    client = await gateway(_config(raw_backend.url, compiled))
     resp = await open_stream(client, "profitbase", "wf_text")
     with pytest.raises(Exception):  # noqa: B017 - aiohttp's incomplete-payload error: the body broke off
         await resp.read()
@@ -323,17 +332,19 @@ async def test_a_malformed_chunk_breaks_the_stream_and_drops_the_connection(raw_
     assert raw_backend.connections == 2  # the first connection was not reused
 
 
-async def test_bytes_after_the_body_keep_the_connection_from_reuse(raw_backend, gateway):
+@BOTH_PATHS
+async def test_bytes_after_the_body_keep_the_connection_from_reuse(raw_backend, gateway, compiled):
     raw_backend.script = lambda n: [HEAD + CHUNKED + b"HTTP/1.1 200 OK\r\n"] if n == 1 else [HEAD + CHUNKED]
-    client = await gateway(base_config(raw_backend.url))
+    client = await gateway(_config(raw_backend.url, compiled))
     for _ in range(2):
         assert (await _text(client))[0] == b"".join(WORDS).decode()
     assert raw_backend.connections == 2
 
 
-async def test_a_backend_closing_mid_body_breaks_the_stream(raw_backend, gateway, tmp_path):
+@BOTH_PATHS
+async def test_a_backend_closing_mid_body_breaks_the_stream(raw_backend, gateway, tmp_path, compiled):
     raw_backend.script = lambda n: [HEAD + b"5\r\nhello\r\n", None]
-    cfg = base_config(raw_backend.url, store=f"sqlite:///{tmp_path / 'fg.db'}")
+    cfg = _config(raw_backend.url, compiled, store=f"sqlite:///{tmp_path / 'fg.db'}")
     client = await gateway(cfg)
     resp = await open_stream(client, "profitbase", "wf_text")
     with pytest.raises(Exception):  # noqa: B017 - the client sees an incomplete body
@@ -347,9 +358,11 @@ async def test_a_backend_closing_mid_body_breaks_the_stream(raw_backend, gateway
     ([b"HTTP/1.1 100 Continue\r\n\r\n" + HEAD[:-1], HEAD[-1:] + CHUNKED], b"".join(WORDS).decode()),
     ([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel", b"lo"], "hello"),  # a length: the parser's as before
 ])
-async def test_heads_interim_answers_and_lengths_around_the_compiled_body(raw_backend, gateway, pieces, want):
+@BOTH_PATHS
+async def test_heads_interim_answers_and_lengths_around_the_compiled_body(raw_backend, gateway, pieces, want,
+                                                                          compiled):
     raw_backend.script = lambda n: pieces
-    client = await gateway(base_config(raw_backend.url))
+    client = await gateway(_config(raw_backend.url, compiled))
     for _ in range(2):
         assert (await _text(client))[0] == want
     assert raw_backend.connections == 1

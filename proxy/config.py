@@ -88,8 +88,9 @@ class ServerConfig(_Model):
     compiled_text_path: bool = Field(
         True,
         description="Stream `text` backend bodies through flowgate's compiled per-chunk path (proxy/textpath.pyx, "
-        "built by `make install` where a C compiler is found): a chunk is metered, framed and written without "
-        "Python frames, policies run only when their limits are crossed. false: every chunk in Python.",
+        "built by `make install` where a C compiler is found): a chunk is metered, framed and written in C (a "
+        "transcoded one still calls its output encoder), policies run only when their limits are crossed. "
+        "false: every chunk in Python.",
     )
     client_keepalive_timeout_s: float = Field(
         75.0, gt=0, description="An idle client keep-alive connection is closed after this long."

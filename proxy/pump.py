@@ -20,6 +20,11 @@ How a run ends (see :meth:`Pump.finish`):
 - deadline / backend error / credits cut: the format's error event and a clean end where the
   format has one (Langflow events), else the body is aborted so the client sees an incomplete
   response, never a clean end.
+
+A streamed ``text`` body has a compiled front (:mod:`proxy.textpath`, chosen in
+:meth:`Pump.fast_path`): it takes the common chunk itself and calls into this class for the rest
+(the first chunk, a policy's limit crossed, a hold, back-pressure, the end). Whatever you change
+here about what a chunk does, the parity tests in ``tests/test_textpath.py`` hold both to it.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ more.
   reads the chunk framing itself: it becomes the socket's protocol (``data_received`` per read,
   RFC 9112 chunks, extensions and trailers read past) until the last chunk, then sets the
   connection back as its protocol, complete and reusable. So a line costs one call from the event
-  loop into C, and no Python frame, unless something happens. Malformed framing is the backend's
+  loop into C, and no Python frame unless something happens (a transcoded chunk still calls its
+  output encoder's ``encode_text``). Malformed framing is the backend's
   failure, as from the parser: the stream breaks off and the connection is dropped.
 
 State: the decoder's ``rest`` (a split UTF-8 sequence) and the sink's ``out`` list are shared as

@@ -16,6 +16,7 @@ from aiohttp import web
 from orjson import dumps
 
 from . import metrics as m
+from .balances import Balances
 from .config import Config
 from .context import GATEWAY, Gateway
 from .cors import preflight
@@ -27,6 +28,7 @@ from .jobs import get_job
 from .logging import make_access_middleware
 from .policies import build_chain
 from .policies.credits import sweep_expired_holds
+from .policies.hold_size import HoldSizer
 from .store import open_store
 from .tokens import mint_token
 from .upstream import UpstreamPool
@@ -52,6 +54,8 @@ def create_app(config: Config) -> web.Application:
         handler_args={"max_field_size": 16384},
     )
     gw = Gateway(config=config, store=open_store(config.store))
+    gw.hold_sizer = HoldSizer(gw.store, config.limits)
+    gw.balances = Balances(gw.store, {name: acct.initial_credits for name, acct in config.accounts.items()})
     gw.chains = {"key": build_chain(gw, "key"), "token": build_chain(gw, "token")}
     gw.hooks = {kind: [p.on_event for p in chain if p.overrides("on_event")] for kind, chain in gw.chains.items()}
     if config.server.compiled_text_path:  # a chain whose hooks all say when they are quiet can take it
@@ -80,7 +84,13 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_sweeper_ctx)
+    app.cleanup_ctx.append(_balances_ctx)
     return app
+
+
+async def _balances_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with app[GATEWAY].balances.running():
+        yield
 
 
 SWEEP_EVERY_S = 5.0

@@ -190,6 +190,17 @@ def _account(config: Config, name: str) -> str:
     return name
 
 
+def _positive_credits(raw: str) -> int:
+    """A grant adds credits: a zero or negative amount is refused, never written."""
+    try:
+        amount = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number of credits") from None
+    if amount <= 0:
+        raise argparse.ArgumentTypeError(f"a grant must add credits (got {amount}); it cannot remove them")
+    return amount
+
+
 def cmd_credits_grant(args: argparse.Namespace) -> int:
     config = _load(args.config)
     account = _account(config, args.account)
@@ -276,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     crsub = cr.add_subparsers(dest="credits_command", required=True)
     g = crsub.add_parser("grant", help="add N credits to ACCOUNT")
     g.add_argument("account")
-    g.add_argument("amount", type=int)
+    g.add_argument("amount", type=_positive_credits, help="a whole number of credits, > 0")
     _config_arg(g)
     g.set_defaults(func=cmd_credits_grant)
     sh = crsub.add_parser("show", help="balance, held and spent of ACCOUNT")

@@ -110,7 +110,23 @@ class LimitsConfig(_Model):
     token_ttl_s: int = Field(60, ge=1, description="Default lifetime of a stream token.")
     token_ttl_max_s: int = Field(300, ge=1, description="Longest lifetime a client may ask a stream token for.")
     credit_quantum_tokens: int = Field(
-        1000, ge=1, description="Credit holds grow by this many tokens' worth at a time (the most one run overspends)."
+        1000, ge=1, description="The largest first hold and growth step of a run's credit hold, in tokens' worth; "
+        "under on_credits_exhausted: allow also the most one run may overspend the balance by."
+    )
+    credit_hold_floor_tokens: int = Field(
+        16, ge=1, description="The smallest first hold, in tokens' worth (at most one quantum); a run is refused "
+        "402 only when the owner's free balance cannot pay this much."
+    )
+    credit_hold_percentile: float = Field(
+        90.0, gt=0, le=100, description="A run's first hold is this percentile of the output tokens of its flow's "
+        "recent completed runs (between the floor and one quantum; one quantum while the flow has no history)."
+    )
+    credit_hold_window_runs: int = Field(
+        50, ge=1, le=100, description="How many of a flow's most recent completed runs the first-hold estimate reads."
+    )
+    credit_hold_refresh_s: float = Field(
+        1.0, gt=0, le=60, description="How long a replica reuses a flow's estimate before reading the store's again "
+        "(its own settlements update it at once)."
     )
     hold_grace_s: float = Field(
         30.0, ge=1, le=30, description="A hold expires this long after its run's cap; then any replica settles it."

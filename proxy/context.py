@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from .balances import Balances
     from .config import Config
+    from .policies.hold_size import HoldSizer
     from .policies import Policy
     from .store import Store
     from .upstream import UpstreamPool
@@ -22,6 +24,8 @@ class Gateway:
     chains: dict[str, list[Policy]] = field(default_factory=dict)
     hooks: dict[str, list] = field(default_factory=dict)  # per chain: the on_event hooks it overrides
     quiet: dict[str, list] = field(default_factory=dict)  # per chain: those hooks' quiet(), if all have one
+    hold_sizer: HoldSizer | None = None  # first credit holds per flow (shared by the chains)
+    balances: Balances | None = None  # the account balance gauge
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -20,6 +20,7 @@ from .cors import cors_headers
 from .dialects import Collected, Dialect
 from .errors import BackendTimeout, GatewayError, RunFailed
 from .forward import open_upstream
+from .headers import JOB_ID_HEADER, backend_job_id
 from .policies import Policy
 from .protocols import new_decoder, new_encoder
 from .pump import Pump
@@ -90,6 +91,9 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
         try:
             async with asyncio.timeout_at(run.deadline):
                 upstream = await open_upstream(gw.upstreams, run)
+                run.backend_job_id = backend_job_id(upstream.headers)
+                if run.backend_job_id is not None:
+                    structlog.contextvars.bind_contextvars(backend_job_id=run.backend_job_id)
                 pump = Pump(run, upstream, decoder, encoder, passthrough, hooks, collect=not run.stream,
                             quiet=gw.quiet.get(run.credential_kind))
                 if run.stream:
@@ -121,7 +125,7 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
             collected = Collected(body=b"".join(buffer), text="".join(pump.texts), result=pump.result)
             resp = dialect.render_result(run, collected)
             resp.headers.update(run.response_headers)
-            resp.headers["flow-job-id"] = run.job_id
+            resp.headers[JOB_ID_HEADER] = run.job_id
             run.status = resp.status
             return resp
         assert pump is not None and pump.resp is not None

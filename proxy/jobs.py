@@ -18,7 +18,7 @@ _PROBLEM_TYPES = {400: "rfc9110#section-15.5.1", 401: "rfc9110#section-15.5.2", 
                   404: "rfc9110#section-15.5.5", 503: "rfc9110#section-15.6.4"}
 
 
-RECORD_FIELDS = ("job_id", "flow", "env", "dialect", "status", "outcome", "reason", "input_tokens",
+RECORD_FIELDS = ("job_id", "backend_job_id", "flow", "env", "dialect", "status", "outcome", "reason", "input_tokens",
                  "output_tokens", "credits", "started_at", "ended_at", "duration_s")
 
 

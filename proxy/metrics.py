@@ -188,6 +188,8 @@ STORE_SECONDS = Histogram("flowgate_store_operation_seconds", "State store opera
                           buckets=STORE_BUCKETS)
 STORE_ERRORS = Counter("flowgate_store_errors_total", "State store operations that failed.", ["op"])
 HOLDS_RECOVERED = Counter("flowgate_holds_recovered_total", "Expired credit holds of dead replicas settled here.")
+ACCOUNT_BALANCE = Gauge("flowgate_account_balance_credits", "Each configured account's credit balance in the store "
+                        "(open holds included; refreshed after settlements and every few seconds).", ["account"])
 
 
 _children: dict[tuple, object] = {}

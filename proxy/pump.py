@@ -122,9 +122,8 @@ class Pump:
         self.fast = None  # the compiled text path, when it takes this run's chunks
 
     def response_headers(self, extra_headers: dict[str, str]) -> dict[str, str]:
-        upstream_id = self.upstream.headers.get(JOB_ID_HEADER)
-        if upstream_id and len(upstream_id) <= 128 and upstream_id.isprintable():
-            self.run.job_id = upstream_id
+        """The client response's headers: ``flow-job-id`` is always the gateway's own job id (a
+        backend's own id never renames the run: see ``Run.backend_job_id``)."""
         headers = {"Content-Type": self.encoder.content_type, JOB_ID_HEADER: self.run.job_id, **STREAM_HEADERS}
         headers.update(extra_headers)
         return headers

@@ -84,7 +84,8 @@ class Run:
     backend: BackendConfig | None = None
     deadline: float = 0.0  # event-loop time at which the run is cut
     # --- filled while running ---
-    job_id: str = field(default_factory=new_job_id)
+    _job_id: str = field(default_factory=new_job_id, repr=False)
+    backend_job_id: str | None = None  # the backend's own job id, if it sent one: recorded, never a key
     started_at: float = field(default_factory=time.time)
     started_mono: float = field(default_factory=time.monotonic)
     forwarded_mono: float = 0.0  # when the backend request was sent
@@ -96,6 +97,13 @@ class Run:
     bytes_out: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # per-policy state, keyed by policy name
     response_headers: dict[str, str] = field(default_factory=dict)  # set before prepare() only
+
+    @property
+    def job_id(self) -> str:
+        """The run's one identity, made at admission: it keys holds, checkpoints, settlement, the
+        ledger, job records, rate-limit slots and logs, and is the ``flow-job-id`` header. Read-only:
+        nothing may rename a run (a backend's own id goes to ``backend_job_id``)."""
+        return self._job_id
 
     @property
     def flow_id(self) -> str | None:

@@ -154,14 +154,20 @@ async def test_json_array_backend_passes_through_to_profitbase(upstream, gateway
     assert "two" in await resp.text()
 
 
-async def test_backend_job_id_is_used_when_sent(upstream, gateway):
+async def test_a_backend_job_id_never_renames_the_run(upstream, gateway):
+    """The backend's own flow-job-id is recorded as backend_job_id; the header is the gateway's."""
     async def with_id(request, seen):
         return await stream_chunks(request, ["x"], headers={"flow-job-id": "backend-job-7"})
 
     upstream.handle("/text", with_id)
     client = await gateway(base_config(upstream.url))
     resp = await open_stream(client, "profitbase", "wf_text")
-    assert resp.headers["flow-job-id"] == "backend-job-7"
+    await resp.read()
+    job_id = resp.headers["flow-job-id"]
+    assert job_id != "backend-job-7" and len(job_id) == 26  # a ULID made at admission
+    from tests.policies.test_credits import settled
+    entries = await settled(client)
+    assert entries[0]["job_id"] == job_id and entries[0]["backend_job_id"] == "backend-job-7"
 
 
 @pytest.mark.parametrize("dialect", ["profitbase", "workflow"])

@@ -1,17 +1,25 @@
 """Credit metering: the flow's owner pays for the tokens its runs generate.
 
-Admission places an atomic hold of one quantum (``limits.credit_quantum_tokens`` worth, never more
-than is available); an owner with nothing available gets 402 before any backend request. While
-the run streams, ``on_event`` compares what has been metered (``run.meter``: the backend's reported
-output tokens, else ceil(chars / 4)) with the hold. Crossing the hold grows it by a quantum,
-atomically in the store; when nothing more can be held, ``on_credits_exhausted: cut`` ends the
-stream, ``allow`` lets it finish (the balance may go negative). Progress is checkpointed in the
-store at every quantum and at least every second, so a hold whose replica died is settled from
-its last checkpoint by any live replica (see :func:`sweep_expired_holds`). ``on_complete`` settles
-exactly once: it charges what was metered, releases the rest and writes one ledger entry.
+Admission places an atomic first hold sized from what the flow's recent runs really used
+(:mod:`proxy.policies.hold_size`: a percentile of their output tokens, between a small floor and
+one quantum), or what the owner has free if that is less; an owner whose free balance cannot pay
+the floor gets 402 before any backend request. While the run streams, ``on_event`` compares what
+has been metered (``run.meter``: the backend's reported output tokens, else ceil(chars / 4)) with
+the hold. Crossing it grows the hold, atomically in the store, by at least what the hold already
+is (at most a quantum at a time): a run that needs more than its estimate doubles its hold a few
+times instead of taking a quantum other runs could have used.
 
-The hot path costs one comparison per event; the store is touched only at quantum boundaries and
-at most once a second for checkpoints (which do not block the stream).
+When nothing more can be held, ``on_credits_exhausted: cut`` ends the stream at once and charges
+no more than was held (a balance never goes below 0); ``allow`` lets the run go on for one more
+quantum past what it holds, then cuts it (an owner never goes below -(concurrent runs x quantum)).
+Progress is checkpointed in the store at every growth and at least every second, so a hold whose
+replica died is settled from its last checkpoint by any live replica (see
+:func:`sweep_expired_holds`). ``on_complete`` settles exactly once: it charges what was metered
+(up to that ceiling), releases the rest and writes one ledger entry, keyed like everything else by
+the run's own job id.
+
+The hot path costs one comparison per event; the store is touched only when the hold must grow
+and at most once a second for checkpoints (which do not block the stream).
 
 A run that crosses quanta faster than once a second (a bulk stream, not a model generating text)
 holds ahead: each growth less than a second after the previous one doubles the step, up to
@@ -33,7 +41,7 @@ import structlog
 from .. import metrics as m
 from ..errors import NoCredits, StoreUnavailable
 from ..protocols import Event
-from ..run import CREDITS_CUT, Run
+from ..run import COMPLETED, CREDITS_CUT, Run
 from . import Policy, StopRun
 
 log = structlog.get_logger("flowgate.credits")
@@ -55,16 +63,21 @@ def covered_tokens(held: int, per_1k: int) -> int:
 class Hold:
     account: str
     per_1k: int
-    quantum: int  # credits per growth step
+    quantum: int  # credits: the largest growth unit
     held: int  # credits held in the store for this job
     allow_overrun: bool
     expires_at: float
-    covered: int = 0  # the most tokens ``held`` pays for (kept with it: the hot path compares tokens)
-    cut: bool = False
+    covered: int = 0  # the most tokens the run may meter before on_event acts (the hot path compares tokens)
     last_checkpoint: float = 0.0
     checkpointed_tokens: int = -1
-    step: int = 1  # quanta per growth: doubles while growths come less than a second apart
+    step: int = 1  # growth units per growth: doubles while growths come less than a second apart
     last_grow: float = 0.0
+    initial: int = 0  # the account's initial credits (a store that lost the account re-creates it)
+
+    @property
+    def ceiling(self) -> int:
+        """The most this run may be charged: what it holds, plus one quantum under ``allow``."""
+        return self.held + self.quantum if self.allow_overrun else self.held
 
 
 monotonic = time.monotonic
@@ -86,25 +99,32 @@ class Credits(Policy):
         flow = run.flow
         assert flow is not None and run.owner is not None
         per_1k = flow.credits_per_1k_tokens
-        quantum = max(1, credits_for(self.gw.config.limits.credit_quantum_tokens, per_1k))
+        limits = self.gw.config.limits
+        quantum = max(1, credits_for(limits.credit_quantum_tokens, per_1k))
+        account = self.gw.config.accounts.get(run.owner)
+        initial = account.initial_credits if account is not None else 0
         expires = self._expiry(run)
         granted = 0
         if per_1k > 0:  # a free flow holds nothing but still gets its ledger entry
+            first = max(1, credits_for(await self.gw.hold_sizer.first_hold_tokens(run.owner, flow.id), per_1k))
+            floor = max(1, credits_for(min(limits.credit_hold_floor_tokens, limits.credit_quantum_tokens), per_1k))
             meta = {"flow": flow.id, "key_id": run.key_id, "env": run.env.value, "dialect": run.dialect,
                     "started_at": run.started_at}
-            granted = await self.gw.store.open_hold(run.job_id, run.owner, quantum, expires, meta)
-        if granted <= 0 and per_1k > 0:
-            run.reason = "no_credits"
-            raise NoCredits("no credits remaining on the account")
+            granted = await self.gw.store.open_hold(run.job_id, run.owner, first, expires, meta,
+                                                    minimum=min(first, floor), initial=initial)
+            if granted <= 0:
+                run.reason = "no_credits"
+                raise NoCredits("no credits remaining on the account")
         run.extra[self.name] = Hold(run.owner, per_1k, quantum, granted, flow.on_credits_exhausted == "allow",
-                                    expires, covered_tokens(granted, per_1k), last_checkpoint=time.monotonic())
+                                    expires, covered_tokens(granted, per_1k), last_checkpoint=time.monotonic(),
+                                    initial=initial)
 
     def on_event(self, run: Run, event: Event):
         hold: Hold | None = run.extra.get("credits")  # (self.name; a constant on the per-event path)
         if hold is None or hold.per_1k == 0:
             return None
         tokens = run.meter.output_tokens
-        if tokens > hold.covered and not hold.cut:
+        if tokens > hold.covered:
             return self._grow(run, hold, credits_for(tokens, hold.per_1k))
         now = monotonic()
         if now - hold.last_checkpoint >= CHECKPOINT_EVERY_S and tokens != hold.checkpointed_tokens:
@@ -120,25 +140,25 @@ class Credits(Policy):
             return None, math.inf
         if run.meter.reported_output is not None:  # tokens do not follow characters: ask every time
             return 0, 0.0
-        return (None if hold.cut else 4 * hold.covered), hold.last_checkpoint + CHECKPOINT_EVERY_S
+        return 4 * hold.covered, hold.last_checkpoint + CHECKPOINT_EVERY_S
 
     async def _grow(self, run: Run, hold: Hold, cost: int) -> None:
         now = time.monotonic()
         hold.step = min(hold.step * 2, MAX_STEP_QUANTA) if now - hold.last_grow < 1.0 else 1
         hold.last_grow = now
-        want = cost - hold.held + hold.quantum * hold.step
+        unit = min(hold.quantum, max(hold.held, 1))  # the hold at least doubles, by a quantum at most
+        want = cost - hold.held + unit * hold.step
         try:
             granted = await self.gw.store.grow_hold(run.job_id, hold.account, want, hold.expires_at)
         except StoreUnavailable:
             granted = 0  # fail closed: an unreachable store cannot vouch for more credit
         hold.held += granted
-        hold.covered = covered_tokens(hold.held, hold.per_1k)
+        ceiling = hold.ceiling
+        # past what is held, allow's grace quantum covers the run until its next growth attempt
+        hold.covered = covered_tokens(hold.held if hold.held >= cost else ceiling, hold.per_1k)
         hold.last_checkpoint = time.monotonic()
-        self._spawn(self._checkpoint(run, hold, cost))
-        if hold.held < cost:
-            if hold.allow_overrun:
-                hold.cut = True  # stop asking; settle charges all that was metered
-                return
+        self._spawn(self._checkpoint(run, hold, min(cost, ceiling)))
+        if ceiling < cost:
             raise StopRun(CREDITS_CUT, "the account ran out of credits")
 
     async def _checkpoint(self, run: Run, hold: Hold, cost: int) -> None:
@@ -158,13 +178,12 @@ class Credits(Policy):
         hold: Hold | None = run.extra.get(self.name)
         if hold is None:
             return
-        charge = credits_for(run.meter.output_tokens, hold.per_1k)
-        if not hold.allow_overrun:
-            # cut: the stream stopped at the first event the hold could not cover; what that last
-            # chunk carried past the hold is not charged, so a balance never goes below zero.
-            charge = min(charge, hold.held)
+        # the stream stopped at the first event past the ceiling; what that last chunk carried past
+        # it is not charged (cut: a balance never goes below zero; allow: one quantum at most)
+        charge = min(credits_for(run.meter.output_tokens, hold.per_1k), hold.ceiling)
         entry = {
-            "flow": run.flow_id, "key_id": run.key_id, "env": run.env.value, "dialect": run.dialect,
+            "flow": run.flow_id, "backend_job_id": run.backend_job_id, "key_id": run.key_id,
+            "env": run.env.value, "dialect": run.dialect,
             "input_tokens": run.meter.input_tokens, "output_tokens": run.meter.output_tokens,
             "outcome": run.outcome, "reason": run.reason, "status": run.status,
             "started_at": run.started_at, "ended_at": time.time(),
@@ -172,7 +191,7 @@ class Credits(Policy):
         }
         for attempt in range(3):
             try:
-                settled = await self.gw.store.settle(run.job_id, hold.account, charge, entry)
+                settled = await self.gw.store.settle(run.job_id, hold.account, charge, entry, initial=hold.initial)
                 break
             except StoreUnavailable:
                 # the hold stays in the store with its checkpoint; a live replica settles it later
@@ -183,6 +202,9 @@ class Credits(Policy):
         run.extra["credits_charged"] = charge
         if settled is not None:
             m.child(m.CREDITS, run.flow_id or m.UNKNOWN_FLOW).inc(charge)
+            if run.outcome == COMPLETED and run.flow_id is not None:
+                self.gw.hold_sizer.settled(run.flow_id, run.meter.output_tokens)
+            self.gw.balances.changed(hold.account)
 
 
 async def sweep_expired_holds(gw, now: float | None = None) -> int:
@@ -190,12 +212,14 @@ async def sweep_expired_holds(gw, now: float | None = None) -> int:
 
     Settlement is idempotent by job id, so any number of replicas may sweep at once.
     """
-    accounts = list(gw.config.accounts)
+    accounts = gw.config.accounts
     count = 0
-    for hold in await gw.store.expired_holds(accounts, now=now):
+    for hold in await gw.store.expired_holds(list(accounts), now=now):
         entry = {"outcome": "replica_lost", "ended_at": time.time()}
+        initial = accounts[hold.account].initial_credits if hold.account in accounts else 0
         with contextlib.suppress(StoreUnavailable):
-            if await gw.store.settle(hold.job_id, hold.account, None, entry) is not None:
+            if await gw.store.settle(hold.job_id, hold.account, None, entry, initial=initial) is not None:
                 count += 1
                 m.HOLDS_RECOVERED.inc()
+                gw.balances.changed(hold.account)
     return count

@@ -19,8 +19,15 @@ Semantics, shared by all implementations:
   counted only when allowed. ``slot_acquire``/``slot_release``: concurrency slots that expire.
 - Credits (all ints): an account has ``balance`` (may go negative), ``held`` (sum of open holds)
   and ``spent``; available = balance - held. ``open_hold``/``grow_hold`` (ATOMIC) never hold more
-  than is available. ``settle`` (ATOMIC, idempotent by job id) charges, releases the hold and
-  appends one ledger entry; the entry doubles as the job record (``ledger_entry``).
+  than is available; ``open_hold`` grants ``min(want, available)``, or nothing when available is
+  below ``minimum``. ``settle`` (ATOMIC, idempotent by job id) charges, releases the hold and
+  appends one ledger entry; the entry doubles as the job record (``ledger_entry``). A settled run
+  that ``completed`` on a flow adds its output tokens to that flow's recent usage
+  (``recent_usage``, newest first, the last ``USAGE_KEEP`` runs), which sizes first holds.
+- Nothing depends on start-up seeding: every operation that creates an account (``open_hold``,
+  ``grant``, ``settle``) creates a missing one with ``initial`` (what ``seed_account`` would
+  have given it: a store that lost its data behaves as after a restart) and logs one warning
+  (:func:`account_seeded`); ``get_account`` reports a missing account as ``initial``.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
+
+import structlog
 
 from .. import metrics as m
 from ..errors import StoreUnavailable
@@ -75,18 +84,40 @@ class Store(Protocol):
     async def slot_release(self, bucket: str, job_id: str) -> None: ...
 
     async def seed_account(self, account: str, initial: int) -> None: ...
-    async def grant(self, account: str, amount: int) -> int: ...
-    async def get_account(self, account: str) -> Account: ...
-    async def open_hold(self, job_id: str, account: str, want: int, expires_at: float, meta: dict) -> int: ...
+    async def grant(self, account: str, amount: int, initial: int = 0) -> int: ...
+    async def get_account(self, account: str, initial: int = 0) -> Account: ...
+    async def open_hold(self, job_id: str, account: str, want: int, expires_at: float, meta: dict,
+                        minimum: int = 1, initial: int = 0) -> int: ...
     async def grow_hold(self, job_id: str, account: str, want: int, expires_at: float) -> int: ...
     async def checkpoint(self, job_id: str, account: str, metered: int, input_tokens: int, output_tokens: int,
                          expires_at: float) -> None: ...
     async def settle(self, job_id: str, account: str, charge: int | None, entry: dict,
-                     now: float | None = None) -> dict | None: ...
+                     now: float | None = None, initial: int = 0) -> dict | None: ...
+    async def recent_usage(self, account: str, flow: str, limit: int) -> list[int]: ...
     async def expired_holds(self, accounts: list[str], now: float | None = None, limit: int = 100) -> list[Hold]: ...
     async def ledger(self, account: str, since: float | None = None, limit: int | None = None) -> list[dict]: ...
 
     async def ledger_entry(self, account: str, job_id: str) -> dict | None: ...
+
+
+USAGE_KEEP = 100  # recent completed runs kept per flow (``limits.credit_hold_window_runs`` is at most this)
+
+log = structlog.get_logger("flowgate.store")
+
+
+def account_seeded(account: str, initial: int) -> None:
+    """The one warning a lazily re-created account logs (the store had lost it, or never had it)."""
+    log.warning("account_seeded", account=account, initial_credits=initial,
+                detail="the store had no record of this account: created from initial_credits, as a restart would")
+
+
+def usage_sample(entry: dict) -> tuple[str, int] | None:
+    """(flow, output tokens) of a settlement that feeds its flow's recent usage: completed runs only
+    (a cut, a disconnect or a lost replica says nothing about what a run needs)."""
+    flow, tokens = entry.get("flow"), entry.get("output_tokens")
+    if entry.get("outcome") == "completed" and isinstance(flow, str) and isinstance(tokens, int):
+        return flow, tokens
+    return None
 
 
 def ledger_entry(hold: Hold | None, job_id: str, account: str, charge: int, entry: dict, now: float) -> dict:

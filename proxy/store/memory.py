@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections import deque
 
-from . import Account, Hold, RateResult, ledger_entry
+from . import USAGE_KEEP, Account, Hold, RateResult, account_seeded, ledger_entry, usage_sample
 
 
 class MemoryStore:
@@ -18,6 +19,7 @@ class MemoryStore:
         self.holds: dict[str, Hold] = {}
         self.settled: set[str] = set()
         self.ledgers: dict[str, list[dict]] = {}
+        self.usage: dict[tuple[str, str], deque[int]] = {}
 
     async def start(self) -> None:
         return None
@@ -75,20 +77,30 @@ class MemoryStore:
     async def seed_account(self, account: str, initial: int) -> None:
         self.accounts.setdefault(account, [initial, 0, 0])
 
-    async def grant(self, account: str, amount: int) -> int:
-        acct = self.accounts.setdefault(account, [0, 0, 0])
+    def _account(self, account: str, initial: int) -> list[int]:
+        acct = self.accounts.get(account)
+        if acct is None:
+            acct = self.accounts[account] = [initial, 0, 0]
+            account_seeded(account, initial)
+        return acct
+
+    async def grant(self, account: str, amount: int, initial: int = 0) -> int:
+        acct = self._account(account, initial)
         acct[0] += amount
         return acct[0]
 
-    async def get_account(self, account: str) -> Account:
-        return Account(*self.accounts.get(account, [0, 0, 0]))
+    async def get_account(self, account: str, initial: int = 0) -> Account:
+        return Account(*self.accounts.get(account, [initial, 0, 0]))
 
-    async def open_hold(self, job_id: str, account: str, want: int, expires_at: float, meta: dict) -> int:
+    async def open_hold(self, job_id: str, account: str, want: int, expires_at: float, meta: dict,
+                        minimum: int = 1, initial: int = 0) -> int:
         if job_id in self.holds:
             return self.holds[job_id].amount
-        acct = self.accounts.setdefault(account, [0, 0, 0])
+        if job_id in self.settled:
+            return 0
+        acct = self._account(account, initial)
         available = acct[0] - acct[1]
-        if available <= 0 or job_id in self.settled:
+        if available <= 0 or available < minimum:
             return 0
         granted = min(want, available)
         acct[1] += granted
@@ -114,12 +126,12 @@ class MemoryStore:
             hold.expires_at = expires_at
 
     async def settle(self, job_id: str, account: str, charge: int | None, entry: dict,
-                     now: float | None = None) -> dict | None:
+                     now: float | None = None, initial: int = 0) -> dict | None:
         now = time.time() if now is None else now
         if job_id in self.settled:
             return None
         hold = self.holds.pop(job_id, None)
-        acct = self.accounts.setdefault(account, [0, 0, 0])
+        acct = self._account(account, initial)
         if charge is None:
             charge = hold.metered if hold is not None else 0
         if hold is not None:
@@ -129,7 +141,13 @@ class MemoryStore:
         self.settled.add(job_id)
         result = ledger_entry(hold, job_id, account, charge, entry, now)
         self.ledgers.setdefault(account, []).append(result)
+        sample = usage_sample(entry)
+        if sample is not None:
+            self.usage.setdefault((account, sample[0]), deque(maxlen=USAGE_KEEP)).appendleft(sample[1])
         return copy.deepcopy(result)
+
+    async def recent_usage(self, account: str, flow: str, limit: int) -> list[int]:
+        return list(self.usage.get((account, flow), ()))[:limit]
 
     async def expired_holds(self, accounts: list[str], now: float | None = None, limit: int = 100) -> list[Hold]:
         now = time.time() if now is None else now

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from ..errors import StoreUnavailable
-from . import Account, Hold, RateResult
+from . import USAGE_KEEP, Account, Hold, RateResult, account_seeded, usage_sample
 
 PUT_TOKEN = """
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'exp', ARGV[2], 'used', '0')
@@ -72,24 +72,34 @@ end
 return 1
 """
 
-GRANT = """
-redis.call('HSETNX', KEYS[1], 'held', 0)
-redis.call('HSETNX', KEYS[1], 'spent', 0)
-return redis.call('HINCRBY', KEYS[1], 'balance', ARGV[1])
+# Every script that may create an account creates a missing one from its initial credits (the
+# last ARGV) and says so: a Redis that lost its data behaves as after a gateway restart.
+ENSURE_ACCOUNT = """
+local function ensure_account(key, initial)
+  if redis.call('EXISTS', key) == 1 then return 0 end
+  redis.call('HSET', key, 'balance', initial, 'held', 0, 'spent', 0)
+  return 1
+end
 """
 
-OPEN_HOLD = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return tonumber(redis.call('HGET', KEYS[2], 'amount')) end
-if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then return 0 end
+GRANT = ENSURE_ACCOUNT + """
+local seeded = ensure_account(KEYS[1], ARGV[2])
+return {redis.call('HINCRBY', KEYS[1], 'balance', ARGV[1]), seeded}
+"""
+
+OPEN_HOLD = ENSURE_ACCOUNT + """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {tonumber(redis.call('HGET', KEYS[2], 'amount')), 0} end
+if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then return {0, 0} end
+local seeded = ensure_account(KEYS[1], ARGV[6])
 local acct = redis.call('HMGET', KEYS[1], 'balance', 'held')
 local avail = tonumber(acct[1] or '0') - tonumber(acct[2] or '0')
-if avail <= 0 then return 0 end
+if avail <= 0 or avail < tonumber(ARGV[5]) then return {0, seeded} end
 local g = math.min(tonumber(ARGV[2]), avail)
 redis.call('HINCRBY', KEYS[1], 'held', g)
 redis.call('HSET', KEYS[2], 'amount', g, 'metered', 0, 'input_tokens', 0, 'output_tokens', 0,
            'expires_at', ARGV[3], 'meta', ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-return g
+return {g, seeded}
 """
 
 GROW_HOLD = """
@@ -112,8 +122,9 @@ redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
 return 1
 """
 
-SETTLE = """
+SETTLE = ENSURE_ACCOUNT + """
 if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then return false end
+local seeded = ensure_account(KEYS[1], ARGV[6])
 local entry = cjson.decode(ARGV[3])
 local h = redis.call('HGETALL', KEYS[2])
 local hold = {}
@@ -133,7 +144,6 @@ entry['job_id'] = ARGV[1]
 entry['owner'] = ARGV[5]
 entry['credits'] = charge
 if entry['ended_at'] == nil or entry['ended_at'] == cjson.null then entry['ended_at'] = tonumber(ARGV[4]) end
-redis.call('HSETNX', KEYS[1], 'balance', 0)
 redis.call('HINCRBY', KEYS[1], 'held', 0 - amount)  -- never -0: HINCRBY refuses it
 redis.call('HINCRBY', KEYS[1], 'balance', 0 - charge)
 redis.call('HINCRBY', KEYS[1], 'spent', charge)
@@ -143,7 +153,11 @@ redis.call('SADD', KEYS[4], ARGV[1])
 local encoded = cjson.encode(entry)
 redis.call('ZADD', KEYS[5], entry['ended_at'], encoded)
 redis.call('HSET', KEYS[6], ARGV[1], encoded)
-return encoded
+if ARGV[7] ~= '' then  -- a completed run: its flow's recent usage, newest first
+  redis.call('LPUSH', KEYS[7], ARGV[7])
+  redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[8]) - 1)
+end
+return {encoded, seeded}
 """
 
 
@@ -194,6 +208,9 @@ class RedisStore:
 
     def _jobs(self, a: str) -> str:
         return f"{self.p}:{{a:{a}}}:jobs"
+
+    def _usage(self, a: str, flow: str) -> str:
+        return f"{self.p}:{{a:{a}}}:usage:{flow}"
 
     def account_keys(self, a: str) -> list[str]:
         return [self._acct(a), self._hold(a, "x"), self._index(a), self._settled(a), self._ledger(a), self._jobs(a)]
@@ -251,16 +268,26 @@ class RedisStore:
     async def seed_account(self, account: str, initial: int) -> None:
         await self._do(self._seed(keys=[self._acct(account)], args=[initial]))
 
-    async def grant(self, account: str, amount: int) -> int:
-        return int(await self._do(self._grant(keys=[self._acct(account)], args=[amount])))
+    async def grant(self, account: str, amount: int, initial: int = 0) -> int:
+        balance, seeded = await self._do(self._grant(keys=[self._acct(account)], args=[amount, initial]))
+        if seeded:
+            account_seeded(account, initial)
+        return int(balance)
 
-    async def get_account(self, account: str) -> Account:
+    async def get_account(self, account: str, initial: int = 0) -> Account:
         vals = await self._do(self._r.hmget(self._acct(account), "balance", "held", "spent"))
+        if vals[0] is None:
+            return Account(initial)
         return Account(*(int(v) if v is not None else 0 for v in vals))
 
-    async def open_hold(self, job_id: str, account: str, want: int, expires_at: float, meta: dict) -> int:
+    async def open_hold(self, job_id: str, account: str, want: int, expires_at: float, meta: dict,
+                        minimum: int = 1, initial: int = 0) -> int:
         keys = [self._acct(account), self._hold(account, job_id), self._index(account), self._settled(account)]
-        return int(await self._do(self._open(keys=keys, args=[job_id, want, _f(expires_at), orjson.dumps(meta)])))
+        granted, seeded = await self._do(self._open(
+            keys=keys, args=[job_id, want, _f(expires_at), orjson.dumps(meta), minimum, initial]))
+        if seeded:
+            account_seeded(account, initial)
+        return int(granted)
 
     async def grow_hold(self, job_id: str, account: str, want: int, expires_at: float) -> int:
         keys = [self._acct(account), self._hold(account, job_id), self._index(account)]
@@ -273,13 +300,23 @@ class RedisStore:
                                                          _f(expires_at)]))
 
     async def settle(self, job_id: str, account: str, charge: int | None, entry: dict,
-                     now: float | None = None) -> dict | None:
+                     now: float | None = None, initial: int = 0) -> dict | None:
         now = time.time() if now is None else now
+        sample = usage_sample(entry)
         keys = [self._acct(account), self._hold(account, job_id), self._index(account), self._settled(account),
-                self._ledger(account), self._jobs(account)]
-        args = [job_id, "" if charge is None else charge, orjson.dumps(entry), _f(now), account]
+                self._ledger(account), self._jobs(account), self._usage(account, sample[0] if sample else "-")]
+        args = [job_id, "" if charge is None else charge, orjson.dumps(entry), _f(now), account, initial,
+                "" if sample is None else sample[1], USAGE_KEEP]
         res = await self._do(self._settle(keys=keys, args=args))
-        return orjson.loads(res) if res else None
+        if not res:
+            return None
+        if res[1]:
+            account_seeded(account, initial)
+        return orjson.loads(res[0])
+
+    async def recent_usage(self, account: str, flow: str, limit: int) -> list[int]:
+        rows = await self._do(self._r.lrange(self._usage(account, flow), 0, min(limit, USAGE_KEEP) - 1))
+        return [int(r) for r in rows]
 
     async def expired_holds(self, accounts: list[str], now: float | None = None, limit: int = 100) -> list[Hold]:
         now = time.time() if now is None else now

@@ -12,7 +12,7 @@ import time
 
 import orjson
 
-from . import Account, Hold, RateResult, ledger_entry
+from . import USAGE_KEEP, Account, Hold, RateResult, account_seeded, ledger_entry, usage_sample
 from .sqlite_db import LoopDatabase
 
 # WITHOUT ROWID: each table is stored in its primary key's B-tree, so a write dirties one page
@@ -35,6 +35,9 @@ CREATE INDEX IF NOT EXISTS holds_expiry ON holds (expires_at);
 CREATE TABLE IF NOT EXISTS ledger (job_id TEXT PRIMARY KEY, account TEXT NOT NULL, ended_at REAL NOT NULL,
                                    entry BLOB NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ledger_account ON ledger (account, ended_at);
+CREATE TABLE IF NOT EXISTS usage (account TEXT NOT NULL, flow TEXT NOT NULL, ended_at REAL NOT NULL,
+                                  job_id TEXT NOT NULL, output_tokens INTEGER NOT NULL,
+                                  PRIMARY KEY (account, flow, ended_at, job_id)) WITHOUT ROWID;
 """
 
 PURGE_EVERY = 1000
@@ -62,6 +65,10 @@ class SqliteStore:
         if self._writes % PURGE_EVERY == 0:
             db.execute("DELETE FROM tokens WHERE expires_at < ?", (now - 3600,))
             db.execute("DELETE FROM windows WHERE start < ?", (now - 86400,))
+            # each flow's recent usage keeps its last USAGE_KEEP runs
+            db.execute("DELETE FROM usage WHERE ended_at < (SELECT u.ended_at FROM usage u WHERE u.account = "
+                       "usage.account AND u.flow = usage.flow ORDER BY u.ended_at DESC LIMIT 1 OFFSET ?)",
+                       (USAGE_KEEP - 1,))
 
     # --- tokens
     async def put_token(self, token_hash: str, record: dict, expires_at: float) -> None:
@@ -133,38 +140,56 @@ class SqliteStore:
         await self._write(lambda db: db.execute(
             "INSERT OR IGNORE INTO accounts (account, balance) VALUES (?, ?)", (account, initial)))
 
-    async def grant(self, account: str, amount: int) -> int:
-        def fn(db: sqlite3.Connection) -> int:
-            db.execute("INSERT OR IGNORE INTO accounts (account, balance) VALUES (?, 0)", (account,))
+    @staticmethod
+    def _ensure_account(db: sqlite3.Connection, account: str, initial: int) -> bool:
+        """Create a missing account with ``initial`` (in the caller's transaction); True if it did."""
+        return db.execute("INSERT OR IGNORE INTO accounts (account, balance) VALUES (?, ?)",
+                          (account, initial)).rowcount == 1
+
+    async def grant(self, account: str, amount: int, initial: int = 0) -> int:
+        def fn(db: sqlite3.Connection) -> tuple[int, bool]:
+            seeded = self._ensure_account(db, account, initial)
             return db.execute("UPDATE accounts SET balance = balance + ? WHERE account = ? RETURNING balance",
-                              (amount, account)).fetchone()[0]
+                              (amount, account)).fetchone()[0], seeded
 
-        return await self._write(fn)
+        balance, seeded = await self._write(fn)
+        if seeded:
+            account_seeded(account, initial)
+        return balance
 
-    async def get_account(self, account: str) -> Account:
+    async def get_account(self, account: str, initial: int = 0) -> Account:
         row = await self._call(lambda db: db.execute(
             "SELECT balance, held, spent FROM accounts WHERE account = ?", (account,)).fetchone())
-        return Account(*row) if row else Account()
+        return Account(*row) if row else Account(initial)
 
-    async def open_hold(self, job_id: str, account: str, want: int, expires_at: float, meta: dict) -> int:
+    async def open_hold(self, job_id: str, account: str, want: int, expires_at: float, meta: dict,
+                        minimum: int = 1, initial: int = 0) -> int:
         data = orjson.dumps(meta)
 
-        def fn(db: sqlite3.Connection) -> int:
-            # the hold is created with what the account has free, unless the job already has a hold
-            # (an idempotent retry) or a ledger entry (settled): two statements on the common path
+        def fn(db: sqlite3.Connection) -> tuple[int, bool]:
+            # the hold is created with what the account has free (if at least ``minimum``), unless
+            # the job already has a hold (an idempotent retry) or a ledger entry (settled): two
+            # statements on the common path
             row = db.execute(
                 "INSERT INTO holds (job_id, account, amount, expires_at, meta) "
-                "SELECT ?, ?, min(?, balance - held), ?, ? FROM accounts WHERE account = ? AND balance - held > 0 "
-                "AND NOT EXISTS (SELECT 1 FROM ledger WHERE job_id = ?) "
+                "SELECT ?, ?, min(?, balance - held), ?, ? FROM accounts WHERE account = ? "
+                "AND balance - held >= max(?, 1) AND NOT EXISTS (SELECT 1 FROM ledger WHERE job_id = ?) "
                 "ON CONFLICT (job_id) DO NOTHING RETURNING amount",
-                (job_id, account, want, expires_at, data, account, job_id)).fetchone()
+                (job_id, account, want, expires_at, data, account, minimum, job_id)).fetchone()
             if row is None:
                 existing = db.execute("SELECT amount FROM holds WHERE job_id = ?", (job_id,)).fetchone()
-                return existing[0] if existing else 0
+                if existing is not None:
+                    return existing[0], False
+                if not self._ensure_account(db, account, initial):
+                    return 0, False
+                return fn(db)[0], True  # the account was missing: created, so the hold now decides
             db.execute("UPDATE accounts SET held = held + ? WHERE account = ?", (row[0], account))
-            return row[0]
+            return row[0], False
 
-        return await self._write(fn)
+        granted, seeded = await self._write(fn)
+        if seeded:
+            account_seeded(account, initial)
+        return granted
 
     async def grow_hold(self, job_id: str, account: str, want: int, expires_at: float) -> int:
         def fn(db: sqlite3.Connection) -> int:
@@ -186,10 +211,13 @@ class SqliteStore:
             (metered, input_tokens, output_tokens, expires_at, job_id)))
 
     async def settle(self, job_id: str, account: str, charge: int | None, entry: dict,
-                     now: float | None = None) -> dict | None:
+                     now: float | None = None, initial: int = 0) -> dict | None:
         now = time.time() if now is None else now
+        sample = usage_sample(entry)
+        seeded = False
 
         def fn(db: sqlite3.Connection) -> dict | None:
+            nonlocal seeded
             # a job has a hold or a ledger entry, never both: taking the hold proves it unsettled
             row = db.execute(
                 "DELETE FROM holds WHERE job_id = ? RETURNING job_id, account, amount, metered, input_tokens, "
@@ -199,16 +227,27 @@ class SqliteStore:
             hold = Hold(*row[:7], meta=orjson.loads(row[7])) if row is not None else None
             amount = charge if charge is not None else (hold.metered if hold else 0)
             released = hold.amount if hold else 0
-            db.execute("INSERT INTO accounts (account, balance, held, spent) VALUES (?, ?, ?, ?) "
-                       "ON CONFLICT (account) DO UPDATE SET held = held + excluded.held, "
-                       "balance = balance + excluded.balance, spent = spent + excluded.spent",
-                       (account, -amount, -released, amount))
+            seeded = self._ensure_account(db, account, initial)
+            db.execute("UPDATE accounts SET held = held - ?, balance = balance - ?, spent = spent + ? "
+                       "WHERE account = ?", (released, amount, amount, account))
             result = ledger_entry(hold, job_id, account, amount, entry, now)
             db.execute("INSERT INTO ledger (job_id, account, ended_at, entry) VALUES (?, ?, ?, ?)",
                        (job_id, account, result["ended_at"], orjson.dumps(result)))
+            if sample is not None:
+                db.execute("INSERT OR REPLACE INTO usage (account, flow, ended_at, job_id, output_tokens) "
+                           "VALUES (?, ?, ?, ?, ?)", (account, sample[0], result["ended_at"], job_id, sample[1]))
             return result
 
-        return await self._write(fn)
+        result = await self._write(fn)
+        if seeded:
+            account_seeded(account, initial)
+        return result
+
+    async def recent_usage(self, account: str, flow: str, limit: int) -> list[int]:
+        rows = await self._call(lambda db: db.execute(
+            "SELECT output_tokens FROM usage WHERE account = ? AND flow = ? ORDER BY ended_at DESC LIMIT ?",
+            (account, flow, min(limit, USAGE_KEEP))).fetchall())
+        return [r[0] for r in rows]
 
     async def expired_holds(self, accounts: list[str], now: float | None = None, limit: int = 100) -> list[Hold]:
         now = time.time() if now is None else now

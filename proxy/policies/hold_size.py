@@ -1,0 +1,91 @@
+"""How big a run's first credit hold is: what its flow's recent runs really used.
+
+A hold of a whole quantum per run strands credits: 200 concurrent runs of 100 tokens on 5,000
+credits would admit 5 and refuse 195 while 4,000 credits sit unspent. So the first hold is a high
+percentile (``limits.credit_hold_percentile``) of the output tokens of the flow's last
+``credit_hold_window_runs`` completed runs, clamped between ``credit_hold_floor_tokens`` and one
+quantum; a flow with no history holds one quantum. A run that goes past its first hold grows it
+as it streams (:mod:`proxy.policies.credits`).
+
+The runs are read from the store (``Store.recent_usage``, written by every settlement), so all
+replicas and a restarted gateway size holds alike; a replica reuses what it read for
+``credit_hold_refresh_s`` and folds its own settlements in at once. Concurrent admissions of one
+flow share one read. A store that cannot answer keeps the last estimate (one quantum if none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+
+from ..errors import StoreUnavailable
+
+
+def percentile(samples: list[int], pct: float) -> int:
+    """Nearest-rank percentile (the smallest sample with at least ``pct`` % of samples <= it)."""
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+class _FlowUsage:
+    __slots__ = ("samples", "read_at", "reading", "estimate")
+
+    def __init__(self, keep: int) -> None:
+        self.samples: deque[int] = deque(maxlen=keep)  # newest first
+        self.read_at = -math.inf
+        self.reading: asyncio.Future | None = None
+        self.estimate: int | None = None  # tokens; None: no history
+
+
+class HoldSizer:
+    """First-hold estimates (in tokens) per flow, shared by the gateway's policy chains."""
+
+    def __init__(self, store, limits) -> None:
+        self.store = store
+        self.pct = limits.credit_hold_percentile
+        self.keep = limits.credit_hold_window_runs
+        self.refresh_s = limits.credit_hold_refresh_s
+        self.quantum = limits.credit_quantum_tokens
+        self.floor = min(limits.credit_hold_floor_tokens, self.quantum)
+        self.flows: dict[str, _FlowUsage] = {}
+
+    def _flow(self, flow: str) -> _FlowUsage:
+        usage = self.flows.get(flow)
+        if usage is None:
+            usage = self.flows[flow] = _FlowUsage(self.keep)
+        return usage
+
+    def _estimate(self, usage: _FlowUsage) -> None:
+        usage.estimate = percentile(list(usage.samples), self.pct) if usage.samples else None
+
+    async def first_hold_tokens(self, account: str, flow: str) -> int:
+        """The first hold of a run of ``flow``, in tokens: floor <= estimate <= quantum."""
+        usage = self._flow(flow)
+        if time.monotonic() - usage.read_at >= self.refresh_s:
+            if usage.reading is None:
+                usage.reading = asyncio.ensure_future(self._read(account, flow, usage))
+            await asyncio.shield(usage.reading)
+        if usage.estimate is None:
+            return self.quantum
+        return max(self.floor, min(self.quantum, usage.estimate))
+
+    async def _read(self, account: str, flow: str, usage: _FlowUsage) -> None:
+        try:
+            samples = await self.store.recent_usage(account, flow, self.keep)
+        except StoreUnavailable:
+            return  # keep what we had; admission itself fails closed if the store is down
+        else:
+            usage.samples.clear()
+            usage.samples.extend(samples)
+            self._estimate(usage)
+            usage.read_at = time.monotonic()
+        finally:
+            usage.reading = None
+
+    def settled(self, flow: str, output_tokens: int) -> None:
+        """A completed run of ``flow`` settled here: it counts at once (the store has it too)."""
+        usage = self._flow(flow)
+        usage.samples.appendleft(output_tokens)
+        self._estimate(usage)

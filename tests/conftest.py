@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,3 +225,20 @@ def require_redis() -> None:
         if os.environ.get("REQUIRE_REDIS") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request, tmp_path):
+    """A shared store's URL: a SQLite file, or real Redis under a key prefix of its own (removed after)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'shared.db'}"
+        return
+    require_redis()
+    prefix = f"fgtest{uuid.uuid4().hex[:10]}"
+    url = f"{redis_url()}?prefix={prefix}"
+    yield url
+    import redis
+
+    r = redis.Redis.from_url(redis_url())
+    for key in r.scan_iter(f"{prefix}*"):
+        r.delete(key)

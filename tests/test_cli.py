@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from proxy.config import parse_config
@@ -84,3 +85,12 @@ def test_credits_grant_show_and_ledger_on_sqlite(tmp_path):
     assert "job_1" in text.stdout and "credits=42" in text.stdout
     unknown = flowgate("credits", "show", "nobody", "--config", str(cfg))
     assert unknown.returncode != 0 and "not an account" in unknown.stderr
+
+
+@pytest.mark.parametrize("amount", ["0", "-5", "1.5", "lots"])
+def test_credits_grant_refuses_what_is_not_a_positive_whole_number(tmp_path, amount):
+    cfg = tmp_path / "fg.yaml"
+    cfg.write_text(yaml.safe_dump({"store": f"sqlite:///{tmp_path / 'fg.db'}", "accounts": {"acme": {"initial_credits": 5}}}))
+    done = flowgate("credits", "grant", "acme", amount, "--config", str(cfg))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "grant" in done.stderr and not (tmp_path / "fg.db").exists()  # nothing was written

@@ -7,12 +7,12 @@ by the test itself, and talks to them over real sockets.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import aiohttp
@@ -21,7 +21,7 @@ import yaml
 from aiohttp import web
 
 from proxy.store import open_store
-from tests.conftest import SECRET, base_config, free_port, redis_url, require_redis
+from tests.conftest import SECRET, base_config, free_port, redis_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,22 +58,6 @@ class Replica:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'shared.db'}"
-        return
-    require_redis()
-    prefix = f"fgtest{uuid.uuid4().hex[:10]}"
-    url = f"{redis_url()}?prefix={prefix}"
-    yield url
-    import redis
-
-    r = redis.Redis.from_url(redis_url())
-    for key in r.scan_iter(f"{prefix}*"):
-        r.delete(key)
 
 
 @pytest.fixture
@@ -180,6 +164,53 @@ async def test_200_concurrent_runs_never_overspend(replicas, store_url, mode):
             assert acct.balance >= -(200 * quantum)
         if acct.balance <= 0:
             assert after == 402
+    finally:
+        await runner.cleanup()
+
+
+async def test_holds_sized_from_recent_runs_strand_no_credits(replicas, store_url):
+    """5,000 credits, runs of 100 tokens: after 5 warm-up runs, 200 arrive at once over two replicas.
+    Their first holds are what recent runs used (not a 1,000-token quantum each), so at least 40
+    complete, at most 500 credits are left unspent, and the books balance with nothing held."""
+    async def slow_hundred(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await asyncio.sleep(0.5)  # every run of the burst is admitted while the others still hold
+        for _ in range(10):
+            await resp.write(b"abcd" * 10)
+        await resp.write_eof()
+        return resp
+
+    runner, url = await serve_upstream(slow_hundred)
+    try:
+        cfg = base_config(url)
+        cfg["accounts"]["acme"]["initial_credits"] = 5000
+        r1, r2 = await replicas(cfg)
+        conn = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as s:
+            async def run(i: int) -> int:
+                base = (r1, r2)[i % 2].url
+                async with s.post(f"{base}/api/v1/run/wf_text", headers={"x-api-key": SECRET}) as resp:
+                    body = await resp.read()
+                    assert resp.status != 200 or len(json.loads(body)["result"]) == 400
+                    return resp.status
+
+            assert [await run(i) for i in range(5)] == [200] * 5
+            statuses = await asyncio.gather(*(run(i) for i in range(200)))
+        assert set(statuses) <= {200, 402}
+        store = open_store(store_url)
+        await store.start()
+        try:
+            acct = await store.get_account("acme")
+            ledger = await store.ledger("acme")
+        finally:
+            await store.close()
+        spent = sum(e["credits"] for e in ledger)
+        assert statuses.count(200) >= 40, statuses.count(200)
+        assert len(ledger) == 5 + statuses.count(200)
+        assert all(e["credits"] == 100 and e["outcome"] == "completed" for e in ledger)
+        assert acct.held == 0 and 0 <= acct.balance <= 500 and acct.balance == 5000 - spent
     finally:
         await runner.cleanup()
 

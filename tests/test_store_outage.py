@@ -1,4 +1,5 @@
-"""A store that goes down: token and run routes fail closed (503) fast, and recover on their own.
+"""A store that goes down: token and run routes fail closed (503) fast, and recover on their own,
+also when it comes back empty (no gateway restart needed).
 
 Uses a throwaway redis-server on its own port (never the shared one)."""
 
@@ -11,11 +12,12 @@ import time
 import pytest
 
 from proxy.context import GATEWAY
+from proxy.store import Account
 from tests.conftest import SECRET, base_config, free_port, start_redis, stream_chunks
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
-async def test_store_down_answers_503_fast_and_recovers(upstream, gateway):
+async def test_store_down_answers_503_fast_and_recovers(upstream, gateway, capfd):
     async def text(request, seen):
         return await stream_chunks(request, ["hi"])
 
@@ -51,12 +53,52 @@ async def test_store_down_answers_503_fast_and_recovers(upstream, gateway):
             if (await client.get("/readyz")).status == 200:
                 break
             await asyncio.sleep(0.1)
-        # this throwaway Redis keeps nothing on disk: its accounts are gone, so top one up again
-        await client.app[GATEWAY].store.grant("acme", 1000)
+        # this throwaway Redis keeps nothing on disk: its accounts are gone. The next admission
+        # re-creates the account from initial_credits (as a gateway restart would), with one warning.
+        capfd.readouterr()
         resp = await client.get("/api/v1/token", headers={"x-api-key": SECRET})
         assert resp.status == 200
         resp = await client.post(f"/api/v1/run/wf_text/stream?token={(await resp.json())['token']}")
         assert resp.status == 200 and await resp.text() == "hi"
+        resp = await client.post("/api/v1/run/wf_text", headers={"x-api-key": SECRET})
+        assert resp.status == 200
+        seeded = [line for line in capfd.readouterr().err.splitlines() if "account_seeded" in line]
+        assert len(seeded) == 1 and '"account":"acme"' in seeded[0]
+        store = client.app[GATEWAY].store
+        for _ in range(50):
+            if len(await store.ledger("acme")) == 2:
+                break
+            await asyncio.sleep(0.05)
+        acct = await store.get_account("acme")
+        assert acct.held == 0 and acct.balance == 100000 - acct.spent and acct.spent == 2
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("loss", ["rows deleted", "tables dropped"])
+async def test_an_emptied_sqlite_database_admits_runs_again_without_a_restart(upstream, gateway, tmp_path, loss):
+    import sqlite3
+
+    async def text(request, seen):
+        return await stream_chunks(request, ["abcd" * 10])
+
+    upstream.handle("/text", text)
+    path = tmp_path / "fg.db"
+    client = await gateway(base_config(upstream.url, store=f"sqlite:///{path}"))
+    assert (await client.post("/api/v1/run/wf_text", headers={"x-api-key": SECRET})).status == 200
+    other = sqlite3.connect(path, isolation_level=None)  # someone else empties the file under the gateway
+    tables = [r[0] for r in other.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for table in tables:
+        other.execute(f"DELETE FROM {table}" if loss == "rows deleted" else f"DROP TABLE {table}")
+    other.close()
+    token = await client.get("/api/v1/token", headers={"x-api-key": SECRET})
+    assert token.status == 200
+    resp = await client.post(f"/api/v1/run/wf_text/stream?token={(await token.json())['token']}")
+    assert resp.status == 200 and await resp.text() == "abcd" * 10
+    store = client.app[GATEWAY].store
+    for _ in range(50):
+        if await store.ledger("acme"):
+            break
+        await asyncio.sleep(0.05)
+    assert await store.get_account("acme") == Account(100000 - 10, 0, 10)

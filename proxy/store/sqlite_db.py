@@ -36,6 +36,11 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
+def _lost_schema(results: list[tuple[bool, Any]]) -> bool:
+    """Whether a table is gone (an emptied database file): the schema is made again, not only at start."""
+    return any(not ok and isinstance(v, sqlite3.OperationalError) and "no such table" in str(v) for ok, v in results)
+
+
 class LoopDatabase:
     """The file behind :class:`~proxy.store.sqlite.SqliteStore`: ``write(fn)`` for a
     check-and-change (``fn(connection)`` inside the loop turn's transaction), ``call(fn)`` for a
@@ -62,6 +67,12 @@ class LoopDatabase:
         try:
             return fn(self._inline, *args)
         except sqlite3.OperationalError as exc:
+            if _lost_schema([(False, exc)]):
+                try:
+                    self._inline.executescript(self.schema)
+                    return fn(self._inline, *args)
+                except sqlite3.Error as again:
+                    exc = again  # noqa: PLW2901 - busy: on to the store thread below
             if not _is_busy(exc):
                 raise StoreUnavailable(f"sqlite: {exc}") from None
         except sqlite3.Error as exc:
@@ -114,6 +125,19 @@ class LoopDatabase:
         db.execute("COMMIT")
         return results
 
+    def _run_restoring(self, db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]):
+        """:meth:`_run_batch`, made once more after re-creating the schema if a table was gone."""
+        try:
+            results = self._run_batch(db, fns)
+        except sqlite3.OperationalError as exc:
+            if not _lost_schema([(False, exc)]):
+                raise
+            results = [(False, exc)]
+        if not _lost_schema(results):
+            return results
+        db.executescript(self.schema)
+        return self._run_batch(db, fns)
+
     @staticmethod
     def _run_alone(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any]:
         try:
@@ -131,10 +155,10 @@ class LoopDatabase:
             results: list[tuple[bool, Any]] = [(False, StoreUnavailable("the store is not started"))] * len(batch)
         else:
             try:
-                results = self._run_batch(self._inline, fns)
+                results = self._run_restoring(self._inline, fns)
             except sqlite3.OperationalError as exc:
                 if _is_busy(exc):  # another process holds the write lock: wait for it off the loop
-                    task = asyncio.get_running_loop().run_in_executor(self._pool, self._run_batch, self._db, fns)
+                    task = asyncio.get_running_loop().run_in_executor(self._pool, self._run_restoring, self._db, fns)
                     task.add_done_callback(lambda t: self._deliver(batch, t))
                     return
                 results = [(False, exc)]

@@ -137,3 +137,37 @@ async def test_ledger_entry_by_job_is_the_job_record(store):
     assert entry["credits"] == 3 and entry["outcome"] == "completed" and entry["flow"] == "wf"
     assert await store.ledger_entry("other", "job1") is None
     assert await store.ledger_entry("acme", "nope") is None
+
+
+async def test_a_lost_account_is_re_created_from_its_initial_credits(store):
+    """Nothing seeded (a store that lost its data, an emptied database): what creates an account
+    creates it with its initial credits, as a gateway restart would have seeded it."""
+    assert await store.get_account("acme", initial=500) == Account(500, 0, 0)
+    assert await store.open_hold("j", "acme", 100, NOW + 60, {}, initial=500) == 100
+    assert await store.get_account("acme", initial=999) == Account(500, 100, 0)  # exists now: kept
+    assert await store.open_hold("k", "acme", 100, NOW + 60, {}, initial=999) == 100
+    assert await store.grant("fresh", 10, initial=5) == 15
+    assert (await store.settle("s", "gone", 7, {"ended_at": NOW}, initial=50))["credits"] == 7
+    assert await store.get_account("gone") == Account(43, 0, 7)
+
+
+async def test_a_hold_needs_its_minimum_free(store):
+    await store.seed_account("low", 30)
+    assert await store.open_hold("a", "low", 100, NOW + 60, {}, minimum=40) == 0
+    assert await store.open_hold("a", "low", 100, NOW + 60, {}, minimum=30) == 30
+    assert await store.open_hold("b", "low", 5, NOW + 60, {}, minimum=1) == 0
+    assert await store.get_account("low") == Account(30, 30, 0)
+
+
+async def test_recent_usage_is_completed_runs_of_the_flow_newest_first(store):
+    await store.seed_account("acme", 10_000)
+    runs = [("wf", "completed", 10), ("wf", "credits_cut", 99), ("other", "completed", 7),
+            ("wf", "completed", 20), ("wf", "completed", 30)]
+    for i, (flow, outcome, tokens) in enumerate(runs):
+        await store.open_hold(f"u{i}", "acme", 100, NOW + 60, {"flow": flow})
+        await store.settle(f"u{i}", "acme", tokens, {"flow": flow, "outcome": outcome, "output_tokens": tokens,
+                                                     "ended_at": NOW + i})
+    assert await store.recent_usage("acme", "wf", 50) == [30, 20, 10]
+    assert await store.recent_usage("acme", "wf", 2) == [30, 20]
+    assert await store.recent_usage("acme", "other", 50) == [7]
+    assert await store.recent_usage("acme", "nothing", 50) == []

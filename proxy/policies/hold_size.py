@@ -9,8 +9,10 @@ as it streams (:mod:`proxy.policies.credits`).
 
 The runs are read from the store (``Store.recent_usage``, written by every settlement), so all
 replicas and a restarted gateway size holds alike; a replica reuses what it read for
-``credit_hold_refresh_s`` and folds its own settlements in at once. Concurrent admissions of one
-flow share one read. A store that cannot answer keeps the last estimate (one quantum if none).
+``credit_hold_refresh_s`` and folds its own settlements in at once. Only a replica's first
+admission of a flow waits for the read (concurrent ones share it); later reads refresh behind the
+admissions that asked for them, so a slow store never adds a round trip to a run. A store that
+cannot answer keeps the last estimate (one quantum if none).
 """
 
 from __future__ import annotations
@@ -63,10 +65,10 @@ class HoldSizer:
     async def first_hold_tokens(self, account: str, flow: str) -> int:
         """The first hold of a run of ``flow``, in tokens: floor <= estimate <= quantum."""
         usage = self._flow(flow)
-        if time.monotonic() - usage.read_at >= self.refresh_s:
-            if usage.reading is None:
-                usage.reading = asyncio.ensure_future(self._read(account, flow, usage))
-            await asyncio.shield(usage.reading)
+        if usage.reading is None and time.monotonic() - usage.read_at >= self.refresh_s:
+            usage.reading = asyncio.ensure_future(self._read(account, flow, usage))
+        if usage.read_at == -math.inf and usage.reading is not None:
+            await asyncio.shield(usage.reading)  # never read yet: wait for it (later reads refresh behind)
         if usage.estimate is None:
             return self.quantum
         return max(self.floor, min(self.quantum, usage.estimate))

@@ -119,6 +119,16 @@ async def test_one_token_spent_by_1000_concurrent_requests_across_two_replicas(r
         await runner.cleanup()
 
 
+def _session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=120))
+
+
+async def _run(s: aiohttp.ClientSession, reps: tuple[Replica, ...], i: int) -> tuple[int, bytes]:
+    """One non-streaming run of wf_text on replica ``i`` mod the number of replicas."""
+    async with s.post(f"{reps[i % len(reps)].url}/api/v1/run/wf_text", headers={"x-api-key": SECRET}) as resp:
+        return resp.status, await resp.read()
+
+
 @pytest.mark.parametrize("mode", ["cut", "allow"])
 async def test_200_concurrent_runs_never_overspend(replicas, store_url, mode):
     runner, url = await serve_upstream(hundred_tokens)
@@ -129,18 +139,10 @@ async def test_200_concurrent_runs_never_overspend(replicas, store_url, mode):
         cfg["limits"] = {"credit_quantum_tokens": quantum}
         cfg["flows"][0]["on_credits_exhausted"] = mode
         r1, r2 = await replicas(cfg)
-        conn = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as s:
-            async def run(i: int) -> int:
-                base = (r1, r2)[i % 2].url
-                async with s.post(f"{base}/api/v1/run/wf_text", headers={"x-api-key": SECRET}) as resp:
-                    await resp.read()
-                    return resp.status
-
-            statuses = await asyncio.gather(*(run(i) for i in range(200)))
+        async with _session() as s:
+            statuses = [status for status, _ in await asyncio.gather(*(_run(s, (r1, r2), i) for i in range(200)))]
             assert set(statuses) <= {200, 402}
-            async with s.post(f"{r1.url}/api/v1/run/wf_text", headers={"x-api-key": SECRET}) as resp:
-                after = resp.status
+            after, _ = await _run(s, (r1,), 0)
         store = open_store(store_url)
         await store.start()
         try:
@@ -187,18 +189,12 @@ async def test_holds_sized_from_recent_runs_strand_no_credits(replicas, store_ur
         cfg = base_config(url)
         cfg["accounts"]["acme"]["initial_credits"] = 5000
         r1, r2 = await replicas(cfg)
-        conn = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as s:
-            async def run(i: int) -> int:
-                base = (r1, r2)[i % 2].url
-                async with s.post(f"{base}/api/v1/run/wf_text", headers={"x-api-key": SECRET}) as resp:
-                    body = await resp.read()
-                    assert resp.status != 200 or len(json.loads(body)["result"]) == 400
-                    return resp.status
-
-            assert [await run(i) for i in range(5)] == [200] * 5
-            statuses = await asyncio.gather(*(run(i) for i in range(200)))
+        async with _session() as s:
+            assert [(await _run(s, (r1, r2), i))[0] for i in range(5)] == [200] * 5
+            results = await asyncio.gather(*(_run(s, (r1, r2), i) for i in range(200)))
+        statuses = [status for status, _ in results]
         assert set(statuses) <= {200, 402}
+        assert all(len(json.loads(body)["result"]) == 400 for status, body in results if status == 200)
         store = open_store(store_url)
         await store.start()
         try:

@@ -10,8 +10,8 @@ from aiohttp import web
 if TYPE_CHECKING:
     from .balances import Balances
     from .config import Config
-    from .policies.hold_size import HoldSizer
     from .policies import Policy
+    from .policies.hold_size import HoldSizer
     from .store import Store
     from .upstream import UpstreamPool
 

@@ -90,7 +90,8 @@ def test_credits_grant_show_and_ledger_on_sqlite(tmp_path):
 @pytest.mark.parametrize("amount", ["0", "-5", "1.5", "lots"])
 def test_credits_grant_refuses_what_is_not_a_positive_whole_number(tmp_path, amount):
     cfg = tmp_path / "fg.yaml"
-    cfg.write_text(yaml.safe_dump({"store": f"sqlite:///{tmp_path / 'fg.db'}", "accounts": {"acme": {"initial_credits": 5}}}))
+    cfg.write_text(yaml.safe_dump({"store": f"sqlite:///{tmp_path / 'fg.db'}",
+                                   "accounts": {"acme": {"initial_credits": 5}}}))
     done = flowgate("credits", "grant", "acme", amount, "--config", str(cfg))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "grant" in done.stderr and not (tmp_path / "fg.db").exists()  # nothing was written

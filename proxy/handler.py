@@ -19,7 +19,7 @@ from .context import GATEWAY, Gateway
 from .cors import cors_headers
 from .dialects import Collected, Dialect
 from .errors import BackendTimeout, GatewayError, RunFailed
-from .forward import open_upstream
+from .forward import body_failure, open_upstream
 from .policies import Policy
 from .protocols import new_decoder, new_encoder
 from .pump import Pump
@@ -116,7 +116,7 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
             if outcome != COMPLETED:
                 if outcome == DEADLINE:
                     raise BackendTimeout(DEADLINE_MESSAGE)
-                raise RunFailed("the workflow run failed")
+                raise body_failure(upstream) or RunFailed("the workflow run failed")
             buffer.append(encoder.close())
             collected = Collected(body=b"".join(buffer), text="".join(pump.texts), result=pump.result)
             resp = dialect.render_result(run, collected)

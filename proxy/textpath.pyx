@@ -135,6 +135,7 @@ cdef class TextPath:
     cdef int state, digits
     cdef long long remaining
     cdef bint keep_alive
+    cdef readonly long long raw_in  # the backend's bytes read here (the connection's read timer looks at it)
 
     def __init__(self, pump, sink, list quiet, encode_text):
         """``pump``: the run's pump (its sink is ``sink``, a ClientSink); ``quiet``: the chain's
@@ -291,8 +292,10 @@ cdef class TextPath:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data), i = 0, take
         cdef char c
         cdef int v
+        self.raw_in += n
         if self.state >= DONE:
-            self.keep_alive = False  # bytes after the body: nothing more on it may be trusted
+            if self.state == DONE:
+                self.upstream._extra()  # bytes after the body: the connection is dropped
             return
         while i < n:
             if self.state == DATA:
@@ -344,9 +347,9 @@ cdef class TextPath:
                 if c != c'\n':
                     return self._malformed()
                 self.state = DONE
-                if i < n:
-                    self.keep_alive = False
                 self._done()
+                if i < n:  # bytes after the body: never read, the connection is dropped
+                    self.upstream._extra()
                 break
         self._flush()
 

@@ -359,3 +359,27 @@ async def test_limits_fail_the_request_at_the_pool(backend):
             await pool.request(pool.endpoint(b.url + "/x"), "GET", {}, b"")
     finally:
         await pool.close()
+
+
+# --- chunk framing (the parsers themselves: tests/test_chunked.py) ---
+
+@PATHS
+@pytest.mark.parametrize("size_line", [b"5 junk", b"5 ", b"5;a=b c", b"fffffffffffffffff"])
+async def test_a_chunk_size_line_llhttp_refuses_breaks_the_stream(backend, gateway, compiled, size_line):
+    b = await backend(lambda n: [CHUNKED_HEAD + size_line + b"\r\nhello\r\n0\r\n\r\n"] if n == 1 else [HELLO_CHUNKED])
+    client = await gateway(config(b.url, compiled))
+    assert await stream_text(client) == (200, b"<aborted>")
+    status, body = await stream_text(client)
+    assert status == 200 and json.loads(body) == ["hello"]
+    assert b.connections == 2
+
+
+@PATHS
+async def test_extensions_and_trailers_keep_the_connection(backend, gateway, compiled):
+    body = CHUNKED_HEAD + b'5;name=value;q="a \\" b"\r\nhello\r\n0;last\r\nX-Checksum: 1\r\nX-Other: 2\r\n\r\n'
+    b = await backend(lambda n: [body[:60], 0.01, body[60:]])
+    client = await gateway(config(b.url, compiled))
+    for _ in range(2):
+        status, got = await stream_text(client)
+        assert status == 200 and json.loads(got) == ["hello"]
+    assert b.connections == 1

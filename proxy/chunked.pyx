@@ -16,7 +16,7 @@ both the same random and mutated framings, split at random points, and asserts t
 - chunk data, then exactly CRLF;
 - the last chunk, then either CRLF (no trailers: the common case, read here) or a trailer section,
   which is fed to llhttp itself (its field-line grammar is long and the section is rare), at most
-  ``MAX_TRAILER_BYTES`` of it.
+  ``MAX_TRAILER_BYTES`` and ``MAX_TRAILER_FIELDS`` of it.
 
 A parser reads one body and nothing after it: ``scan`` stops at the body's last byte (state DONE);
 what follows is for the caller to refuse.
@@ -28,6 +28,7 @@ from libc.string cimport memset
 import httptools
 
 MAX_TRAILER_BYTES = 65536
+MAX_TRAILER_FIELDS = 100
 cdef Py_ssize_t _MAX_TRAILER = MAX_TRAILER_BYTES
 cdef unsigned long long _U64_MAX = 0xFFFFFFFFFFFFFFFFULL
 _PRIMER = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"
@@ -69,8 +70,14 @@ class _Trailers:
 
     def __init__(self) -> None:
         self.done = False
+        self.fields = 0
         self.parser = httptools.HttpResponseParser(self)
         self.parser.feed_data(_PRIMER)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields += 1
+        if self.fields > MAX_TRAILER_FIELDS:
+            raise ValueError("too many trailer fields")
 
     def on_message_complete(self) -> None:
         self.done = True

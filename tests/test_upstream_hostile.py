@@ -355,7 +355,7 @@ async def test_limits_fail_the_request_at_the_pool(backend):
     b = await backend(lambda n: [b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 20 + b"\r\n"])
     pool = UpstreamPool(max_headers=10)
     try:
-        with pytest.raises(UpstreamError, match="header lines"):
+        with pytest.raises(UpstreamError, match="over 10 header lines"):
             await pool.request(pool.endpoint(b.url + "/x"), "GET", {}, b"")
     finally:
         await pool.close()
@@ -383,3 +383,25 @@ async def test_extensions_and_trailers_keep_the_connection(backend, gateway, com
         status, got = await stream_text(client)
         assert status == 200 and json.loads(got) == ["hello"]
     assert b.connections == 1
+
+
+@PATHS
+async def test_a_trailer_section_of_too_many_fields_breaks_the_stream(backend, gateway, compiled):
+    trailers = b"".join(b"X-T%d: v\r\n" % i for i in range(200))
+    b = await backend(lambda n: [CHUNKED_HEAD + b"5\r\nhello\r\n0\r\n" + trailers + b"\r\n"])
+    client = await gateway(config(b.url, compiled))
+    assert await stream_text(client) == (200, b"<aborted>")
+
+
+@pytest.mark.parametrize("value", ["日本".encode(), b"a b", b"x" * 200, b"\xff"])
+async def test_a_backend_job_id_that_is_not_a_plain_token_never_reaches_a_response_head(backend, gateway, value):
+    head = b"HTTP/1.1 200 OK\r\nflow-job-id: " + value + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b = await backend(lambda n: [head + b"5\r\nhello\r\n0\r\n\r\n"])
+    client = await gateway(config(b.url))
+    streamed = await open_stream(client, "profitbase", "wf_text")
+    await streamed.read()
+    for resp in (streamed, await client.post(RUN, headers={"x-api-key": SECRET})):
+        assert resp.status == 200
+        job_id = resp.headers["flow-job-id"]
+        assert job_id.isascii() and job_id.isalnum() and job_id.encode() != value
+        await resp.read()

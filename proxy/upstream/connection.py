@@ -221,11 +221,11 @@ class Connection(asyncio.Protocol):
             raise _Stop("the backend sent bytes after its response")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1  # the head's lines, then a trailer section's: both bounded
+        if self.header_count > self.limits.max_headers:
+            raise _Stop(f"the backend's response has over {self.limits.max_headers} header lines")
         if self.headers_in:
             return  # a trailer field: nothing the gateway reads
-        self.header_count += 1
-        if self.header_count > self.limits.max_headers:
-            raise _Stop(f"the backend's response head has over {self.limits.max_headers} header lines")
         name = name.lower()
         if name in READ_HEADERS:
             if name == b"flow-job-id" and not BACKEND_JOB_ID.fullmatch(value):

@@ -118,6 +118,17 @@ cdef class ChunkedParser:
                 pieces.append(data[start:start + take])
         return pieces
 
+    def end_in(self, bytes data) -> int:
+        """Where in ``data`` the body ends (the index after its last byte; 0 when it ended
+        before), or -1 when it goes on past ``data`` or is malformed (llhttp, which reads the same
+        bytes, says so). The backend client's parser path uses this to find the body's exact end."""
+        cdef Py_ssize_t i = 0, start = 0, take = 0, n = PyBytes_GET_SIZE(data)
+        if self.state == DONE:
+            return 0
+        while i < n and self.state < DONE:
+            i = self.scan(data, i, &start, &take)
+        return i if self.state == DONE else -1
+
     cdef Py_ssize_t scan(self, bytes data, Py_ssize_t i, Py_ssize_t *start, Py_ssize_t *take) except -1:
         """Read ``data`` from ``i`` up to a run of body bytes (``*start``, ``*take``; the run is
         read), the body's end (DONE), a fault (FAILED) or the end of ``data``; returns where it

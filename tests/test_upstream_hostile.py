@@ -12,6 +12,7 @@ import time
 import pytest
 
 from proxy.upstream import Connection, Limits, UpstreamError, UpstreamPool
+from proxy.upstream.connection import ChunkedParser
 from tests.conftest import SECRET, base_config
 from tests.test_pump import open_stream
 
@@ -109,6 +110,20 @@ async def test_a_second_response_on_the_connection_never_reaches_the_client(back
         assert status == 200 and json.loads(body) == ["hello"], body
         await asyncio.sleep(0.1)  # (two-reads: the second response arrives after the first ended)
     assert b.connections == 2  # the first connection was dropped, not reused
+
+
+@PATHS
+@pytest.mark.parametrize("first", [HELLO_CHUNKED + b"\r\n", HELLO_LENGTH + b"\r\n", HELLO_LENGTH + b"\r\n\r\n"],
+                         ids=["chunked", "length", "length-2"])
+async def test_even_an_empty_line_after_the_response_keeps_the_connection_from_reuse(backend, gateway, compiled,
+                                                                                      first):
+    b = await backend(lambda n: [first] if n == 1 else [HELLO_CHUNKED])
+    client = await gateway(config(b.url, compiled))
+    for _ in range(2):
+        status, body = await stream_text(client)
+        assert status == 200 and json.loads(body) == ["hello"], body
+    lenient = ChunkedParser is None and not compiled and first.startswith(CHUNKED_HEAD)  # llhttp alone skips it
+    assert b.connections == (1 if lenient else 2)
 
 
 @pytest.mark.parametrize("first", [

@@ -25,8 +25,10 @@ Exactly one response per request (RFC 9112 section 9.3; nginx and h11 do the sam
 heads are read past (101 is refused: the gateway never asks for an upgrade), and any byte after the
 final response's framing ends, or while the connection sits idle in the pool, drops the connection:
 it never reaches a consumer and the connection is never reused. Only the empty lines llhttp skips
-between messages (a bare CRLF in the same read as the end of a body read through the parser) are
-not seen; nothing in them can reach a client or a later request, whose parser is a new one.
+between messages are not seen by it: so a body of known length is counted, and a chunked body's
+framing is read alongside by :mod:`proxy.chunked` (as strict as llhttp), which finds its exact end
+(without the compiled module such empty lines pass; nothing in them can reach a client or a
+later request, whose parser is a new one).
 
 Limits (:class:`~proxy.upstream.limits.Limits`): the head's bytes are counted before they are
 parsed and its header lines as they are, so an oversized head fails after at most one read past
@@ -52,6 +54,11 @@ from typing import TYPE_CHECKING, Protocol
 import httptools
 
 from .limits import MALFORMED, TIMEOUT, Capped, Limits
+
+try:
+    from ..chunked import ChunkedParser
+except ImportError:  # not built (no C compiler at install): llhttp alone finds a chunked body's end
+    ChunkedParser = None
 
 if TYPE_CHECKING:
     from .pool import UpstreamPool
@@ -91,7 +98,7 @@ class Connection(asyncio.Protocol):
     __slots__ = ("pool", "key", "transport", "parser", "status", "headers", "consumer", "early", "complete",
                  "failed", "headers_in", "waiter", "received", "reused", "idle_since", "delimited", "keep_alive",
                  "tail", "raw", "limits", "head_bytes", "header_count", "timer", "deadline", "mark", "progress_at",
-                 "paused", "taken", "kind", "body_limit")
+                 "paused", "taken", "kind", "body_limit", "length_end", "chunks")
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, str, int]) -> None:
         self.pool, self.key = pool, key
@@ -120,6 +127,8 @@ class Connection(asyncio.Protocol):
         self.raw: list[bytes] | None = None  # a chunked body's bytes, unparsed, until attach() (take_body)
         self.head_bytes = 0
         self.header_count = 0
+        self.length_end = -1  # for a body of known length: the byte count at its end
+        self.chunks = None  # a chunked body's framing, read alongside llhttp for its exact end
         self.deadline = 0.0  # when the head must be in
         self.mark = 0  # bytes read as of the timer's last look
         self.progress_at = 0.0  # when the timer last saw the count move (or the connection paused)
@@ -152,7 +161,12 @@ class Connection(asyncio.Protocol):
                     self.raw.append(data)
                 return
         if data and self.failed is None:
-            self._feed(data)
+            if self.chunks is not None:
+                self._chunked(data)
+            else:
+                self._feed(data)
+            if self.complete and self.received != self.length_end >= 0:
+                self._extra()  # what llhttp skips after a message (empty lines) is extra here too
         if self.consumer is not None:
             self.consumer.flush()  # what this read produced leaves in one write
 
@@ -194,6 +208,18 @@ class Connection(asyncio.Protocol):
                 self._give_up(str(cause))
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             self._give_up("the backend sent a malformed response")
+
+    def _chunked(self, data: bytes) -> None:
+        """A chunked body's bytes through the parser, and not one byte after its end."""
+        end = self.chunks.end_in(data)  # type: ignore[union-attr]
+        if end < 0 or end == len(data):
+            self._feed(data)
+            if end < 0:
+                return
+        else:
+            self._feed(data[:end])
+            self._extra()
+        self.chunks = None
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
@@ -243,6 +269,11 @@ class Connection(asyncio.Protocol):
         self.delimited = "content-length" in self.headers or "transfer-encoding" in self.headers or status in (
             204, 304)
         self.headers_in = True
+        length = self.headers.get("content-length")
+        if status in (204, 304):
+            self.length_end = self.head_bytes
+        elif length is not None and "transfer-encoding" not in self.headers:
+            self.length_end = self.head_bytes + int(length)  # llhttp let only one, of digits, through
         self._watch_body()
         waiter, self.waiter = self.waiter, None  # an open stream keeps no spent future
         if waiter is not None and not waiter.done():
@@ -364,9 +395,13 @@ class Connection(asyncio.Protocol):
                 take_body(self, raw)
                 consumer.flush()
                 return
+            self.chunks = ChunkedParser() if ChunkedParser is not None else None
             for data in raw:  # the parser, which has read exactly the head, reads the body as usual
                 if self.failed is None and not self.complete:
-                    self._feed(data)
+                    if self.chunks is not None:
+                        self._chunked(data)
+                    else:
+                        self._feed(data)
                 elif self.complete:
                     self._extra()
         early, self.early = self.early, None

@@ -173,6 +173,14 @@ async def test_an_interim_100_continue_is_read_past(backend, gateway, compiled):
     assert b.connections == 1
 
 
+async def test_endless_interim_answers_count_toward_the_head_limit(backend, gateway):
+    b = await backend(lambda n: [b"HTTP/1.1 100 Continue\r\n\r\n" * 1000] * 100)
+    client = await gateway(config(b.url))
+    started = time.monotonic()
+    status, body = await run(client)
+    assert status == 502 and body["code"] == "backend_unavailable" and time.monotonic() - started < 2
+
+
 async def test_a_101_switching_protocols_is_a_502(backend, gateway):
     b = await backend(lambda n: [b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
                                  + HELLO_LENGTH])

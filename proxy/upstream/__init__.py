@@ -4,6 +4,7 @@ bodies pushed to a consumer (see :mod:`proxy.upstream.connection`).
 - :mod:`.endpoint`: a backend URL's connection key, Host header and request target; the request head.
 - :mod:`.limits`: what one response may cost (head size, header count, head and read timeouts).
 - :mod:`.connection`: one connection and the response in flight on it.
+- :mod:`.timer`: its one timer (the head's deadline, then the body's progress).
 - :mod:`.pool`: the keep-alive pool.
 """
 

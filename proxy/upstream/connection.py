@@ -32,11 +32,9 @@ later request, whose parser is a new one).
 
 Limits (:class:`~proxy.upstream.limits.Limits`): the head's bytes are counted before they are
 parsed and its header lines as they are, so an oversized head fails after at most one read past
-the limit (:class:`UpstreamError`: 502). One timer per response in flight, never per chunk: the head
-must be complete within ``head_timeout_s`` (:class:`UpstreamTimeout`: 504), then the body must make
-progress at least every ``read_timeout_s`` while the gateway reads it (the timer compares a byte
-count; a paused connection is not stalled); else the stream breaks off. ``body_limit`` (set for a
-non-streaming run) caps the body's bytes: beyond it the connection is dropped at once.
+the limit (:class:`UpstreamError`: 502); the head and the body are on a timer
+(:mod:`proxy.upstream.timer`; :class:`UpstreamTimeout`: 504); ``body_limit`` (a non-streaming
+run's) caps the body's bytes: beyond it the connection is dropped at once.
 
 Bodies are never decompressed (the gateway asks for ``identity`` and meters what it reads). A
 request on a pooled connection that the backend closed while it sat idle is retried once on a new
@@ -48,12 +46,12 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-import time
 from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
 from .limits import MALFORMED, TIMEOUT, Capped, Limits
+from .timer import ResponseTimer
 
 try:
     from ..chunked import ChunkedParser
@@ -92,7 +90,7 @@ class BodyConsumer(Protocol):
     def flush(self) -> None: ...
 
 
-class Connection(asyncio.Protocol):
+class Connection(ResponseTimer, asyncio.Protocol):
     """One upstream connection and the response in flight on it (see the module docstring)."""
 
     __slots__ = ("pool", "key", "transport", "parser", "status", "headers", "consumer", "early", "complete",
@@ -329,41 +327,6 @@ class Connection(asyncio.Protocol):
         transport, self.transport = self.transport, None
         if transport is not None:
             transport.abort()
-
-    # --- the timer: one per response in flight (see the module docstring) ---
-    def _watch_head(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.deadline = time.monotonic() + self.limits.head_timeout_s
-        self.timer = loop.call_later(self.limits.head_timeout_s, self._tick)
-
-    def _watch_body(self) -> None:
-        self._disarm()
-        self.mark, self.progress_at = self.received, time.monotonic()
-        self.timer = asyncio.get_running_loop().call_later(self.limits.read_timeout_s / 4, self._tick)
-
-    def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _tick(self) -> None:
-        self.timer = None
-        if self.complete or self.failed is not None or self.transport is None:
-            return
-        limits, now = self.limits, time.monotonic()
-        if not self.headers_in:
-            if now < self.deadline:
-                self.timer = asyncio.get_running_loop().call_later(self.deadline - now, self._tick)
-            else:
-                self._give_up(f"the backend sent no response head within {limits.head_timeout_s:g} s", TIMEOUT)
-            return
-        taken = self.taken
-        progress = self.received + (taken.raw_in if taken is not None else 0)
-        if progress != self.mark or self.paused:
-            self.mark, self.progress_at = progress, now
-        elif now - self.progress_at >= limits.read_timeout_s:
-            self._give_up(f"the backend sent nothing for {limits.read_timeout_s:g} s", TIMEOUT)
-            return
-        self.timer = asyncio.get_running_loop().call_later(limits.read_timeout_s / 4, self._tick)
 
     # --- the caller's side ---
     async def _exchange(self, head: bytes, body: bytes, limits: Limits) -> None:

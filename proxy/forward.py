@@ -57,7 +57,7 @@ async def open_upstream(pool: UpstreamPool, run: Run) -> Connection:
         length = conn.headers.get("content-length")
         if length is not None and int(length) > cap:  # llhttp let only digits through
             conn.close()
-            m.child(failures, target.backend, "too_large").inc()
+            m.child(failures, target.backend, "broken").inc()  # as a body over the cap, found mid-body
             run.reason = "backend_too_large"
             raise BackendUnavailable(TOO_LARGE_MESSAGE)
         conn.body_limit = cap  # the body is buffered: at most this much of it is read

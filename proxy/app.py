@@ -136,7 +136,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
     server = gw.config.server
-    gw.upstreams = UpstreamPool(max_idle=server.upstream_keepalive, idle_timeout_s=server.upstream_keepalive_timeout_s)
+    gw.upstreams = UpstreamPool(max_idle=server.upstream_keepalive, idle_timeout_s=server.upstream_keepalive_timeout_s,
+                                max_head_bytes=server.upstream_max_head_bytes, max_headers=server.upstream_max_headers,
+                                max_buffered_response_bytes=server.max_buffered_response_bytes)
     yield
     await gw.upstreams.close()
 

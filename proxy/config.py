@@ -101,6 +101,18 @@ class ServerConfig(_Model):
     upstream_keepalive_timeout_s: float = Field(
         15.0, gt=0, description="An idle backend connection older than this is closed instead of reused."
     )
+    upstream_max_head_bytes: int = Field(
+        65536, ge=1024, description="Largest backend response head (status line, headers, interim 1xx heads) in "
+        "bytes; beyond it the run fails with 502 and the connection is dropped."
+    )
+    upstream_max_headers: int = Field(
+        100, ge=1, description="Most header lines in a backend response head; beyond it 502 and the connection is "
+        "dropped."
+    )
+    max_buffered_response_bytes: int = Field(
+        10 * 1024 * 1024, gt=0, description="Largest backend body a non-streaming run (`.../run`) buffers; beyond it "
+        "the gateway stops reading, drops the backend connection and answers 502."
+    )
 
 
 class LimitsConfig(_Model):
@@ -174,8 +186,14 @@ class BackendConfig(_Model):
     headers: dict[str, str] = Field(
         default_factory=dict, description="Headers sent to the backend on every request (e.g. its own API key)."
     )
-    connect_timeout_s: float = Field(
-        5.0, gt=0, description="Time to connect and receive response headers before a 504."
+    connect_timeout_s: float = Field(5.0, gt=0, description="Time to open a connection (TCP and TLS) before a 504.")
+    head_timeout_s: float = Field(
+        60.0, gt=0, description="Time from the request sent to the response's status line and headers before a 504 "
+        "(a non-streaming backend sends its head when its run is done: raise it for slow flows)."
+    )
+    read_timeout_s: float = Field(
+        60.0, gt=0, description="Longest silence of the backend while the gateway reads its body; beyond it the "
+        "stream breaks off (a client that is not reading pauses this clock)."
     )
 
     @field_validator("url")

@@ -1,20 +1,25 @@
 """The terminal step: send the run's request to its backend over the app's one upstream pool.
 
-Connection problems become typed errors the dialect renders (502 refused or closed, 504 no headers
-within ``connect_timeout_s``, 500 for a backend that answered with a failure status). The response
-body is left unread for the pump, which attaches to the returned connection.
+Connection problems become typed errors the dialect renders: 502 for a backend refused, closed,
+garbled or over a limit (its head's size or header count, or for a non-streaming run a body
+larger than ``server.max_buffered_response_bytes``), 504 for no connection within
+``connect_timeout_s`` or no response head within ``head_timeout_s``, 500 for a backend that
+answered with a failure status. The response body is left unread for the pump, which attaches to
+the returned connection; :func:`body_failure` says what a body that broke off means for a
+non-streaming run.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from . import metrics as m
-from .errors import BackendTimeout, BackendUnavailable, RunFailed
+from .errors import BackendTimeout, BackendUnavailable, GatewayError, RunFailed
 from .headers import upstream_headers
 from .run import Run
-from .upstream import Connection, UpstreamError, UpstreamPool
+from .upstream import MALFORMED, TIMEOUT, TOO_LARGE, Connection, UpstreamError, UpstreamPool, UpstreamTimeout
+
+TOO_LARGE_MESSAGE = "the backend's response is larger than the gateway buffers"
 
 
 async def open_upstream(pool: UpstreamPool, run: Run) -> Connection:
@@ -29,9 +34,9 @@ async def open_upstream(pool: UpstreamPool, run: Run) -> Connection:
     run.forwarded_mono = time.monotonic()
     failures = m.BACKEND_FAILURES
     try:
-        async with asyncio.timeout(backend.connect_timeout_s):
-            conn = await pool.request(pool.endpoint(backend.url + target.path), req.method, headers, run.body)
-    except TimeoutError:
+        conn = await pool.request(pool.endpoint(backend.url + target.path), req.method, headers, run.body,
+                                  pool.limits(backend), backend.connect_timeout_s)
+    except (TimeoutError, UpstreamTimeout):
         m.child(failures, target.backend, "timeout").inc()
         run.reason = "backend_timeout"
         raise BackendTimeout("the backend did not answer in time") from None
@@ -47,4 +52,26 @@ async def open_upstream(pool: UpstreamPool, run: Run) -> Connection:
         if status in (502, 503, 504):
             raise BackendUnavailable(f"the backend is unavailable ({status})")
         raise RunFailed(f"the workflow run failed (backend answered {status})")
+    cap = pool.max_buffered_response_bytes
+    if not run.stream and cap is not None:
+        length = conn.headers.get("content-length")
+        if length is not None and int(length) > cap:  # llhttp let only digits through
+            conn.close()
+            m.child(failures, target.backend, "broken").inc()  # as a body over the cap, found mid-body
+            run.reason = "backend_too_large"
+            raise BackendUnavailable(TOO_LARGE_MESSAGE)
+        conn.body_limit = cap  # the body is buffered: at most this much of it is read
     return conn
+
+
+def body_failure(conn: Connection | None) -> GatewayError | None:
+    """For a non-streaming run whose body broke off: the error to answer when the gateway itself
+    ended it (a limit, a timeout, a garbled body), else None (the run's own failure)."""
+    kind = conn.kind if conn is not None else None
+    if kind == TOO_LARGE:
+        return BackendUnavailable(TOO_LARGE_MESSAGE)
+    if kind == TIMEOUT:
+        return BackendTimeout("the backend stopped sending")
+    if kind == MALFORMED:
+        return BackendUnavailable("the backend sent a malformed response")
+    return None

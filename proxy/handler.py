@@ -19,8 +19,8 @@ from .context import GATEWAY, Gateway
 from .cors import cors_headers
 from .dialects import Collected, Dialect
 from .errors import BackendTimeout, GatewayError, RunFailed
-from .forward import open_upstream
-from .headers import JOB_ID_HEADER, backend_job_id
+from .forward import body_failure, open_upstream
+from .headers import JOB_ID_HEADER
 from .policies import Policy
 from .protocols import new_decoder, new_encoder
 from .pump import Pump
@@ -91,7 +91,8 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
         try:
             async with asyncio.timeout_at(run.deadline):
                 upstream = await open_upstream(gw.upstreams, run)
-                run.backend_job_id = backend_job_id(upstream.headers)
+                # the backend's own id (the connection keeps it only if it is a plain token): recorded, never a key
+                run.backend_job_id = upstream.headers.get(JOB_ID_HEADER)
                 if run.backend_job_id is not None:
                     structlog.contextvars.bind_contextvars(backend_job_id=run.backend_job_id)
                 pump = Pump(run, upstream, decoder, encoder, passthrough, hooks, collect=not run.stream,
@@ -120,7 +121,7 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
             if outcome != COMPLETED:
                 if outcome == DEADLINE:
                     raise BackendTimeout(DEADLINE_MESSAGE)
-                raise RunFailed("the workflow run failed")
+                raise body_failure(upstream) or RunFailed("the workflow run failed")
             buffer.append(encoder.close())
             collected = Collected(body=b"".join(buffer), text="".join(pump.texts), result=pump.result)
             resp = dialect.render_result(run, collected)

@@ -22,16 +22,6 @@ NOT_FORWARDED = HOP_BY_HOP | frozenset({
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 JOB_ID_HEADER = "flow-job-id"
-MAX_BACKEND_JOB_ID = 128
-
-
-def backend_job_id(headers: Mapping[str, str]) -> str | None:
-    """The backend's own ``flow-job-id``, if it sent a sane one (printable ASCII, at most 128
-    characters): recorded on the run's job record and log lines, never used as a key or sent on."""
-    value = headers.get(JOB_ID_HEADER)
-    if value and len(value) <= MAX_BACKEND_JOB_ID and value.isascii() and value.isprintable():
-        return value
-    return None
 
 
 def upstream_headers(

@@ -21,7 +21,7 @@ more.
 - ``end()``, ``broken(message)``: the pump's.
 - ``take_body(conn, raw)``: for a chunked response (nearly every streaming backend's) it also
   reads the chunk framing itself: it becomes the socket's protocol (``data_received`` per read,
-  RFC 9112 chunks, extensions and trailers read past) until the last chunk, then sets the
+  RFC 9112 chunks read by :mod:`proxy.chunked`, as strict as llhttp) until the last chunk, then sets the
   connection back as its protocol, complete and reusable. So a line costs one call from the event
   loop into C, and no Python frame unless something happens (a transcoded chunk still calls its
   output encoder's ``encode_text``). Malformed framing is the backend's
@@ -53,6 +53,8 @@ from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+from proxy.chunked cimport DONE, FAILED, ChunkedParser
+
 
 cdef extern from "Python.h":
     object PyUnicode_DecodeUTF8Stateful(const char *s, Py_ssize_t size, const char *errors,
@@ -60,11 +62,6 @@ cdef extern from "Python.h":
 
 cdef Py_ssize_t SMALL = 2048  # as proxy.sinks.SMALL: below it a piece and its framing are one write
 cdef long long NO_LIMIT = 1 << 62
-cdef long long MAX_CHUNK = 1 << 40
-
-# where the chunked-body parser is (RFC 9112 section 7.1)
-cdef enum:
-    SIZE, EXT, SIZE_LF, DATA, DATA_CR, DATA_LF, TRAILER, TRAILER_LINE, END_LF, DONE, FAILED
 
 
 cdef inline double _monotonic() noexcept nogil:  # time.monotonic()'s clock
@@ -132,9 +129,9 @@ cdef class TextPath:
     cdef double d_gap
     # the backend's chunked body, when this parses it (take_body)
     cdef object upstream
-    cdef int state, digits
-    cdef long long remaining
+    cdef ChunkedParser chunks
     cdef bint keep_alive
+    cdef readonly long long raw_in  # the backend's bytes read here (the connection's read timer looks at it)
 
     def __init__(self, pump, sink, list quiet, encode_text):
         """``pump``: the run's pump (its sink is ``sink``, a ClientSink); ``quiet``: the chain's
@@ -281,72 +278,29 @@ cdef class TextPath:
         the connection is again, complete, as if its own parser had read the body."""
         self.upstream = conn
         self.keep_alive = conn.parser.should_keep_alive()
-        self.state, self.digits, self.remaining = SIZE, 0, 0
+        self.chunks = ChunkedParser()
         conn.transport.set_protocol(self)
         for data in raw:
             self.data_received(data)
 
     def data_received(self, bytes data):
-        cdef const char *p = PyBytes_AS_STRING(data)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), i = 0, take
-        cdef char c
-        cdef int v
-        if self.state >= DONE:
-            self.keep_alive = False  # bytes after the body: nothing more on it may be trusted
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), i = 0, start = 0, take = 0
+        cdef ChunkedParser chunks = self.chunks
+        self.raw_in += n
+        if chunks.state >= DONE:
+            if chunks.state == DONE:
+                self.upstream._extra()  # bytes after the body: the connection is dropped
             return
         while i < n:
-            if self.state == DATA:
-                take = n - i if n - i < self.remaining else self.remaining
-                self._piece(data if take == n else PyBytes_FromStringAndSize(p + i, take))
-                i += take
-                self.remaining -= take
-                if self.remaining == 0:
-                    self.state = DATA_CR
-                continue
-            c = p[i]
-            i += 1
-            if self.state == SIZE:
-                v = _hex(c)
-                if v >= 0:
-                    self.remaining = self.remaining * 16 + v
-                    self.digits += 1
-                    if self.remaining > MAX_CHUNK:
-                        return self._malformed()
-                elif self.digits and (c == c';' or c == c' ' or c == c'\t'):
-                    self.state = EXT
-                elif self.digits and c == c'\r':
-                    self.state = SIZE_LF
-                else:
-                    return self._malformed()
-            elif self.state == EXT:  # chunk extensions: read past, as they mean nothing here
-                if c == c'\r':
-                    self.state = SIZE_LF
-                elif c == c'\n':
-                    return self._malformed()
-            elif self.state == SIZE_LF:
-                if c != c'\n':
-                    return self._malformed()
-                self.state = TRAILER if self.remaining == 0 else DATA
-            elif self.state == DATA_CR:
-                if c != c'\r':
-                    return self._malformed()
-                self.state = DATA_LF
-            elif self.state == DATA_LF:
-                if c != c'\n':
-                    return self._malformed()
-                self.state, self.digits, self.remaining = SIZE, 0, 0
-            elif self.state == TRAILER:  # trailer fields: read past; an empty line ends the body
-                self.state = END_LF if c == c'\r' else TRAILER_LINE
-            elif self.state == TRAILER_LINE:
-                if c == c'\n':
-                    self.state = TRAILER
-            elif self.state == END_LF:
-                if c != c'\n':
-                    return self._malformed()
-                self.state = DONE
-                if i < n:
-                    self.keep_alive = False
+            i = chunks.scan(data, i, &start, &take)
+            if take:
+                self._piece(data if take == n else PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + start, take))
+            if chunks.state == FAILED:
+                return self._malformed()
+            if chunks.state == DONE:
                 self._done()
+                if i < n:  # bytes after the body: never read, the connection is dropped
+                    self.upstream._extra()
                 break
         self._flush()
 
@@ -359,7 +313,6 @@ cdef class TextPath:
         conn._complete()  # the consumer's end: this object's, so the pump's
 
     cdef _malformed(self):
-        self.state = FAILED
         conn = self.upstream
         conn._fail("the backend sent a malformed response")
         transport = conn.transport
@@ -378,13 +331,3 @@ cdef class TextPath:
 
     def resume_writing(self):
         pass
-
-
-cdef inline int _hex(char c) noexcept:
-    if c'0' <= c <= c'9':
-        return c - c'0'
-    if c'a' <= c <= c'f':
-        return c - c'a' + 10
-    if c'A' <= c <= c'F':
-        return c - c'A' + 10
-    return -1

@@ -54,14 +54,14 @@ async def test_refused_connection_is_502(gateway):
     assert resp.status == 502 and (await resp.json())["code"] == "backend_unavailable"
 
 
-async def test_no_headers_within_connect_timeout_is_504(upstream, gateway):
+async def test_no_headers_within_head_timeout_is_504(upstream, gateway):
     async def silent(request, seen):
         await asyncio.sleep(30)
         return web.Response(text="late")
 
     upstream.handle("/text", silent)
     cfg = base_config(upstream.url)
-    cfg["backends"]["text"]["connect_timeout_s"] = 0.3
+    cfg["backends"]["text"]["head_timeout_s"] = 0.3
     client = await gateway(cfg)
     resp = await client.post("/api/v1/run/wf_text", headers={"x-api-key": SECRET})
     assert resp.status == 504 and (await resp.json())["code"] == "backend_timeout"

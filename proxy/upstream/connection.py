@@ -1,10 +1,10 @@
-"""The upstream HTTP/1.1 client: one keep-alive connection pool per app, response bodies *pushed*.
+"""One upstream connection and the response in flight on it; response bodies are *pushed*.
 
 Why not aiohttp's ``ClientSession``: on the hot path its ``StreamReader`` and ``iter_any()`` cost a
 task wake-up, a deque and several Python frames per chunk, and its client objects about 8 kB per
 open stream (bench/: ``make bench``). Here a response body goes from the socket's
-``data_received`` through httptools' C parser straight to a consumer, synchronously, one call per
-body piece.
+``data_received`` through httptools' C parser (llhttp, strict) straight to a consumer,
+synchronously, one call per body piece.
 
 How to use it (``forward.py`` and ``pump.py`` are the callers)::
 
@@ -21,6 +21,21 @@ the consumer, and one with ``take_body(conn, raw)`` (the compiled text path, :mo
 parses them itself as the transport's protocol until the body ends, then hands the connection back
 complete. Any other consumer gets them through the parser, as every other body.
 
+Exactly one response per request (RFC 9112 section 9.3; nginx and h11 do the same): interim 1xx
+heads are read past (101 is refused: the gateway never asks for an upgrade), and any byte after the
+final response's framing ends, or while the connection sits idle in the pool, drops the connection:
+it never reaches a consumer and the connection is never reused. Only the empty lines llhttp skips
+between messages are not seen by it: so a body of known length is counted, and a chunked body's
+framing is read alongside by :mod:`proxy.chunked` (as strict as llhttp), which finds its exact end
+(without the compiled module such empty lines pass; nothing in them can reach a client or a
+later request, whose parser is a new one).
+
+Limits (:class:`~proxy.upstream.limits.Limits`): the head's bytes are counted before they are
+parsed and its header lines as they are, so an oversized head fails after at most one read past
+the limit (:class:`UpstreamError`: 502); the head and the body are on a timer
+(:mod:`proxy.upstream.timer`; :class:`UpstreamTimeout`: 504); ``body_limit`` (a non-streaming
+run's) caps the body's bytes: beyond it the connection is dropped at once.
+
 Bodies are never decompressed (the gateway asks for ``identity`` and meters what it reads). A
 request on a pooled connection that the backend closed while it sat idle is retried once on a new
 connection, and only when not one byte of a response had arrived: the backend never saw it.
@@ -29,23 +44,41 @@ connection, and only when not one byte of a response had arrived: the backend ne
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
-import ssl
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Protocol
 
 import httptools
+
+from .limits import MALFORMED, TIMEOUT, Capped, Limits
+from .timer import ResponseTimer
+
+try:
+    from ..chunked import ChunkedParser
+except ImportError:  # not built (no C compiler at install): llhttp alone finds a chunked body's end
+    ChunkedParser = None
+
+if TYPE_CHECKING:
+    from .pool import UpstreamPool
 
 # The backend's response headers the gateway looks at (it never forwards them): an open stream
 # keeps only these.
 READ_HEADERS = frozenset({b"flow-job-id", b"content-length", b"transfer-encoding"})
+# A backend's job id is recorded on the job record and in logs (never a key, never sent on): only
+# a plain token is kept.
+BACKEND_JOB_ID = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 class UpstreamError(Exception):
     """The backend could not be reached, or closed or garbled the connection before its headers."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The backend's response head was not complete within ``head_timeout_s``."""
+
+
+class _Stop(Exception):
+    """Raised in a parser callback: llhttp stops at once (a limit, or a byte after the response)."""
 
 
 class BodyConsumer(Protocol):
@@ -58,43 +91,13 @@ class BodyConsumer(Protocol):
     def flush(self) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where one backend URL points: the connection key, the Host header and the request target."""
-
-    key: tuple[str, str, int]  # (scheme, host, port): connections are pooled per key
-    host_header: str
-    target: str  # path and query, as configured
-
-
-def endpoint(url: str) -> Endpoint:
-    parts = urlsplit(url)
-    scheme, host = parts.scheme, parts.hostname or ""
-    default = 443 if scheme == "https" else 80
-    port = parts.port or default
-    netloc_host = f"[{host}]" if ":" in host else host
-    host_header = netloc_host if port == default else f"{netloc_host}:{port}"
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Endpoint((scheme, host, port), host_header, target)
-
-
-def request_head(method: str, ep: Endpoint, headers: Mapping[str, str], body_len: int | None) -> bytes:
-    """The request line and headers. Values come from aiohttp's parser (no CR/LF possible) or from
-    the config (validated at load), so they are written as they are."""
-    lines = [f"{method} {ep.target} HTTP/1.1", f"Host: {ep.host_header}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    if body_len is not None:
-        lines.append(f"Content-Length: {body_len}")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
-
-
-class Connection(asyncio.Protocol):
+class Connection(ResponseTimer, asyncio.Protocol):
     """One upstream connection and the response in flight on it (see the module docstring)."""
 
     __slots__ = ("pool", "key", "transport", "parser", "status", "headers", "consumer", "early", "complete",
                  "failed", "headers_in", "waiter", "received", "reused", "idle_since", "delimited", "keep_alive",
-                 "tail", "raw")
+                 "tail", "raw", "limits", "head_bytes", "header_count", "timer", "deadline", "mark", "progress_at",
+                 "paused", "taken", "kind", "body_limit", "length_end", "chunks")
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, str, int]) -> None:
         self.pool, self.key = pool, key
@@ -102,6 +105,8 @@ class Connection(asyncio.Protocol):
         self.parser: httptools.HttpResponseParser | None = None
         self.reused = False
         self.idle_since = 0.0
+        self.limits = Limits()
+        self.timer: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -111,6 +116,7 @@ class Connection(asyncio.Protocol):
         self.early: list[bytes] | None = None  # body pieces that arrived before attach()
         self.complete = False
         self.failed: str | None = None
+        self.kind: str | None = None  # why it failed: TIMEOUT, TOO_LARGE, MALFORMED (None: a plain break)
         self.headers_in = False
         self.waiter: asyncio.Future[None] | None = None
         self.received = 0
@@ -118,6 +124,16 @@ class Connection(asyncio.Protocol):
         self.keep_alive = False  # read when the message completes (the parser resets after it)
         self.tail = b""  # the end of the head read so far (its blank line may span two reads)
         self.raw: list[bytes] | None = None  # a chunked body's bytes, unparsed, until attach() (take_body)
+        self.head_bytes = 0
+        self.header_count = 0
+        self.length_end = -1  # for a body of known length: the byte count at its end
+        self.chunks = None  # a chunked body's framing, read alongside llhttp for its exact end
+        self.deadline = 0.0  # when the head must be in
+        self.mark = 0  # bytes read as of the timer's last look
+        self.progress_at = 0.0  # when the timer last saw the count move (or the connection paused)
+        self.paused = False
+        self.taken = None  # the consumer that took the chunked body's socket (take_body)
+        self.body_limit: int | None = None  # most body bytes accepted (a non-streaming run's buffer)
 
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -130,10 +146,8 @@ class Connection(asyncio.Protocol):
                 pass
 
     def data_received(self, data: bytes) -> None:
-        parser = self.parser
-        if parser is None:  # bytes on an idle connection: nothing may be trusted on it any more
-            self.pool._discard(self)
-            self.transport.close()  # type: ignore[union-attr]
+        if self.parser is None or self.complete:  # idle in the pool, or after the response
+            self._extra()
             return
         self.received += len(data)
         if self.raw is not None:  # a chunked body waiting for its consumer
@@ -145,24 +159,33 @@ class Connection(asyncio.Protocol):
                 if data:
                     self.raw.append(data)
                 return
-        if data:
-            self._feed(data)
+        if data and self.failed is None:
+            if self.chunks is not None:
+                self._chunked(data)
+            else:
+                self._feed(data)
+            if self.complete and self.received != self.length_end >= 0:
+                self._extra()  # what llhttp skips after a message (empty lines) is extra here too
         if self.consumer is not None:
             self.consumer.flush()  # what this read produced leaves in one write
 
     def _head(self, data: bytes) -> bytes:
         """Feed the parser the response head (interim ones too) and not one byte more; returns the
-        bytes after it. A chunked body's bytes then wait, unparsed, for a consumer that may parse
-        them itself (``take_body``: the compiled text path). A head whose end is not a CRLF CRLF
-        this finds (a lenient parser's bare LFs) goes to the parser whole, as before."""
+        bytes after it. Its bytes are counted before they are parsed (``max_head_bytes``). A
+        chunked body's bytes then wait, unparsed, for a consumer that may parse them itself
+        (``take_body``: the compiled text path)."""
         while not self.headers_in and data and self.failed is None:
             seen = self.tail + data
             end = seen.find(b"\r\n\r\n")
+            cut = len(data) if end < 0 else end + 4 - len(self.tail)
+            self.head_bytes += cut
+            if self.head_bytes > self.limits.max_head_bytes:
+                self._give_up(f"the backend's response head is over {self.limits.max_head_bytes} bytes")
+                return b""
             if end < 0:
                 self.tail = seen[-3:]
                 self._feed(data)
                 return b""
-            cut = end + 4 - len(self.tail)
             self.tail = b""
             self._feed(data[:cut])
             data = data[cut:]
@@ -175,11 +198,27 @@ class Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)  # type: ignore[union-attr]
         except httptools.HttpParserCallbackError as exc:
-            raise (exc.__context__ or exc) from None  # a consumer's own bug: let it surface
-        except httptools.HttpParserError:
-            self._fail("the backend sent a malformed response")
-            if self.transport is not None:
-                self.transport.close()
+            cause = exc.__context__
+            if not isinstance(cause, _Stop):
+                raise (cause or exc) from None  # a consumer's own bug: let it surface
+            if self.complete:
+                self._extra()
+            else:
+                self._give_up(str(cause))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self._give_up("the backend sent a malformed response")
+
+    def _chunked(self, data: bytes) -> None:
+        """A chunked body's bytes through the parser, and not one byte after its end."""
+        end = self.chunks.end_in(data)  # type: ignore[union-attr]
+        if end < 0 or end == len(data):
+            self._feed(data)
+            if end < 0:
+                return
+        else:
+            self._feed(data[:end])
+            self._extra()
+        self.chunks = None
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
@@ -188,7 +227,7 @@ class Connection(asyncio.Protocol):
         if self.raw is not None:  # a body nobody took yet: the parser reads it now
             raw, self.raw = self.raw, None
             for data in raw:
-                if self.failed is None:
+                if self.failed is None and not self.complete:
                     self._feed(data)
         self.transport = None
         if self.parser is None:
@@ -203,23 +242,38 @@ class Connection(asyncio.Protocol):
 
     # --- httptools callbacks ---
     def on_message_begin(self) -> None:
-        if self.complete:  # bytes after the response: nothing more on this connection may be trusted
-            self.keep_alive = False
+        if self.complete:  # a second response on the connection: never read, never trusted
+            raise _Stop("the backend sent bytes after its response")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1  # the head's lines, then a trailer section's: both bounded
+        if self.header_count > self.limits.max_headers:
+            raise _Stop(f"the backend's response has over {self.limits.max_headers} header lines")
+        if self.headers_in:
+            return  # a trailer field: nothing the gateway reads
         name = name.lower()
         if name in READ_HEADERS:
-            self.headers[name.decode("latin-1")] = value.decode("utf-8", "surrogateescape")
+            if name == b"flow-job-id" and not BACKEND_JOB_ID.fullmatch(value):
+                return  # not a plain token: dropped, never echoed
+            self.headers[name.decode("latin-1")] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()  # type: ignore[union-attr]
         if status < 200:  # an interim response (100 Continue): the real one follows
+            if status == 101:
+                raise _Stop("the backend switched protocols unasked")
             self.headers = {}
             return
         self.status = status
         self.delimited = "content-length" in self.headers or "transfer-encoding" in self.headers or status in (
             204, 304)
         self.headers_in = True
+        length = self.headers.get("content-length")
+        if status in (204, 304):
+            self.length_end = self.head_bytes
+        elif length is not None and "transfer-encoding" not in self.headers:
+            self.length_end = self.head_bytes + int(length)  # llhttp let only one, of digits, through
+        self._watch_body()
         waiter, self.waiter = self.waiter, None  # an open stream keeps no spent future
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -240,6 +294,8 @@ class Connection(asyncio.Protocol):
 
     def _complete(self) -> None:
         self.complete = True
+        self._disarm()
+        self.taken = None
         if self.consumer is not None:
             self.consumer.end()
 
@@ -247,16 +303,38 @@ class Connection(asyncio.Protocol):
         if self.failed is not None or self.complete:
             return
         self.failed = message
+        self._disarm()
         waiter = self.waiter
         if waiter is not None and not waiter.done():
-            waiter.set_exception(UpstreamError(message))
+            waiter.set_exception(UpstreamTimeout(message) if self.kind == TIMEOUT else UpstreamError(message))
         elif self.consumer is not None:
             self.consumer.broken(message)
 
+    def _give_up(self, message: str, kind: str = MALFORMED) -> None:
+        """The response cannot go on (garbled, over a limit, timed out): fail it, close the socket."""
+        self.keep_alive = False
+        if self.failed is None and not self.complete:
+            self.kind = kind
+        self._fail(message)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _extra(self) -> None:
+        """Bytes outside a response in flight (idle in the pool, or after the response ended):
+        nothing more on this connection may be trusted, so it is dropped now."""
+        self.keep_alive = False
+        if self.parser is None:
+            self.pool._discard(self)
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.abort()
+
     # --- the caller's side ---
-    async def _exchange(self, head: bytes, body: bytes) -> None:
+    async def _exchange(self, head: bytes, body: bytes, limits: Limits) -> None:
+        self.limits = limits
         self.parser = httptools.HttpResponseParser(self)
-        self.waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.waiter = loop.create_future()
         transport = self.transport
         if transport is None or transport.is_closing():
             raise UpstreamError("the backend closed the connection")
@@ -264,22 +342,32 @@ class Connection(asyncio.Protocol):
             transport.writelines((head, body))
         else:
             transport.write(head + body if body else head)
+        self._watch_head(loop)
         await self.waiter
 
     def attach(self, consumer: BodyConsumer) -> None:
         """From now on the body goes to ``consumer``; what arrived before is handed over first. A
         consumer with ``take_body`` parses a chunked body itself (proxy.textpath)."""
+        if self.body_limit is not None:
+            consumer = Capped(consumer, self, self.body_limit)
         self.consumer = consumer
         if self.raw is not None:
             raw, self.raw = self.raw, None
             take_body = getattr(consumer, "take_body", None)
             if take_body is not None and self.transport is not None:
+                self.taken = consumer
                 take_body(self, raw)
                 consumer.flush()
                 return
+            self.chunks = ChunkedParser() if ChunkedParser is not None else None
             for data in raw:  # the parser, which has read exactly the head, reads the body as usual
-                if self.failed is None:
-                    self._feed(data)
+                if self.failed is None and not self.complete:
+                    if self.chunks is not None:
+                        self._chunked(data)
+                    else:
+                        self._feed(data)
+                elif self.complete:
+                    self._extra()
         early, self.early = self.early, None
         for piece in early or ():
             consumer.body(piece)
@@ -290,16 +378,19 @@ class Connection(asyncio.Protocol):
         consumer.flush()
 
     def pause(self) -> None:
+        self.paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume(self) -> None:
+        self.paused = False
         if self.transport is not None:
             self.transport.resume_reading()
 
     def release(self) -> None:
         """Done with a response: keep the connection if it may carry another request, else close it."""
         self.consumer = None
+        self._disarm()
         if self.complete and self.keep_alive and self.transport is not None and not self.transport.is_closing():
             self.parser = None
             self._reset()
@@ -308,99 +399,9 @@ class Connection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
-        self.consumer = None
+        self.consumer = self.taken = None  # (each points back at the run: no cycle for the GC)
+        self._disarm()
         if self.transport is not None:
             self.transport.abort()  # at once: no lingering, the backend sees the close now
             self.transport = None
 
-
-class UpstreamPool:
-    """Keep-alive connections per backend origin. One per app (``cleanup_ctx``)."""
-
-    def __init__(self, *, max_idle: int = 256, idle_timeout_s: float = 15.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        self.max_idle = max_idle
-        self.idle_timeout_s = idle_timeout_s
-        self._idle: dict[tuple[str, str, int], list[Connection]] = {}
-        self._endpoints: dict[str, Endpoint] = {}
-        self._ssl = ssl_context  # https backends; default: the system's CAs, hostname checked
-
-    def endpoint(self, url: str) -> Endpoint:
-        ep = self._endpoints.get(url)
-        if ep is None:
-            ep = self._endpoints[url] = endpoint(url)
-        return ep
-
-    async def request(self, ep: Endpoint, method: str, headers: Mapping[str, str], body: bytes) -> Connection:
-        """Send one request; returns the connection once the response's status and headers are in.
-        Raises :class:`UpstreamError` (or ``OSError`` from connecting). On cancellation the
-        connection is dropped."""
-        has_body = bool(body) or method not in ("GET", "HEAD", "OPTIONS", "DELETE")
-        head = request_head(method, ep, headers, len(body) if has_body else None)
-        for attempt in (0, 1):
-            conn = self._take(ep.key) or await self._connect(ep.key)
-            try:
-                await conn._exchange(head, body)
-                return conn
-            except UpstreamError:
-                conn.close()
-                if attempt == 0 and conn.reused and conn.received == 0:
-                    continue  # the mark of a keep-alive connection the backend closed while idle
-                raise
-            except BaseException:
-                conn.close()
-                raise
-        raise AssertionError("unreachable")
-
-    async def _connect(self, key: tuple[str, str, int]) -> Connection:
-        scheme, host, port = key
-        loop = asyncio.get_running_loop()
-        tls = None
-        if scheme == "https":
-            if self._ssl is None:
-                self._ssl = ssl.create_default_context()
-            tls = self._ssl
-        _, conn = await loop.create_connection(lambda: Connection(self, key), host, port, ssl=tls,
-                                               server_hostname=host if tls else None)
-        return conn
-
-    def _take(self, key: tuple[str, str, int]) -> Connection | None:
-        idle = self._idle.get(key)
-        now = time.monotonic()
-        while idle:
-            conn = idle.pop()  # the most recently used: the least likely to have been closed
-            if conn.transport is not None and not conn.transport.is_closing() and \
-                    now - conn.idle_since < self.idle_timeout_s:
-                conn.reused = True
-                return conn
-            conn.close()
-        return None
-
-    def _put(self, conn: Connection) -> None:
-        idle = self._idle.setdefault(conn.key, [])
-        now = time.monotonic()
-        if idle and now - idle[0].idle_since >= self.idle_timeout_s:  # drop the expired, oldest first
-            keep = [c for c in idle if now - c.idle_since < self.idle_timeout_s]
-            for c in idle:
-                if now - c.idle_since >= self.idle_timeout_s:
-                    c.close()
-            idle[:] = keep
-        if len(idle) >= self.max_idle:
-            conn.close()
-            return
-        conn.idle_since = now
-        idle.append(conn)
-
-    def _discard(self, conn: Connection) -> None:
-        idle = self._idle.get(conn.key)
-        if idle and conn in idle:
-            idle.remove(conn)
-
-    def idle_count(self) -> int:
-        return sum(len(v) for v in self._idle.values())
-
-    async def close(self) -> None:
-        for idle in self._idle.values():
-            for conn in idle:
-                conn.close()
-        self._idle.clear()

@@ -7,7 +7,7 @@ a :class:`Head`, or raises :class:`HeadError` with the status the front answers 
   Transfer-Encoding), no ``Host`` or more than one in HTTP/1.1, or a ``Host`` that is not a valid
   ``host[:port]``;
 - 431: more than :data:`MAX_HEADERS` header fields;
-- 501: ``CONNECT`` (a gateway is no tunnel).
+- 405: ``CONNECT`` (a gateway is no tunnel; answered with ``Allow``, never a 5xx for a client's choice).
 
 An ``Upgrade`` (``h2c``, ``websocket``) is ignored, as uvicorn does: the request is served as plain
 HTTP/1.1 and the ``Upgrade`` and ``Connection: upgrade`` fields are dropped. Keep-alive is decided
@@ -77,7 +77,7 @@ def parse_head(raw: bytes) -> Head:
         raise HeadError(400, "bad_head")
     method = parser.get_method().decode("ascii", "replace")
     if method == "CONNECT":
-        raise HeadError(501, "connect")
+        raise HeadError(405, "connect")
     if len(cb.headers) > MAX_HEADERS:
         raise HeadError(431, "too_many_headers")
     version = parser.get_http_version()

@@ -8,7 +8,7 @@ transport: a ``web.Response`` as one write, a stream as chunks through :class:`~
 
 Every other valid request (ops and jobs routes, unknown paths, wrong methods, chunked bodies,
 HTTP/1.0) is *handed over* to aiohttp for that one request (:mod:`proxy.front.handover`); invalid
-heads are answered here with fixed bodies (400, 431, 501, 417) and never reach aiohttp.
+heads are answered here with fixed bodies (400, 431, 405 for CONNECT, 417) and never reach aiohttp.
 
 A connection is always making progress or on a timer (:mod:`proxy.front.timers`):
 
@@ -52,6 +52,7 @@ log = structlog.get_logger("flowgate.front")
 MAX_HEAD = 8192  # pipelined bytes kept while a request is served before reading pauses
 MAX_HEAD_BYTES = 32768  # a longer head is 431
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+ALLOW = b"Allow: GET, POST, OPTIONS\r\n"
 NO_BODY = frozenset((204, 304))
 HEAD, IDLE, REQUEST, LINGER, CLOSING = range(5)
 
@@ -328,7 +329,7 @@ class FrontProtocol(asyncio.Protocol):
     def _reject(self, status: int, reason: str) -> None:
         """A head the front refuses: one short log line, a fixed answer, a lingering close."""
         log.info("client_error", status=status, reason=reason)
-        self._write(canned(status))
+        self._write(canned(status, extra=ALLOW if status == 405 else b""))
         self._linger()
 
     async def _serve(self, request: FrontRequest, handler) -> None:

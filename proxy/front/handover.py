@@ -58,11 +58,14 @@ class _Watched:
 
 
 class HandedOver(asyncio.Protocol):
-    __slots__ = ("server", "transport", "handler", "deadline", "writing_paused", "closing_since")
+    __slots__ = ("server", "transport", "handler", "deadline", "writing_paused", "closing_since", "budget")
 
-    def __init__(self, server: FrontServer, transport: asyncio.Transport) -> None:
+    def __init__(self, server: FrontServer, transport: asyncio.Transport, budget: int | None) -> None:
         self.server = server
         self.transport = transport
+        # bytes of the one request aiohttp is given (None: a chunked body, its end unknown here); what
+        # a client pipelines after it is dropped, as the connection closes after the answer anyway
+        self.budget = budget
         inner = server.inner
         self.handler = QuietHandler(inner, loop=inner._loop, **inner._kwargs)
         self.deadline = 0.0
@@ -78,6 +81,12 @@ class HandedOver(asyncio.Protocol):
         self.deadline = s.loop.time() + (s.write_timeout_s if self.writing_paused else s.keepalive_timeout_s)
 
     def data_received(self, data: bytes) -> None:
+        if self.budget is not None:
+            if len(data) > self.budget:
+                data = data[:self.budget]
+            self.budget -= len(data)
+            if not data:
+                return  # (and no re-arm: bytes past the request keep nothing alive)
         self.touch()
         self.handler.data_received(data)
 

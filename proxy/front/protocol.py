@@ -102,8 +102,8 @@ class FrontProtocol(Endings, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._received(data)
-        except Exception:
-            log.exception("front_read_failed")
+        except Exception as exc:  # (its message may quote request bytes: the class only, no traceback)
+            log.error("front_read_failed", error=type(exc).__name__)
             self._fail(400)
 
     def _received(self, data: bytes) -> None:
@@ -226,7 +226,8 @@ class FrontProtocol(Endings, asyncio.Protocol):
         if head.version == "1.1" and not head.chunked and "#" not in head.url:
             found = self.server.match(head.method, path)
         if found is None:
-            self._hand_over(rebuild(head) + rest)
+            rebuilt = rebuild(head)
+            self._hand_over(rebuilt + rest, None if head.chunked else len(rebuilt) + (head.length or 0))
             return
         if head.expect is not None and head.expect.lower() != "100-continue":
             self._reject(417, "expect")
@@ -281,15 +282,15 @@ class FrontProtocol(Endings, asyncio.Protocol):
             else:
                 try:
                     self._send(resp)
-                except Exception:
-                    log.exception("response_failed")
+                except Exception as exc:
+                    log.error("response_failed", error=type(exc).__name__)
                     self._fail(500)
                     return
             self._done()
         except asyncio.CancelledError:
             pass  # the client went away (or shutdown): the handler has settled the run
-        except Exception:
-            log.exception("front_serve_failed")
+        except Exception as exc:
+            log.error("front_serve_failed", error=type(exc).__name__)
             self._fail(500)
 
     def _send(self, resp: web.StreamResponse) -> None:
@@ -332,14 +333,14 @@ class FrontProtocol(Endings, asyncio.Protocol):
             self.deadline = now + self.server.head_timeout_s
             try:
                 self._next()
-            except Exception:
-                log.exception("front_read_failed")
+            except Exception as exc:
+                log.error("front_read_failed", error=type(exc).__name__)
                 self._fail(400)
         else:
             self.phase = IDLE
             self.deadline = now + self.server.keepalive_timeout_s
 
-    def _hand_over(self, data: bytes) -> None:
+    def _hand_over(self, data: bytes, budget: int | None) -> None:
         """Give the connection to aiohttp for one request (see :mod:`proxy.front.handover`)."""
         transport = self.transport
         self.server.connections.discard(self)
@@ -348,4 +349,4 @@ class FrontProtocol(Endings, asyncio.Protocol):
             return
         if self.reading_paused:
             transport.resume_reading()
-        HandedOver(self.server, transport).data_received(data)
+        HandedOver(self.server, transport, budget).data_received(data)

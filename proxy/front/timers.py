@@ -48,7 +48,7 @@ class Ticker:
         for conn in [c for c in conns if 0 < c.deadline <= now]:
             try:
                 conn.expired(now)
-            except Exception:  # a timer must never stop the others
-                log.exception("timer_failed")
+            except Exception as exc:  # a timer must never stop the others
+                log.error("timer_failed", error=type(exc).__name__)
         if conns:
             self.handle = self.loop.call_later(self.tick, self._run)

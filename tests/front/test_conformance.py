@@ -311,3 +311,35 @@ async def test_header_names_with_underscores_are_not_forwarded(upstream, gateway
     assert (await response(reader))[0] == 200
     seen = {k.lower(): v for k, v in upstream.last.headers.items()}
     assert seen["x-user"] == "guest" and "x_user" not in seen
+
+
+# --- connections handed to aiohttp -------------------------------------------------------------------
+
+async def test_a_handed_over_connection_serves_one_request_and_leaves_the_connection_set(upstream, gateway):
+    client = await gateway(config(upstream, **FAST))
+    reader, writer = await connect(client)
+    writer.write(get("/healthz") + get("/healthz"))
+    status, headers, _ = await response(reader)
+    assert status == 200 and "aiohttp" in headers["server"] and headers["connection"] == "close"
+    assert await closed(reader, 3)
+    await asyncio.sleep(0.1)
+    assert not front_of(client).connections
+
+
+async def test_a_handed_over_request_whose_body_stalls_is_closed_by_the_timers(upstream, gateway):
+    client = await gateway(config(upstream, **FAST))
+    reader, writer = await connect(client)
+    writer.write(head("POST", "/nope", "Transfer-Encoding: chunked") + b"10\r\nabc")  # never finished
+    assert await closed(reader, 5)
+    await asyncio.sleep(0.1)
+    assert not front_of(client).connections
+
+
+async def test_a_chunked_run_body_that_stalls_is_408(upstream, gateway):
+    client = await gateway(config(upstream, **FAST))
+    reader, writer = await connect(client)
+    writer.write(head("POST", STREAM, f"x-api-key: {SECRET}", "Transfer-Encoding: chunked") + b"10\r\nabc")
+    status, _, _ = await asyncio.wait_for(response(reader), 5)
+    assert status == 408
+    assert await closed(reader, 5)
+    assert upstream.requests == []

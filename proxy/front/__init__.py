@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from ..context import GATEWAY
+from .handover import QuietServer
 from .protocol import FrontProtocol
 from .timers import Ticker
 
@@ -120,6 +121,7 @@ class GatewayRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         inner = await super()._make_server()
+        inner.__class__ = QuietServer  # its handlers' error answers never quote the request
         server = self.app[GATEWAY].config.server
         if server.front != "flowgate":
             return inner

@@ -36,6 +36,13 @@ class QuietHandler(RequestHandler):
         return resp
 
 
+class QuietServer(web.Server):
+    """aiohttp's ``web.Server`` making :class:`QuietHandler` s (also with ``server.front: aiohttp``)."""
+
+    def __call__(self) -> RequestHandler:
+        return QuietHandler(self, loop=self._loop, **self._kwargs)
+
+
 class _Watched:
     """The transport as aiohttp sees it: writes re-arm the connection's deadline."""
 
@@ -66,8 +73,7 @@ class HandedOver(asyncio.Protocol):
         # bytes of the one request aiohttp is given (None: a chunked body, its end unknown here); what
         # a client pipelines after it is dropped, as the connection closes after the answer anyway
         self.budget = budget
-        inner = server.inner
-        self.handler = QuietHandler(inner, loop=inner._loop, **inner._kwargs)
+        self.handler = server.inner()
         self.deadline = 0.0
         self.writing_paused = False
         self.closing_since = 0.0

@@ -343,3 +343,12 @@ async def test_a_chunked_run_body_that_stalls_is_408(upstream, gateway):
     assert status == 408
     assert await closed(reader, 5)
     assert upstream.requests == []
+
+
+async def test_with_the_aiohttp_front_error_answers_never_quote_the_request(upstream, gateway):
+    client = await gateway(config(upstream, front="aiohttp"))
+    reader, writer = await connect(client)
+    writer.write(f"GET /healthz?api_key={SECRET} HTTP/1.1 junk\r\nHost: gw\r\n\r\n".encode())
+    data = await asyncio.wait_for(reader.read(), 5)
+    assert data.startswith(b"HTTP/1.") and b" 400 " in data.split(b"\r\n")[0]
+    assert SECRET.encode() not in data

@@ -145,7 +145,10 @@ class FrontProtocol(Endings, asyncio.Protocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(ConnectionResetError("the client went away"))
         if self.request is not None:
-            self.request.content.finish()
+            if self.remaining:  # a body cut short is never taken for a whole one
+                self.request.content.fail(ConnectionResetError("the client went away"))
+            else:
+                self.request.content.finish()
             self.request = None  # (request -> protocol stays; the two must not wait for the cyclic GC)
         if self.task is not None and not self.task.done():
             self.task.cancel()  # as aiohttp's handler_cancellation: the run sees the disconnect

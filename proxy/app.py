@@ -65,7 +65,7 @@ def create_app(config: Config) -> web.Application:
 
     front_routes: list[web.AbstractRoute] = []
     for name, mount in config.dialects.items():
-        dialect = dialect_classes()[name](config.server.max_body_bytes)
+        dialect = dialect_classes()[name](config.server.max_body_bytes, config.server.client_body_timeout_s)
         for method, path, route in ROUTES[name]:
             if route == "token":
                 handler = partial(mint_token, dialect=dialect)

@@ -95,6 +95,25 @@ class ServerConfig(_Model):
     client_keepalive_timeout_s: float = Field(
         75.0, gt=0, description="An idle client keep-alive connection is closed after this long."
     )
+    client_head_timeout_s: float = Field(
+        10.0, gt=0, description="A request head must arrive whole within this long of the connect (or of its first "
+        "byte on a keep-alive connection); else 408 and close."
+    )
+    client_body_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait between two reads of a request body once it is read; else 408 and close."
+    )
+    client_write_timeout_s: float = Field(
+        60.0, gt=0, description="A client that reads nothing of its response for this long is disconnected (also "
+        "the most a closed connection may take to flush)."
+    )
+    client_lingering_s: float = Field(
+        5.0, gt=0, description="After an answer sent before the request body was read (401, 413, 408, 400), the "
+        "write side is shut and what the client still sends is discarded for this long, then the connection closes."
+    )
+    max_connections: int = Field(
+        10000, gt=0, description="Open client connections per worker; beyond it a new connection is answered 503 "
+        "and closed."
+    )
     upstream_keepalive: int = Field(
         256, ge=0, description="Idle keep-alive connections kept per backend origin; more are closed when released."
     )

@@ -83,3 +83,9 @@ class StoreUnavailable(GatewayError):
 
 class BackendTimeout(GatewayError):
     status, kind, title = 504, "backend_timeout", "Gateway Timeout"
+
+
+class RequestTimeout(GatewayError):
+    """The client stopped sending the request body (the front's body timer)."""
+
+    status, kind, title = 408, "request_timeout", "Request Timeout"

@@ -1,4 +1,7 @@
-"""One run's lifecycle: dialect.parse -> policies.on_request -> forward -> pump -> on_complete.
+"""One run's lifecycle: dialect.parse -> policies.on_request -> body -> forward -> pump -> on_complete.
+
+The dialect parses the head only; the body is read after the whole chain admitted the run, so a
+stranger (no key, a bogus key, an unknown flow) is answered before one byte of its body is read.
 
 The only place that sequences a run. Errors raised before the response is prepared are rendered
 by the dialect; after that the pump ends the stream as the format allows. ``on_complete`` runs
@@ -35,7 +38,8 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
     gw = request.app[GATEWAY]
     cors = cors_headers(gw.config.cors, request) if route in dialect.cors_routes else {}
     try:
-        run = await dialect.parse(request, route)
+        run = await dialect.parse(request, route)  # the head only: not one byte of the body is read yet
+        dialect.check_length(request)
     except GatewayError as err:
         m.child(m.REJECTIONS, dialect.name, err.kind).inc()
         return _error(dialect, err, cors)
@@ -46,6 +50,9 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
         for policy in gw.chains[run.credential_kind]:
             await policy.on_request(run)
             admitted.append(policy)
+        # admitted (credential, flow, credits, rate): now the body, under max_body_bytes and the body
+        # timer; a 413/408 here releases the hold through on_complete (a spent token stays spent)
+        run.body = await dialect.read_body(request)
         structlog.contextvars.bind_contextvars(flow=run.flow_id, key_id=run.key_id, env=run.env.value)
         return await _execute(gw, run, dialect, admitted, cors)
     except GatewayError as err:

@@ -3,7 +3,8 @@
 The access middleware clears and binds the request's context (route, dialect; the handler adds job
 id, flow, key id, env) and writes exactly one access line per request. Secrets never reach a log
 line: routes are logged by their template, never the raw path or query, and :func:`redact` masks
-the credential fields if anything tries to log them.
+the credential fields if anything tries to log them. aiohttp's and asyncio's stdlib records are
+rewritten by :class:`Redacted` (no request line, header, query value or traceback).
 """
 
 from __future__ import annotations
@@ -99,6 +100,38 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
     # aiohttp's own loggers go through stdlib logging; its access log is off (ours replaces it,
     # and aiohttp's would print the raw query string, secrets included).
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+    install_stdlib_redaction()
+
+
+class Redacted(logging.Filter):
+    """Rewrites a stdlib record of aiohttp's (or asyncio's) into one short line without the request.
+
+    aiohttp's server logger quotes a bad request line (its query, keys included) and attaches a
+    traceback; its access logger prints the raw query string. Access records are dropped (flowgate
+    writes its own access line); every other record keeps its logger, level and the class of its
+    exception, and loses its message arguments, exception text and stack."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("aiohttp.access"):
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        record.msg = f"{record.name}: {type(exc).__name__ if exc is not None else 'event'} (details redacted)"
+        record.args = ()
+        record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+
+REDACTED_LOGGERS = ("aiohttp.access", "aiohttp.server", "aiohttp.web", "aiohttp.internal", "aiohttp.websocket",
+                    "asyncio")
+_filter = Redacted()
+
+
+def install_stdlib_redaction() -> None:
+    """Put :class:`Redacted` on aiohttp's loggers and asyncio's (idempotent)."""
+    for name in REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        if _filter not in logger.filters:
+            logger.addFilter(_filter)
 
 
 access_log = structlog.get_logger("flowgate.access")

@@ -117,3 +117,10 @@ def test_env_interpolation(tmp_path, monkeypatch):
 def test_prefix_is_normalized(raw):
     raw["dialects"] = {"langflow": {"prefix": "/lf"}}
     assert parse_config(raw).dialects["langflow"].prefix == "/lf/"
+
+
+@pytest.mark.parametrize("option", ["client_head_timeout_s", "client_body_timeout_s", "client_write_timeout_s",
+                                    "client_lingering_s", "max_connections"])
+def test_client_timers_and_the_connection_cap_must_be_positive(raw, option):
+    raw["server"][option] = 0
+    assert any(p.startswith(f"server.{option}") for p in problems(raw))

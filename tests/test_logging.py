@@ -86,3 +86,23 @@ def test_outside_a_loop_each_line_is_flushed_at_once(capfd):
     capfd.readouterr()
     structlog.get_logger("flowgate.test").info("sync_line")
     assert "sync_line" in capfd.readouterr().err
+
+
+def test_aiohttp_and_asyncio_records_are_one_short_line_without_the_request(caplog):
+    import logging
+
+    from proxy.logging import install_stdlib_redaction
+
+    install_stdlib_redaction()
+    secret = "fg_live_should_never_show"
+    try:
+        raise ValueError(f"bad line: GET /?api_key={secret}")
+    except ValueError:
+        logging.getLogger("aiohttp.server").exception("Error handling request from %s: %s", "1.2.3.4", secret)
+    logging.getLogger("aiohttp.access").error("GET /?token=%s", secret)
+    logging.getLogger("asyncio").error("Fatal error: %r", secret)
+    err = caplog.text
+    assert secret not in err and "Traceback" not in err
+    assert "aiohttp.server: ValueError (details redacted)" in err
+    assert len(caplog.records) == 2  # the access record is dropped
+    assert all(r.exc_info is None and not r.args for r in caplog.records)

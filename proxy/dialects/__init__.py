@@ -11,13 +11,14 @@ and the router both read it), and register the class in ``DIALECTS``.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from aiohttp import web
 
 from ..config import ENV_ACCEPTED, Env
-from ..errors import BadRequest, GatewayError, PayloadTooLarge
+from ..errors import BadRequest, GatewayError, PayloadTooLarge, RequestTimeout
 from ..run import Run
 
 # (method, path relative to the dialect's prefix, route name). Route names are bounded label values.
@@ -55,8 +56,9 @@ class Dialect:
     output: ClassVar[str]  # output format (encoder name) of its streaming routes
     cors_routes: ClassVar[frozenset[str]] = frozenset()  # routes answered with CORS headers
 
-    def __init__(self, max_body_bytes: int) -> None:
+    def __init__(self, max_body_bytes: int, body_timeout_s: float = 30.0) -> None:
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def parse(self, request: web.Request, route: str) -> Run:
         raise NotImplementedError
@@ -90,16 +92,35 @@ class Dialect:
             raise BadRequest(f"env must be one of {ENV_ACCEPTED} (case-insensitive)")
         return env
 
+    def check_length(self, request: web.Request) -> None:
+        """413 for a declared ``Content-Length`` above ``server.max_body_bytes`` (on the head)."""
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes")
+
     async def read_body(self, request: web.Request) -> bytes:
-        """The request body, refused with 413 above ``server.max_body_bytes`` without reading it all."""
-        limit = self.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        """The request body, refused with 413 above ``server.max_body_bytes`` without reading it all.
+
+        Called by the handler only once the run is admitted. On flowgate's front the protocol's body
+        timer ends a stalled body (408); on aiohttp's each read gets ``server.client_body_timeout_s``."""
+        self.check_length(request)
         if not request.body_exists:
             return b""
+        limit = self.max_body_bytes
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.content.iter_any():
+        reader = request.content.iter_any().__aiter__()
+        timed = not hasattr(request.content, "fail")  # aiohttp's stream: no front timer behind it
+        while True:
+            try:
+                if timed:
+                    async with asyncio.timeout(self.body_timeout_s):
+                        chunk = await reader.__anext__()
+                else:
+                    chunk = await reader.__anext__()
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise RequestTimeout("the request body did not arrive in time") from None
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(f"request body exceeds {limit} bytes")

@@ -46,7 +46,6 @@ class LangflowDialect(Dialect):
         if not key:
             raise Unauthorized("An API key must be passed as query or header")
         env = self.parse_env(request)
-        body = await self.read_body(request)
         return Run(
             request=request,
             dialect=self.name,
@@ -54,7 +53,7 @@ class LangflowDialect(Dialect):
             flow_ref=request.match_info["flowIdOrName"],
             env=env,
             stream=stream,
-            body=body,
+            body=b"",  # read by the handler once the run is admitted
             credential=key,
             by_name=True,
         )

@@ -43,7 +43,6 @@ class ProfitbaseDialect(Dialect):
         if not in_query and not in_header:
             raise Unauthorized("an API key with the Execute policy is required (api_key or x-api-key)")
         env = self.parse_env(request)
-        body = await self.read_body(request)
         mi = request.match_info
         return Run(
             request=request,
@@ -54,7 +53,7 @@ class ProfitbaseDialect(Dialect):
             workspace=mi["workspaceId"],
             env=env,
             stream=route != "run",
-            body=body,
+            body=b"",  # read by the handler once the run is admitted
             credential=request.query["api_key"] if in_query else request.headers["x-api-key"],
         )
 

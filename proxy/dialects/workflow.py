@@ -69,7 +69,6 @@ class WorkflowDialect(Dialect):
         else:
             credential, kind = key_from_headers(request), "key"
         env = self.parse_env(request)
-        body = await self.read_body(request)
         return Run(
             request=request,
             dialect=self.name,
@@ -77,7 +76,7 @@ class WorkflowDialect(Dialect):
             flow_ref=request.match_info["workflowId"],
             env=env,
             stream=route == "stream",
-            body=body,
+            body=b"",  # read by the handler once the run is admitted
             credential=credential,
             credential_kind=kind,
         )

@@ -3,7 +3,10 @@
 :class:`GatewayRunner` is aiohttp's ``AppRunner`` whose protocol factory is a :class:`FrontServer`
 (when ``server.front`` is ``flowgate``, the default): each connection starts on flowgate's own
 HTTP/1.1 protocol (:mod:`proxy.front.protocol`), which serves the dialect routes and hands
-everything else to aiohttp's server, which it wraps. Sites (``web.TCPSite``, the test server) use
+every other valid request to aiohttp's server, which it wraps (:mod:`proxy.front.handover`). Every
+connection, handed over or not, is in :attr:`FrontServer.connections` (capped by
+``server.max_connections``: beyond it a connection is answered 503 and closed) and on the timers
+one :class:`~proxy.front.timers.Ticker` checks. Sites (``web.TCPSite``, the test server) use
 it unchanged, and shutdown goes through both.
 
 The routes served here are the ones :func:`proxy.app.create_app` lists under :data:`FRONT_ROUTES`;
@@ -21,7 +24,9 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from ..context import GATEWAY
+from .handover import QuietServer
 from .protocol import FrontProtocol
+from .timers import Ticker
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -44,12 +49,23 @@ def _pattern(canonical: str) -> re.Pattern[str]:
 class FrontServer:
     """The protocol factory, and what aiohttp's runner asks of a server (``pre_shutdown``, ``shutdown``)."""
 
-    def __init__(self, app: web.Application, inner: web.Server, keepalive_timeout_s: float) -> None:
+    def __init__(self, app: web.Application, inner: web.Server) -> None:
         self.app = app
         self.inner = inner
-        self.keepalive_timeout_s = keepalive_timeout_s
-        self.max_body_bytes = app[GATEWAY].config.server.max_body_bytes
-        self.connections: set[FrontProtocol] = set()
+        server = app[GATEWAY].config.server
+        self.keepalive_timeout_s = server.client_keepalive_timeout_s
+        self.head_timeout_s = server.client_head_timeout_s
+        self.body_timeout_s = server.client_body_timeout_s
+        self.write_timeout_s = server.client_write_timeout_s
+        self.lingering_s = server.client_lingering_s
+        self.max_connections = server.max_connections
+        self.max_body_bytes = server.max_body_bytes
+        self.loop = asyncio.get_running_loop()
+        # every open connection: served by the front, or handed to aiohttp (HandedOver), on its timers
+        self.connections: set = set()
+        tick = min(self.keepalive_timeout_s, self.head_timeout_s, self.body_timeout_s, self.write_timeout_s,
+                   self.lingering_s) / 4
+        self.ticker = Ticker(lambda: self.connections, max(0.02, min(tick, 1.0)))
         self.closing = False
         handler_for = _with_middlewares(app)
         self.routes = [(_pattern(r.resource.canonical), r.method, r, handler_for(r.handler))
@@ -75,7 +91,7 @@ class FrontServer:
 
     async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - aiohttp's signature
         """Requests in flight get ``timeout`` seconds to finish, then are cancelled."""
-        tasks = [c.task for c in self.connections if c.task is not None]
+        tasks = [c.task for c in self.connections if getattr(c, "task", None) is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
@@ -86,6 +102,7 @@ class FrontServer:
             if conn.transport is not None:
                 conn.transport.close()
         await self.inner.shutdown(timeout)
+        self.ticker.stop()
 
 
 def _with_middlewares(app: web.Application) -> Callable[[Handler], Handler]:
@@ -104,7 +121,8 @@ class GatewayRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         inner = await super()._make_server()
+        inner.__class__ = QuietServer  # its handlers' error answers never quote the request
         server = self.app[GATEWAY].config.server
         if server.front != "flowgate":
             return inner
-        return FrontServer(self.app, inner, server.client_keepalive_timeout_s)  # type: ignore[return-value]
+        return FrontServer(self.app, inner)  # type: ignore[return-value]

@@ -1,37 +1,47 @@
 """flowgate's own HTTP/1.1 server protocol for the dialect routes (the public run and token API).
 
-One instance per client connection. It reads request heads itself (httptools validates them) and
-serves the requests that are plainly what the dialect routes take: HTTP/1.1, a route template
-matched by method and path, no body or a ``Content-Length`` body. It calls the same handler, under
-the same middlewares, that aiohttp would, and writes its answer straight to the transport: a
-``web.Response`` as one write, a stream as chunks through :class:`~proxy.sinks.ClientSink`.
+One instance per client connection. It reads request heads itself (:mod:`proxy.front.head`
+validates them) and serves the requests that are plainly what the dialect routes take: HTTP/1.1, a
+route template matched by method and path, no body or a ``Content-Length`` body. It calls the same
+handler, under the same middlewares, that aiohttp would, and writes its answer straight to the
+transport: a ``web.Response`` as one write, a stream as chunks through :class:`~proxy.sinks.ClientSink`.
 
-Everything else (the ops and jobs routes, unknown paths, wrong methods, chunked request bodies,
-HTTP/1.0, upgrades, malformed heads) is *handed over*: the connection's transport is given to an
-aiohttp ``RequestHandler`` with the bytes received so far, and aiohttp serves it from then on.
-Hand-over happens only between requests, so it never splits one.
+Every other valid request (ops and jobs routes, unknown paths, wrong methods, chunked bodies,
+HTTP/1.0) is *handed over* to aiohttp for that one request (:mod:`proxy.front.handover`); invalid
+heads are answered here with fixed bodies (400, 431, 405 for CONNECT, 417) and never reach aiohttp.
 
-Why it exists: per open stream aiohttp's server side keeps ~10 kB (its parser, message, payload
-reader, handler task, response writer) and spends ~60 µs per request; this keeps about a third of
-that and spends much less (README, "Benchmark"). Pipelined requests are served one after another;
-bytes that arrive while one is served wait (reading pauses above ``MAX_HEAD``).
+A connection is always making progress or on a timer (:mod:`proxy.front.timers`):
+
+- ``head``: the whole head within ``client_head_timeout_s`` of the connect (or of the first byte
+  of a keep-alive request), else 408 (or a silent close if nothing came) and close;
+- ``idle``: ``client_keepalive_timeout_s`` between requests;
+- ``request``: the body is not read until the handler asks for it (after the credential, flow
+  and admission checks; ``100 Continue`` is sent then); from then each read must come within
+  ``client_body_timeout_s`` (else the handler's body read fails with 408); while the client
+  reads nothing of the response (the transport paused writing) ``client_write_timeout_s``;
+- ``linger``: an answer sent before the body was read (401, 413, 408, a bad head) is followed
+  by a lingering close: the write side is shut, reads are discarded for ``client_lingering_s``;
+- ``closing``: a closed transport that cannot flush is aborted after ``client_write_timeout_s``.
+
+Any exception in a connection's path answers 400 (reading) or 500 (serving) if nothing was sent
+yet, and closes the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
-from email.utils import formatdate
-from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-import httptools
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..sinks import ClientSink
+from .ending import CLOSING, HEAD, IDLE, LINGER, REQUEST, Endings
+from .handover import HandedOver
+from .head import HeadError, parse_head, rebuild
+from .replies import canned, date_header, header_lines, status_line
 from .request import Body, FrontRequest
 
 if TYPE_CHECKING:
@@ -39,63 +49,21 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("flowgate.front")
 
-MAX_HEAD = 8192  # a longer head is aiohttp's to serve, or to refuse under its own limits (400/431)
+MAX_HEAD = 8192  # pipelined bytes kept while a request is served before reading pauses
+MAX_HEAD_BYTES = 32768  # a longer head is 431
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+ALLOW = b"Allow: GET, POST, OPTIONS\r\n"
 NO_BODY = frozenset((204, 304))
-OWN_HEADERS = frozenset(("content-length", "transfer-encoding", "connection", "date"))
-
-_date = [0, b""]
 
 
-def date_header() -> bytes:
-    now = int(time.time())
-    if now != _date[0]:
-        _date[0], _date[1] = now, b"Date: %s\r\n" % formatdate(now, usegmt=True).encode()
-    return _date[1]  # type: ignore[return-value]
-
-
-class _Head:
-    """httptools callbacks for one request head (made per request, dropped after)."""
-
-    __slots__ = ("url", "headers", "complete")
-
-    def __init__(self) -> None:
-        self.url = b""
-        self.headers: list[tuple[str, str]] = []
-        self.complete = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
-
-    def on_headers_complete(self) -> None:
-        self.complete = True
-
-
-def _status_line(status: int, reason: str) -> bytes:
-    return b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1"))
-
-
-def _header_lines(headers: Mapping[str, str]) -> list[bytes]:
-    lines = []
-    for name, value in headers.items():
-        if name.lower() in OWN_HEADERS:
-            continue
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-            raise ValueError(f"header {name!r} holds a line break")
-        lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
-    return lines
-
-
-class FrontProtocol(asyncio.Protocol):
+class FrontProtocol(Endings, asyncio.Protocol):
     """One client connection (see the module docstring). Also what a stream's sink drains on."""
 
     joins_eof = True  # a stream's sink writes the chunked terminator with its last bytes
 
     __slots__ = ("server", "transport", "buf", "request", "task", "keep_alive", "remaining", "writing_paused",
-                 "waiter", "timer", "streamed", "eof_sent", "reading_paused")
+                 "waiter", "streamed", "eof_sent", "reading_paused", "deadline", "phase", "sent",
+                 "body_wanted", "expect_continue", "body_failed")
 
     def __init__(self, server: FrontServer) -> None:
         self.server = server
@@ -107,18 +75,41 @@ class FrontProtocol(asyncio.Protocol):
         self.remaining = 0  # body bytes of the current request still to come
         self.writing_paused = False
         self.waiter: asyncio.Future[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
         self.streamed = False
         self.eof_sent = False
         self.reading_paused = False
+        self.deadline = 0.0
+        self.phase = HEAD
+        self.sent = False  # something of the current response was written
+        self.body_wanted = False
+        self.expect_continue = False
+        self.body_failed = False
 
     # --- asyncio ---------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.server.connections.add(self)
-        self._arm()
+        server = self.server
+        full = len(server.connections) >= server.max_connections
+        server.connections.add(self)
+        server.ticker.ensure()
+        if full:
+            log.warning("connection_refused", reason="max_connections")
+            self._write(canned(503))
+            self._close()
+            return
+        self.deadline = server.loop.time() + server.head_timeout_s
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._received(data)
+        except Exception as exc:  # (its message may quote request bytes: the class only, no traceback)
+            log.error("front_read_failed", error=type(exc).__name__)
+            self._fail(400)
+
+    def _received(self, data: bytes) -> None:
+        phase = self.phase
+        if phase >= LINGER:
+            return  # lingering or closing: discarded
         if self.request is not None:
             if self.remaining:
                 n = self.remaining
@@ -127,6 +118,9 @@ class FrontProtocol(asyncio.Protocol):
                 self.request.content.feed(body)
                 if not self.remaining:
                     self.request.content.finish()
+                    self.deadline = self._write_deadline()
+                elif self.body_wanted and not self.writing_paused:
+                    self.deadline = self.server.loop.time() + self.server.body_timeout_s
                 if not data:
                     return
             self.buf += data  # pipelined: served once this response is done
@@ -134,6 +128,9 @@ class FrontProtocol(asyncio.Protocol):
                 self.reading_paused = True
                 self.transport.pause_reading()
             return
+        if phase == IDLE:
+            self.phase = HEAD
+            self.deadline = self.server.loop.time() + self.server.head_timeout_s
         self.buf += data
         self._next()
 
@@ -142,21 +139,29 @@ class FrontProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
-        self._disarm()
+        self.deadline = 0.0
+        self.phase = CLOSING
         self.transport = None
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(ConnectionResetError("the client went away"))
         if self.request is not None:
-            self.request.content.finish()
+            if self.remaining:  # a body cut short is never taken for a whole one
+                self.request.content.fail(ConnectionResetError("the client went away"))
+            else:
+                self.request.content.finish()
             self.request = None  # (request -> protocol stays; the two must not wait for the cyclic GC)
         if self.task is not None and not self.task.done():
             self.task.cancel()  # as aiohttp's handler_cancellation: the run sees the disconnect
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        if self.phase == REQUEST:
+            self.deadline = self.server.loop.time() + self.server.write_timeout_s
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        if self.phase == REQUEST:
+            self.deadline = self._write_deadline()
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
@@ -174,72 +179,90 @@ class FrontProtocol(asyncio.Protocol):
     def start_stream(self, status: int, headers: Mapping[str, str]) -> ClientSink:
         """Send the status line and headers of a chunked response; its body goes through the sink."""
         assert self.transport is not None and not self.streamed
-        head = [_status_line(status, HTTPStatus(status).phrase), *_header_lines(headers),
-                b"Transfer-Encoding: chunked\r\n", date_header()]
-        if not self.keep_alive:
+        head = [status_line(status), *header_lines(headers), b"Transfer-Encoding: chunked\r\n", date_header()]
+        if not self.keep_alive or self.remaining:
             head.append(b"Connection: close\r\n")
         head.append(b"\r\n")
         self.transport.write(b"".join(head))
-        self.streamed = True
+        self.streamed = self.sent = True
         return ClientSink(self.transport, True, self)
+
+    def body_wanted_now(self) -> None:
+        """The handler starts reading the body (the credential, flow and admission passed)."""
+        self.body_wanted = True
+        transport = self.transport
+        if not self.remaining or transport is None or self.phase != REQUEST:
+            return
+        if self.expect_continue and not self.sent:
+            transport.write(CONTINUE)
+        self.expect_continue = False
+        self.deadline = self._write_deadline()
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
 
     # --- requests ----------------------------------------------------------------------------------
     def _next(self) -> None:
-        """Serve the request at the start of ``buf`` once its head is complete, or hand over."""
+        """Serve the request at the start of ``buf`` once its head is complete, or hand it over."""
         buf = self.buf
         end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > MAX_HEAD or b"\n\n" in buf:
-                self._hand_over()
+        if end >= 0:
+            end += 4
+        else:
+            end = buf.find(b"\n\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD_BYTES:
+                    self._reject(431, "head_too_large")
+                return
+            end += 2
+        if end > MAX_HEAD_BYTES:
+            self._reject(431, "head_too_large")
             return
-        self._disarm()
-        if end + 4 > MAX_HEAD:
-            self._hand_over()
-            return
-        head, rest = buf[:end + 4], buf[end + 4:]
-        parsed = _Head()
-        parser = httptools.HttpRequestParser(parsed)
+        raw, rest = buf[:end], buf[end:]
         try:
-            parser.feed_data(head)
-        except httptools.HttpParserError:
-            self._hand_over()  # aiohttp answers it with its 400
+            head = parse_head(raw)
+        except HeadError as err:
+            self._reject(err.status, err.reason)
             return
-        if not parsed.complete or parser.should_upgrade() or parser.get_http_version() != "1.1":
-            self._hand_over()
-            return
-        url = parsed.url.decode("latin-1")
-        path, _, query = url.partition("?")
-        method = parser.get_method().decode("ascii")
-        found = self.server.match(method, path) if "#" not in url else None
+        path, _, query = head.url.partition("?")
+        found = None
+        if head.version == "1.1" and not head.chunked and "#" not in head.url:
+            found = self.server.match(head.method, path)
         if found is None:
-            self._hand_over()
+            rebuilt = rebuild(head)
+            self._hand_over(rebuilt + rest, None if head.chunked else len(rebuilt) + (head.length or 0))
+            return
+        if head.expect is not None and head.expect.lower() != "100-continue":
+            self._reject(417, "expect")
             return
         match_info, handler = found
-        headers = CIMultiDict(parsed.headers)
-        if "Transfer-Encoding" in headers:
-            self._hand_over()
-            return
-        expect = headers.get("Expect")
-        if expect is not None and expect.lower() != "100-continue":
-            self._hand_over()  # aiohttp answers 417
-            return
-        raw_length = headers.get("Content-Length")
-        length = int(raw_length) if raw_length is not None else None
         self.buf = b""
-        self.keep_alive = parser.should_keep_alive()
-        self.streamed = self.eof_sent = False
-        body = Body(self.server.max_body_bytes)
-        request = FrontRequest(method, path, query, CIMultiDictProxy(headers), match_info, length, body,
-                               self.server.app, self)
+        self.phase = REQUEST
+        self.deadline = 0.0
+        self.keep_alive = head.keep_alive
+        self.streamed = self.eof_sent = self.sent = self.body_wanted = self.body_failed = False
+        length = head.length
+        body = Body(self.server.max_body_bytes, self)
+        request = FrontRequest(head.method, path, query, CIMultiDictProxy(CIMultiDict(head.headers)), match_info,
+                               length, body, self.server.app, self)
         self.request = request
         self.remaining = length or 0
         if not self.remaining:
             body.finish()
-        elif expect is not None and not rest and self.transport is not None:
-            self.transport.write(CONTINUE)
-        self.task = asyncio.get_running_loop().create_task(self._serve(request, handler))
+        else:
+            self.expect_continue = head.expect is not None and not rest
+            if self.transport is not None and not self.reading_paused:
+                self.reading_paused = True  # nothing more is read until the handler wants the body
+                self.transport.pause_reading()
+        self.task = self.server.loop.create_task(self._serve(request, handler))
         if rest:
-            self.data_received(rest)
+            self._received(rest)
+
+    def _reject(self, status: int, reason: str) -> None:
+        """A head the front refuses: one short log line, a fixed answer, a lingering close."""
+        log.info("client_error", status=status, reason=reason)
+        self._write(canned(status, extra=ALLOW if status == 405 else b""))
+        self._linger()
 
     async def _serve(self, request: FrontRequest, handler) -> None:
         try:
@@ -249,31 +272,39 @@ class FrontProtocol(asyncio.Protocol):
                 resp = exc
             except Exception:
                 log.exception("handler_failed")
-                resp = web.Response(status=500, text="500 Internal Server Error\n\nServer got itself in trouble")
-                if self.streamed:
-                    resp = None
-            transport = self.transport
-            if transport is None:
+                resp = None
+            if self.transport is None or self.phase >= LINGER:
                 return
             if self.streamed:
                 if not self.eof_sent:  # the body was cut off: the client must see it incomplete
-                    transport.close()
+                    self._close()
                     return
+            elif resp is None:
+                self._fail(500)
+                return
             else:
-                self._send(resp)
+                try:
+                    self._send(resp)
+                except Exception as exc:
+                    log.error("response_failed", error=type(exc).__name__)
+                    self._fail(500)
+                    return
             self._done()
         except asyncio.CancelledError:
             pass  # the client went away (or shutdown): the handler has settled the run
+        except Exception as exc:
+            log.error("front_serve_failed", error=type(exc).__name__)
+            self._fail(500)
 
-    def _send(self, resp: web.StreamResponse | None) -> None:
+    def _send(self, resp: web.StreamResponse) -> None:
         assert self.transport is not None
         body = resp.body if isinstance(resp, web.Response) else None
-        if resp is None or not isinstance(body, (bytes, bytearray, type(None))):
+        if not isinstance(body, (bytes, bytearray, type(None))):
             log.error("handler_answer_unsupported", answer=type(resp).__name__)
-            resp, body = web.Response(status=500, text="500 Internal Server Error"), None
-            body = resp.body
+            self._fail(500)
+            return
         body = body or b""
-        head = [_status_line(resp.status, resp.reason), *_header_lines(resp.headers), date_header()]
+        head = [status_line(resp.status, resp.reason), *header_lines(resp.headers), date_header()]
         if resp.status not in NO_BODY:
             head.append(b"Content-Length: %d\r\n" % len(body))
         else:
@@ -282,56 +313,43 @@ class FrontProtocol(asyncio.Protocol):
             head.append(b"Connection: close\r\n")
         head.append(b"\r\n")
         head.append(body)
-        self.transport.write(b"".join(head))
+        self._write(b"".join(head))
 
     def _done(self) -> None:
-        """The response is out: close, or wait for (or serve) the next request."""
+        """The response is out: close, linger, or wait for (or serve) the next request."""
         transport = self.transport
         self.request = self.task = None
-        if transport is None:
+        if transport is None or self.phase >= LINGER:
             return
-        if not self.keep_alive or self.remaining or self.server.closing:
-            transport.close()  # (a body not read to its end leaves the connection unusable)
+        if self.remaining:
+            self._linger()  # a body not read to its end leaves the connection unusable
+            return
+        if not self.keep_alive or self.server.closing:
+            self._close()
             return
         if self.reading_paused:
             self.reading_paused = False
             transport.resume_reading()
+        now = self.server.loop.time()
         if self.buf:
-            self._next()
+            self.phase = HEAD
+            self.deadline = now + self.server.head_timeout_s
+            try:
+                self._next()
+            except Exception as exc:
+                log.error("front_read_failed", error=type(exc).__name__)
+                self._fail(400)
         else:
-            self._arm()
+            self.phase = IDLE
+            self.deadline = now + self.server.keepalive_timeout_s
 
-    def _hand_over(self) -> None:
-        """Give the connection to aiohttp with every byte received so far."""
-        transport, data = self.transport, self.buf
-        self._disarm()
+    def _hand_over(self, data: bytes, budget: int | None) -> None:
+        """Give the connection to aiohttp for one request (see :mod:`proxy.front.handover`)."""
+        transport = self.transport
         self.server.connections.discard(self)
-        self.transport, self.buf = None, b""
+        self.transport, self.buf, self.deadline, self.phase = None, b"", 0.0, CLOSING
         if transport is None or transport.is_closing():
             return
-        handler = self.server.inner()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
         if self.reading_paused:
             transport.resume_reading()
-        if data:
-            handler.data_received(data)
-
-    # --- idle connections --------------------------------------------------------------------------
-    def _arm(self) -> None:
-        self._disarm()
-        self.timer = asyncio.get_running_loop().call_later(self.server.keepalive_timeout_s, self._idle_timeout)
-
-    def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _idle_timeout(self) -> None:
-        self.timer = None
-        if self.request is None and self.transport is not None:
-            self.transport.close()
-
-    def close_if_idle(self) -> None:
-        if self.request is None and self.transport is not None:
-            self.transport.close()
+        HandedOver(self.server, transport, budget).data_received(data)

@@ -26,17 +26,23 @@ if TYPE_CHECKING:
 class Body:
     """The request body as it arrives: ``iter_any()`` yields pieces until the message ended.
 
-    The protocol appends with :meth:`feed` and ends it with :meth:`finish`; at most
-    ``server.max_body_bytes`` + 1 bytes are kept (the dialect answers 413 above the limit)."""
+    The protocol appends with :meth:`feed` and ends it with :meth:`finish` (or :meth:`fail`, when
+    the body timer fired: the reader then raises that error); at most ``server.max_body_bytes`` + 1
+    bytes are kept (the dialect answers 413 above the limit). The protocol reads nothing of the
+    body until the first ``iter_any()`` tells it the handler wants it (after the credential and
+    admission checks), so a refused request costs one socket read at most."""
 
-    __slots__ = ("parts", "done", "waiter", "kept", "limit")
+    __slots__ = ("parts", "done", "waiter", "kept", "limit", "conn", "started", "error")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, conn: FrontProtocol | None = None) -> None:
         self.parts: list[bytes] = []
         self.done = False
         self.waiter: asyncio.Future[None] | None = None
         self.kept = 0
         self.limit = limit
+        self.conn = conn
+        self.started = False
+        self.error: Exception | None = None
 
     def feed(self, data: bytes) -> None:
         room = self.limit + 1 - self.kept
@@ -52,12 +58,23 @@ class Body:
         self.done = True
         self._wake()
 
+    def fail(self, error: Exception) -> None:
+        self.error = error
+        self.done = True
+        self._wake()
+
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
     async def iter_any(self) -> AsyncIterator[bytes]:
+        if not self.started:
+            self.started = True
+            if self.conn is not None:
+                self.conn.body_wanted_now()
         while True:
+            if self.error is not None:
+                raise self.error
             if self.parts:
                 parts, self.parts = self.parts, []
                 for part in parts:

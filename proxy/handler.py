@@ -21,7 +21,7 @@ from . import metrics as m
 from .context import GATEWAY, Gateway
 from .cors import cors_headers
 from .dialects import Collected, Dialect
-from .errors import BackendTimeout, GatewayError, RunFailed
+from .errors import BackendTimeout, GatewayError, RequestTimeout, RunFailed
 from .forward import body_failure, open_upstream
 from .headers import JOB_ID_HEADER
 from .policies import Policy
@@ -50,9 +50,14 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
         for policy in gw.chains[run.credential_kind]:
             await policy.on_request(run)
             admitted.append(policy)
-        # admitted (credential, flow, credits, rate): now the body, under max_body_bytes and the body
-        # timer; a 413/408 here releases the hold through on_complete (a spent token stays spent)
-        run.body = await dialect.read_body(request)
+        # admitted (credential, flow, credits, rate): now the body, under max_body_bytes, the body
+        # timer and the run's own cap (a body trickled past it would outlive the run's credit hold);
+        # a 413/408 here releases the hold through on_complete (a spent token stays spent)
+        try:
+            async with asyncio.timeout_at(run.deadline):
+                run.body = await dialect.read_body(request)
+        except TimeoutError:
+            raise RequestTimeout("the request body did not arrive within the run's maximum duration") from None
         structlog.contextvars.bind_contextvars(flow=run.flow_id, key_id=run.key_id, env=run.env.value)
         return await _execute(gw, run, dialect, admitted, cors)
     except GatewayError as err:

@@ -89,6 +89,32 @@ async def test_a_body_trickling_one_byte_every_2_s_is_ended_by_the_body_timer(up
     assert upstream.requests == []
 
 
+async def test_a_steady_body_that_outlasts_the_runs_cap_is_408_and_holds_nothing(upstream, gateway):
+    """Each read within the body timer, but the whole body slower than the flow's max_duration_s:
+    the run's cap ends it (a body may not outlive the credit hold it was admitted with)."""
+    cfg = config(upstream, client_body_timeout_s=1.0)
+    cfg["flows"][0]["max_duration_s"] = 1.5
+    client = await gateway(cfg)
+    gw = client.server.app[GATEWAY]
+    reader, writer = await connect(client)
+    writer.write(post(STREAM, b"x" * 100)[:-100])
+
+    async def trickle():
+        for _ in range(100):
+            writer.write(b"x")
+            await asyncio.sleep(0.25)
+
+    task = asyncio.create_task(trickle())
+    try:
+        status, _, body = await asyncio.wait_for(response(reader), 5)
+        assert status == 408 and b"request_timeout" in body
+    finally:
+        task.cancel()
+    assert upstream.requests == []
+    account = await gw.store.get_account("acme")
+    assert account.held == 0 and account.spent == 0
+
+
 async def test_a_stalled_body_spends_the_stream_token_for_good(upstream, gateway):
     client = await gateway(config(upstream, **FAST))
     minted = await client.get("/api/v1/token", headers={"x-api-key": SECRET})

@@ -228,3 +228,23 @@ async def test_a_hook_that_stops_the_run_ends_it_at_that_chunk_on_either_path(ou
         pump.flush()
     assert await asyncio.wait_for(done, 5) == "credits_cut" and pump.message == "out of credits"
     assert seen == ["ab", "cd"] and parts == expected and run.meter.chars == 4
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+async def test_a_connection_released_while_paused_for_a_hold_serves_the_next_run(upstream, gateway, tmp_path,
+                                                                                  compiled):
+    """A hold that grows on the last chunk pauses the backend connection; the body's end arrives
+    meanwhile. The connection goes back to the pool reading again: the next run on it is served."""
+    sizes = iter([200] * 3 + [400, 200, 200])
+
+    async def text(request, seen):
+        return await stream_chunks(request, ["abcd" * (next(sizes) // 4)])
+
+    upstream.handle("/text", text)
+    cfg = base_config(upstream.url, store=f"sqlite:///{tmp_path / 'fg.db'}")
+    cfg["server"] = {**cfg["server"], "compiled_text_path": compiled}
+    cfg["flows"][0]["max_duration_s"] = 3
+    client = await gateway(cfg)
+    for n in [200] * 3 + [400, 200, 200]:  # the 400-character run outgrows its first hold (50 tokens)
+        resp = await asyncio.wait_for(open_stream(client, "workflow", "wf_text"), 2)
+        assert resp.status == 200 and len(await asyncio.wait_for(resp.read(), 2)) == n

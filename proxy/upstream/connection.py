@@ -392,6 +392,8 @@ class Connection(ResponseTimer, asyncio.Protocol):
         self.consumer = None
         self._disarm()
         if self.complete and self.keep_alive and self.transport is not None and not self.transport.is_closing():
+            if self.paused:  # (a consumer paused it, then the body ended): the next request must be read
+                self.transport.resume_reading()
             self.parser = None
             self._reset()
             self.pool._put(self)

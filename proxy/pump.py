@@ -42,7 +42,7 @@ from .headers import JOB_ID_HEADER, STREAM_HEADERS
 from .policies import StopRun
 from .protocols import Decoder, Encoder, End, Error, Event, Item, Token, Usage, item_text
 from .protocols.text import TextDecoder
-from .run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, Meter, Run
+from .run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, MAX_TOKENS, Meter, Run
 from .sinks import BufferSink, ClientSink, open_client
 from .upstream import Connection
 
@@ -61,11 +61,11 @@ def observe(meter: Meter, ev: Event) -> None:
     t = type(ev)
     if t is Token:
         meter.chars += len(ev.text)  # type: ignore[union-attr]
-    elif t is Usage:
+    elif t is Usage:  # (a backend's number, kept within what every store holds exactly)
         if ev.output is not None:  # type: ignore[union-attr]
-            meter.reported_output = max(meter.reported_output or 0, ev.output)  # type: ignore[union-attr]
+            meter.reported_output = min(max(meter.reported_output or 0, ev.output), MAX_TOKENS)  # type: ignore[union-attr]
         if ev.input is not None:  # type: ignore[union-attr]
-            meter.reported_input = max(meter.reported_input or 0, ev.input)  # type: ignore[union-attr]
+            meter.reported_input = min(max(meter.reported_input or 0, ev.input), MAX_TOKENS)  # type: ignore[union-attr]
     elif t is Item:
         text = item_text(ev.obj)  # type: ignore[union-attr]
         if text:

@@ -39,6 +39,9 @@ def new_job_id() -> str:
                                + _rng.getrandbits(80).to_bytes(10, "big")))
 
 
+MAX_TOKENS = 2**53 - 1  # the most tokens a meter counts (a backend's usage report is clamped to it)
+
+
 @dataclass(slots=True)
 class Meter:
     """What the run generated, as the decoder saw it (metering reads and fills this)."""

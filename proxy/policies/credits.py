@@ -73,6 +73,7 @@ class Hold:
     step: int = 1  # growth units per growth: doubles while growths come less than a second apart
     last_grow: float = 0.0
     initial: int = 0  # the account's initial credits (a store that lost the account re-creates it)
+    meta: dict | None = None  # what the hold was opened with (a store that lost the hold opens it again)
 
     @property
     def ceiling(self) -> int:
@@ -105,6 +106,7 @@ class Credits(Policy):
         initial = account.initial_credits if account is not None else 0
         expires = self._expiry(run)
         granted = 0
+        meta = None
         if per_1k > 0:  # a free flow holds nothing but still gets its ledger entry
             first = max(1, credits_for(await self.gw.hold_sizer.first_hold_tokens(run.owner, flow.id), per_1k))
             floor = max(1, credits_for(min(limits.credit_hold_floor_tokens, limits.credit_quantum_tokens), per_1k))
@@ -117,7 +119,7 @@ class Credits(Policy):
                 raise NoCredits("no credits remaining on the account")
         run.extra[self.name] = Hold(run.owner, per_1k, quantum, granted, flow.on_credits_exhausted == "allow",
                                     expires, covered_tokens(granted, per_1k), last_checkpoint=time.monotonic(),
-                                    initial=initial)
+                                    initial=initial, meta=meta)
 
     def on_event(self, run: Run, event: Event):
         hold: Hold | None = run.extra.get("credits")  # (self.name; a constant on the per-event path)
@@ -149,7 +151,8 @@ class Credits(Policy):
         unit = min(hold.quantum, max(hold.held, 1))  # the hold at least doubles, by a quantum at most
         want = cost - hold.held + unit * hold.step
         try:
-            granted = await self.gw.store.grow_hold(run.job_id, hold.account, want, hold.expires_at)
+            granted = await self.gw.store.grow_hold(run.job_id, hold.account, want, hold.expires_at,
+                                                    reopen=hold.meta, initial=hold.initial)
         except StoreUnavailable:
             granted = 0  # fail closed: an unreachable store cannot vouch for more credit
         hold.held += granted

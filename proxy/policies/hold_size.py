@@ -22,7 +22,11 @@ import math
 import time
 from collections import deque
 
+import structlog
+
 from ..errors import StoreUnavailable
+
+log = structlog.get_logger("flowgate.credits")
 
 
 def percentile(samples: list[int], pct: float) -> int:
@@ -78,6 +82,9 @@ class HoldSizer:
             samples = await self.store.recent_usage(account, flow, self.keep)
         except StoreUnavailable:
             return  # keep what we had; admission itself fails closed if the store is down
+        except Exception:  # a bug must not refuse every run of the flow: keep what we had, say why
+            log.exception("hold_estimate_read_failed", flow=flow)
+            return
         else:
             usage.samples.clear()
             usage.samples.extend(samples)

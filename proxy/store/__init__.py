@@ -20,7 +20,10 @@ Semantics, shared by all implementations:
 - Credits (all ints): an account has ``balance`` (may go negative), ``held`` (sum of open holds)
   and ``spent``; available = balance - held. ``open_hold``/``grow_hold`` (ATOMIC) never hold more
   than is available; ``open_hold`` grants ``min(want, available)``, or nothing when available is
-  below ``minimum``. ``settle`` (ATOMIC, idempotent by job id) charges, releases the hold and
+  below ``minimum``; ``grow_hold`` of a hold the store lost (never of a settled job) opens it
+  again as ``open_hold`` would when given the hold's ``reopen`` metadata, else grants nothing.
+  Releasing a hold never takes ``held`` below 0 (an account re-created while its holds survived
+  does not count them). ``settle`` (ATOMIC, idempotent by job id) charges, releases the hold and
   appends one ledger entry; the entry doubles as the job record (``ledger_entry``). A settled run
   that ``completed`` on a flow adds its output tokens to that flow's recent usage
   (``recent_usage``, newest first, the last ``USAGE_KEEP`` runs), which sizes first holds.
@@ -41,6 +44,7 @@ import structlog
 
 from .. import metrics as m
 from ..errors import StoreUnavailable
+from ..run import MAX_TOKENS
 
 
 @dataclass(slots=True, frozen=True)
@@ -88,7 +92,8 @@ class Store(Protocol):
     async def get_account(self, account: str, initial: int = 0) -> Account: ...
     async def open_hold(self, job_id: str, account: str, want: int, expires_at: float, meta: dict,
                         minimum: int = 1, initial: int = 0) -> int: ...
-    async def grow_hold(self, job_id: str, account: str, want: int, expires_at: float) -> int: ...
+    async def grow_hold(self, job_id: str, account: str, want: int, expires_at: float,
+                        reopen: dict | None = None, initial: int = 0) -> int: ...
     async def checkpoint(self, job_id: str, account: str, metered: int, input_tokens: int, output_tokens: int,
                          expires_at: float) -> None: ...
     async def settle(self, job_id: str, account: str, charge: int | None, entry: dict,
@@ -111,13 +116,29 @@ def account_seeded(account: str, initial: int) -> None:
                 detail="the store had no record of this account: created from initial_credits, as a restart would")
 
 
+MAX_SAMPLE = MAX_TOKENS  # what every store holds exactly (SQLite's integers, Lua's numbers)
+
+
 def usage_sample(entry: dict) -> tuple[str, int] | None:
     """(flow, output tokens) of a settlement that feeds its flow's recent usage: completed runs only
     (a cut, a disconnect or a lost replica says nothing about what a run needs)."""
     flow, tokens = entry.get("flow"), entry.get("output_tokens")
-    if entry.get("outcome") == "completed" and isinstance(flow, str) and isinstance(tokens, int):
-        return flow, tokens
+    if entry.get("outcome") == "completed" and isinstance(flow, str) and isinstance(tokens, int) and tokens >= 0:
+        return flow, min(tokens, MAX_SAMPLE)
     return None
+
+
+def usage_values(raw) -> list[int]:
+    """Recent-usage values as read back: whole numbers only (anything else in the store is skipped)."""
+    out = []
+    for value in raw:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            continue
+        if 0 <= number <= MAX_SAMPLE:
+            out.append(number)
+    return out
 
 
 def ledger_entry(hold: Hold | None, job_id: str, account: str, charge: int, entry: dict, now: float) -> dict:

@@ -7,7 +7,7 @@ import copy
 import time
 from collections import deque
 
-from . import USAGE_KEEP, Account, Hold, RateResult, account_seeded, ledger_entry, usage_sample
+from . import USAGE_KEEP, Account, Hold, RateResult, account_seeded, ledger_entry, usage_sample, usage_values
 
 
 class MemoryStore:
@@ -107,11 +107,13 @@ class MemoryStore:
         self.holds[job_id] = Hold(job_id, account, granted, expires_at=expires_at, meta=dict(meta))
         return granted
 
-    async def grow_hold(self, job_id: str, account: str, want: int, expires_at: float) -> int:
+    async def grow_hold(self, job_id: str, account: str, want: int, expires_at: float,
+                        reopen: dict | None = None, initial: int = 0) -> int:
         hold = self.holds.get(job_id)
-        if hold is None:
-            return 0
-        acct = self.accounts[account]
+        if hold is None:  # lost with the store's data: opened again (no await: still atomic)
+            return 0 if reopen is None else await self.open_hold(job_id, account, want, expires_at, reopen,
+                                                                  initial=initial)
+        acct = self._account(account, initial)
         granted = max(0, min(want, acct[0] - acct[1]))
         acct[1] += granted
         hold.amount += granted
@@ -135,7 +137,7 @@ class MemoryStore:
         if charge is None:
             charge = hold.metered if hold is not None else 0
         if hold is not None:
-            acct[1] -= hold.amount
+            acct[1] = max(0, acct[1] - hold.amount)
         acct[0] -= charge
         acct[2] += charge
         self.settled.add(job_id)
@@ -147,7 +149,7 @@ class MemoryStore:
         return copy.deepcopy(result)
 
     async def recent_usage(self, account: str, flow: str, limit: int) -> list[int]:
-        return list(self.usage.get((account, flow), ()))[:limit]
+        return usage_values(list(self.usage.get((account, flow), ()))[:limit])
 
     async def expired_holds(self, accounts: list[str], now: float | None = None, limit: int = 100) -> list[Hold]:
         now = time.time() if now is None else now

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from ..errors import StoreUnavailable
-from . import USAGE_KEEP, Account, Hold, RateResult, account_seeded, usage_sample
+from . import USAGE_KEEP, Account, Hold, RateResult, account_seeded, usage_sample, usage_values
 
 PUT_TOKEN = """
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'exp', ARGV[2], 'used', '0')
@@ -87,23 +87,35 @@ local seeded = ensure_account(KEYS[1], ARGV[2])
 return {redis.call('HINCRBY', KEYS[1], 'balance', ARGV[1]), seeded}
 """
 
-OPEN_HOLD = ENSURE_ACCOUNT + """
-if redis.call('EXISTS', KEYS[2]) == 1 then return {tonumber(redis.call('HGET', KEYS[2], 'amount')), 0} end
-if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then return {0, 0} end
-local seeded = ensure_account(KEYS[1], ARGV[6])
-local acct = redis.call('HMGET', KEYS[1], 'balance', 'held')
-local avail = tonumber(acct[1] or '0') - tonumber(acct[2] or '0')
-if avail <= 0 or avail < tonumber(ARGV[5]) then return {0, seeded} end
-local g = math.min(tonumber(ARGV[2]), avail)
-redis.call('HINCRBY', KEYS[1], 'held', g)
-redis.call('HSET', KEYS[2], 'amount', g, 'metered', 0, 'input_tokens', 0, 'output_tokens', 0,
-           'expires_at', ARGV[3], 'meta', ARGV[4])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-return {g, seeded}
+# KEYS: account, hold, hold-expiry index, settled set; ARGV: job, want, expires_at, meta, minimum, initial
+OPEN = ENSURE_ACCOUNT + """
+local function open_hold()
+  if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then return {0, 0} end
+  local seeded = ensure_account(KEYS[1], ARGV[6])
+  local acct = redis.call('HMGET', KEYS[1], 'balance', 'held')
+  local avail = tonumber(acct[1] or '0') - tonumber(acct[2] or '0')
+  if avail <= 0 or avail < tonumber(ARGV[5]) then return {0, seeded} end
+  local g = math.min(tonumber(ARGV[2]), avail)
+  redis.call('HINCRBY', KEYS[1], 'held', g)
+  redis.call('HSET', KEYS[2], 'amount', g, 'metered', 0, 'input_tokens', 0, 'output_tokens', 0,
+             'expires_at', ARGV[3], 'meta', ARGV[4])
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+  return {g, seeded}
+end
 """
 
-GROW_HOLD = """
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+OPEN_HOLD = OPEN + """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {tonumber(redis.call('HGET', KEYS[2], 'amount')), 0} end
+return open_hold()
+"""
+
+# as OPEN_HOLD's, ARGV[4] (meta) '' when a lost hold is not to be opened again
+GROW_HOLD = OPEN + """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  if ARGV[4] == '' then return {0, 0} end
+  return open_hold()  -- lost with the store's data
+end
+local seeded = ensure_account(KEYS[1], ARGV[6])
 local acct = redis.call('HMGET', KEYS[1], 'balance', 'held')
 local avail = tonumber(acct[1] or '0') - tonumber(acct[2] or '0')
 local g = math.max(0, math.min(tonumber(ARGV[2]), avail))
@@ -111,7 +123,7 @@ redis.call('HINCRBY', KEYS[1], 'held', g)
 redis.call('HINCRBY', KEYS[2], 'amount', g)
 redis.call('HSET', KEYS[2], 'expires_at', ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-return g
+return {g, seeded}
 """
 
 CHECKPOINT = """
@@ -144,7 +156,8 @@ entry['job_id'] = ARGV[1]
 entry['owner'] = ARGV[5]
 entry['credits'] = charge
 if entry['ended_at'] == nil or entry['ended_at'] == cjson.null then entry['ended_at'] = tonumber(ARGV[4]) end
-redis.call('HINCRBY', KEYS[1], 'held', 0 - amount)  -- never -0: HINCRBY refuses it
+local held = tonumber(redis.call('HGET', KEYS[1], 'held') or '0')
+redis.call('HINCRBY', KEYS[1], 'held', 0 - math.min(amount, math.max(held, 0)))  -- never below 0; never -0
 redis.call('HINCRBY', KEYS[1], 'balance', 0 - charge)
 redis.call('HINCRBY', KEYS[1], 'spent', charge)
 redis.call('DEL', KEYS[2])
@@ -289,9 +302,14 @@ class RedisStore:
             account_seeded(account, initial)
         return int(granted)
 
-    async def grow_hold(self, job_id: str, account: str, want: int, expires_at: float) -> int:
-        keys = [self._acct(account), self._hold(account, job_id), self._index(account)]
-        return int(await self._do(self._grow(keys=keys, args=[job_id, want, _f(expires_at)])))
+    async def grow_hold(self, job_id: str, account: str, want: int, expires_at: float,
+                        reopen: dict | None = None, initial: int = 0) -> int:
+        keys = [self._acct(account), self._hold(account, job_id), self._index(account), self._settled(account)]
+        meta = b"" if reopen is None else orjson.dumps(reopen)
+        granted, seeded = await self._do(self._grow(keys=keys, args=[job_id, want, _f(expires_at), meta, 1, initial]))
+        if seeded:
+            account_seeded(account, initial)
+        return int(granted)
 
     async def checkpoint(self, job_id: str, account: str, metered: int, input_tokens: int, output_tokens: int,
                          expires_at: float) -> None:
@@ -316,7 +334,7 @@ class RedisStore:
 
     async def recent_usage(self, account: str, flow: str, limit: int) -> list[int]:
         rows = await self._do(self._r.lrange(self._usage(account, flow), 0, min(limit, USAGE_KEEP) - 1))
-        return [int(r) for r in rows]
+        return usage_values(rows)
 
     async def expired_holds(self, accounts: list[str], now: float | None = None, limit: int = 100) -> list[Hold]:
         now = time.time() if now is None else now

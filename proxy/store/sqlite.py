@@ -12,7 +12,7 @@ import time
 
 import orjson
 
-from . import USAGE_KEEP, Account, Hold, RateResult, account_seeded, ledger_entry, usage_sample
+from . import USAGE_KEEP, Account, Hold, RateResult, account_seeded, ledger_entry, usage_sample, usage_values
 from .sqlite_db import LoopDatabase
 
 # WITHOUT ROWID: each table is stored in its primary key's B-tree, so a write dirties one page
@@ -162,14 +162,14 @@ class SqliteStore:
             "SELECT balance, held, spent FROM accounts WHERE account = ?", (account,)).fetchone())
         return Account(*row) if row else Account(initial)
 
-    async def open_hold(self, job_id: str, account: str, want: int, expires_at: float, meta: dict,
-                        minimum: int = 1, initial: int = 0) -> int:
+    def _opener(self, job_id: str, account: str, want: int, expires_at: float, meta: dict, minimum: int,
+                initial: int):
+        """``fn(db) -> (granted, seeded)``: the hold created with what the account has free (if at
+        least ``minimum``), unless the job already has a hold (an idempotent retry) or a ledger entry
+        (settled): two statements on the common path."""
         data = orjson.dumps(meta)
 
         def fn(db: sqlite3.Connection) -> tuple[int, bool]:
-            # the hold is created with what the account has free (if at least ``minimum``), unless
-            # the job already has a hold (an idempotent retry) or a ledger entry (settled): two
-            # statements on the common path
             row = db.execute(
                 "INSERT INTO holds (job_id, account, amount, expires_at, meta) "
                 "SELECT ?, ?, min(?, balance - held), ?, ? FROM accounts WHERE account = ? "
@@ -186,23 +186,34 @@ class SqliteStore:
             db.execute("UPDATE accounts SET held = held + ? WHERE account = ?", (row[0], account))
             return row[0], False
 
-        granted, seeded = await self._write(fn)
+        return fn
+
+    async def open_hold(self, job_id: str, account: str, want: int, expires_at: float, meta: dict,
+                        minimum: int = 1, initial: int = 0) -> int:
+        granted, seeded = await self._write(self._opener(job_id, account, want, expires_at, meta, minimum, initial))
         if seeded:
             account_seeded(account, initial)
         return granted
 
-    async def grow_hold(self, job_id: str, account: str, want: int, expires_at: float) -> int:
-        def fn(db: sqlite3.Connection) -> int:
+    async def grow_hold(self, job_id: str, account: str, want: int, expires_at: float,
+                        reopen: dict | None = None, initial: int = 0) -> int:
+        reopener = None if reopen is None else self._opener(job_id, account, want, expires_at, reopen, 1, initial)
+
+        def fn(db: sqlite3.Connection) -> tuple[int, bool]:
             if db.execute("SELECT 1 FROM holds WHERE job_id = ?", (job_id,)).fetchone() is None:
-                return 0
+                return (0, False) if reopener is None else reopener(db)  # lost with the store's data
+            seeded = self._ensure_account(db, account, initial)
             row = db.execute("SELECT balance - held FROM accounts WHERE account = ?", (account,)).fetchone()
-            granted = max(0, min(want, row[0] if row else 0))
+            granted = max(0, min(want, row[0]))
             db.execute("UPDATE accounts SET held = held + ? WHERE account = ?", (granted, account))
             db.execute("UPDATE holds SET amount = amount + ?, expires_at = ? WHERE job_id = ?",
                        (granted, expires_at, job_id))
-            return granted
+            return granted, seeded
 
-        return await self._write(fn)
+        granted, seeded = await self._write(fn)
+        if seeded:
+            account_seeded(account, initial)
+        return granted
 
     async def checkpoint(self, job_id: str, account: str, metered: int, input_tokens: int, output_tokens: int,
                          expires_at: float) -> None:
@@ -228,7 +239,7 @@ class SqliteStore:
             amount = charge if charge is not None else (hold.metered if hold else 0)
             released = hold.amount if hold else 0
             seeded = self._ensure_account(db, account, initial)
-            db.execute("UPDATE accounts SET held = held - ?, balance = balance - ?, spent = spent + ? "
+            db.execute("UPDATE accounts SET held = max(0, held - ?), balance = balance - ?, spent = spent + ? "
                        "WHERE account = ?", (released, amount, amount, account))
             result = ledger_entry(hold, job_id, account, amount, entry, now)
             db.execute("INSERT INTO ledger (job_id, account, ended_at, entry) VALUES (?, ?, ?, ?)",
@@ -247,7 +258,7 @@ class SqliteStore:
         rows = await self._call(lambda db: db.execute(
             "SELECT output_tokens FROM usage WHERE account = ? AND flow = ? ORDER BY ended_at DESC LIMIT ?",
             (account, flow, min(limit, USAGE_KEEP))).fetchall())
-        return [r[0] for r in rows]
+        return usage_values(r[0] for r in rows)
 
     async def expired_holds(self, accounts: list[str], now: float | None = None, limit: int = 100) -> list[Hold]:
         now = time.time() if now is None else now

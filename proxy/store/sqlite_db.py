@@ -126,17 +126,21 @@ class LoopDatabase:
         return results
 
     def _run_restoring(self, db: sqlite3.Connection, fns: list[Callable[[sqlite3.Connection], Any]]):
-        """:meth:`_run_batch`, made once more after re-creating the schema if a table was gone."""
+        """:meth:`_run_batch`; the operations that found a table gone (an emptied database file) are
+        made once more after the schema is (those that committed alone are not run twice)."""
         try:
             results = self._run_batch(db, fns)
         except sqlite3.OperationalError as exc:
             if not _lost_schema([(False, exc)]):
                 raise
             results = [(False, exc)]
-        if not _lost_schema(results):
+        lost = [i for i, result in enumerate(results) if _lost_schema([result])]
+        if not lost:
             return results
         db.executescript(self.schema)
-        return self._run_batch(db, fns)
+        for i in lost:
+            results[i] = self._run_alone(db, fns[i])
+        return results
 
     @staticmethod
     def _run_alone(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any]:

@@ -261,9 +261,9 @@ async def test_a_fast_stream_holds_ahead_instead_of_a_store_write_per_quantum(up
     grows: list[int] = []
     real_grow = store.grow_hold
 
-    async def counting_grow(job_id, account, want, expires_at):
+    async def counting_grow(job_id, account, want, expires_at, **kwargs):
         grows.append(want)
-        return await real_grow(job_id, account, want, expires_at)
+        return await real_grow(job_id, account, want, expires_at, **kwargs)
 
     store.grow_hold = counting_grow
     resp = await client.post(PB.format(flow="wf_text"), headers={"x-api-key": SECRET})

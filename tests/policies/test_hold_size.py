@@ -80,3 +80,12 @@ async def test_the_window_keeps_the_most_recent_runs(window):
     for tokens in (900, 800, 50, 40, 30):
         sizer.settled("wf", tokens)
     assert await sizer.first_hold_tokens("acme", "wf") == (30 if window == 1 else 50)
+
+
+async def test_a_store_that_answers_garbage_keeps_runs_admitted():
+    class Broken(FakeStore):
+        async def recent_usage(self, account, flow, limit):
+            raise ValueError("not a number")
+
+    sizer = HoldSizer(Broken([]), limits())
+    assert await sizer.first_hold_tokens("acme", "wf") == 1000  # no estimate: one quantum, no error

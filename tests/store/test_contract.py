@@ -171,3 +171,42 @@ async def test_recent_usage_is_completed_runs_of_the_flow_newest_first(store):
     assert await store.recent_usage("acme", "wf", 2) == [30, 20]
     assert await store.recent_usage("acme", "other", 50) == [7]
     assert await store.recent_usage("acme", "nothing", 50) == []
+
+
+async def test_a_hold_the_store_lost_is_opened_again_by_its_growth(store):
+    await store.seed_account("acme", 1000)
+    assert await store.grow_hold("lost", "acme", 100, NOW + 60) == 0  # nothing to reopen it with
+    assert await store.grow_hold("lost", "acme", 100, NOW + 60, reopen={"flow": "wf"}, initial=5) == 100
+    assert await store.get_account("acme") == Account(1000, 100, 0)
+    await store.settle("lost", "acme", 30, {"ended_at": NOW})
+    assert await store.grow_hold("lost", "acme", 100, NOW + 60, reopen={"flow": "wf"}) == 0  # settled: never
+    assert await store.get_account("acme") == Account(970, 0, 30)
+
+
+async def test_releasing_holds_of_a_re_created_account_never_takes_held_below_zero(store):
+    """The account was lost but its holds survived (evicted keys, deleted rows): the re-created
+    account does not count them, and settling them does not drive ``held`` negative."""
+    await store.seed_account("acme", 1000)
+    assert await store.open_hold("old", "acme", 800, NOW + 60, {}) == 800
+    await _forget_account(store, "acme")
+    entry = await store.settle("old", "acme", 50, {"ended_at": NOW}, initial=1000)
+    assert entry["credits"] == 50
+    assert await store.get_account("acme") == Account(950, 0, 50)
+    assert await store.open_hold("new", "acme", 5000, NOW + 60, {}) == 950
+
+
+async def test_recent_usage_skips_what_is_not_a_whole_number(store):
+    await store.seed_account("acme", 10)
+    await store.settle("big", "acme", 0, {"flow": "wf", "outcome": "completed", "output_tokens": 2**60,
+                                          "ended_at": NOW})
+    assert await store.recent_usage("acme", "wf", 10) == [2**53 - 1]
+
+
+async def _forget_account(store, account: str) -> None:
+    store = getattr(store, "inner", store)
+    if hasattr(store, "accounts"):  # memory
+        del store.accounts[account]
+    elif hasattr(store, "db"):  # sqlite
+        await store.db.write(lambda db: db.execute("DELETE FROM accounts WHERE account = ?", (account,)))
+    else:  # redis
+        await store._r.delete(store._acct(account))

@@ -96,3 +96,27 @@ async def test_group_commit_isolates_a_failing_write(tmp_path):
         assert [status for status, _ in spent] == ["ok"] * 200
     finally:
         await s.close()
+
+
+async def test_a_dropped_table_is_made_again_and_each_write_of_the_batch_runs_once(tmp_path):
+    """One loop turn's writes share a transaction; one of them finds its table dropped under the
+    gateway. The schema is made again and only that write re-run: the others commit exactly once."""
+    import sqlite3
+
+    s = open_store(f"sqlite:///{tmp_path / 'fg.db'}")
+    await s.start()
+    try:
+        await s.seed_account("a", 10_000)
+        assert await s.open_hold("j", "a", 100, time.time() + 60, {}) == 100
+        await s.put_token("t", {"owner": "a"}, time.time() + 60)
+        other = sqlite3.connect(tmp_path / "fg.db", isolation_level=None)
+        other.execute("DROP TABLE windows")
+        other.close()
+        grown, consumed, hit = await asyncio.gather(
+            s.grow_hold("j", "a", 100, time.time() + 60), s.consume_token("t"), s.rate_hit("b", 10, 60))
+        assert grown == 100 and consumed == ("ok", {"owner": "a"}) and hit.allowed and hit.remaining == 9
+        acct = await s.get_account("a")
+        assert (acct.balance, acct.held) == (10_000, 200)
+        assert (await s.rate_hit("b", 10, 60)).remaining == 8
+    finally:
+        await s.close()

@@ -20,9 +20,10 @@ from .balances import Balances
 from .config import Config
 from .context import GATEWAY, Gateway
 from .cors import preflight
-from .dialects import ROUTES, dialect_classes
+from .dialects import ROUTES, defer_continue, dialect_classes
 from .errors import StoreUnavailable
 from .front import FRONT_ROUTES
+from .front.protocol import MAX_HEAD_BYTES
 from .handler import handle_run
 from .jobs import get_job
 from .logging import make_access_middleware
@@ -51,7 +52,8 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(
         client_max_size=config.server.max_body_bytes + 1,
         middlewares=[make_access_middleware(config.server.access_log), unknown_routes],
-        handler_args={"max_field_size": 16384},
+        # as long as the front's own limit on a whole head (32 KiB): nothing it hands over is refused here
+        handler_args={"max_line_size": MAX_HEAD_BYTES, "max_field_size": MAX_HEAD_BYTES},
     )
     gw = Gateway(config=config, store=open_store(config.store))
     gw.hold_sizer = HoldSizer(gw.store, config.limits)
@@ -73,7 +75,8 @@ def create_app(config: Config) -> web.Application:
                 handler = partial(_preflight, config=config)
             else:
                 handler = partial(handle_run, dialect=dialect, route=route)
-            front_routes.append(app.router.add_route(method, mount.prefix + path, handler, name=f"{name}:{route}"))
+            front_routes.append(app.router.add_route(method, mount.prefix + path, handler, name=f"{name}:{route}",
+                                                     expect_handler=defer_continue))
     app[FRONT_ROUTES] = front_routes  # the public API: served by flowgate's own front protocol
 
     app.router.add_get("/api/v1/jobs/{jobId}", get_job, name="jobs:get")

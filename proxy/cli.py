@@ -54,7 +54,8 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None) 
     from aiohttp import web
 
     from .app import create_app, metrics_view
-    from .front import GatewayRunner
+    from .context import GATEWAY
+    from .front import FRONT_ROUTES, GatewayRunner
 
     app = create_app(config)
     runner = GatewayRunner(app, handler_cancellation=True, access_log=None,
@@ -66,9 +67,11 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None) 
     await site.start()
     runners = [runner]
     if config.server.metrics_port is not None:
+        # served as the main listener is (timers, connection cap, error answers that quote nothing)
         mapp = web.Application()
         mapp.router.add_get("/metrics", metrics_view)
-        mrunner = web.AppRunner(mapp, access_log=None)
+        mapp[GATEWAY], mapp[FRONT_ROUTES] = app[GATEWAY], []
+        mrunner = GatewayRunner(mapp, access_log=None, keepalive_timeout=config.server.client_keepalive_timeout_s)
         await mrunner.setup()
         await web.TCPSite(mrunner, config.server.host, config.server.metrics_port).start()
         runners.append(mrunner)

@@ -17,9 +17,9 @@ def allowed_headers(requested: str | None) -> str | None:
     """The ``Access-Control-Allow-Headers`` value for a preflight's ``Access-Control-Request-Headers``:
     its names when each is an RFC 9110 token (lower-cased, at most :data:`MAX_REQUEST_HEADERS`), else
     None (the preflight is refused). Only validated names are ever echoed into a response head."""
-    if requested is None or not requested.strip():
+    names = [n.strip() for n in (requested or "").split(",") if n.strip()]
+    if not names:  # none asked for (an absent, blank or empty list)
         return "content-type"
-    names = [n.strip() for n in requested.split(",") if n.strip()]
     if len(names) > MAX_REQUEST_HEADERS or not all(_TOKEN.fullmatch(n) for n in names):
         return None
     return ", ".join(n.lower() for n in names)

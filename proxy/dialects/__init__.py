@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 
 from ..config import ENV_ACCEPTED, Env
 from ..errors import BadRequest, GatewayError, PayloadTooLarge, RequestTimeout
@@ -105,11 +106,14 @@ class Dialect:
         self.check_length(request)
         if not request.body_exists:
             return b""
+        timed = not hasattr(request.content, "fail")  # aiohttp's stream: no front timer behind it
+        if timed and request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # only now: see defer_continue
+            request.writer.output_size = 0
         limit = self.max_body_bytes
         chunks: list[bytes] = []
         size = 0
         reader = request.content.iter_any().__aiter__()
-        timed = not hasattr(request.content, "fail")  # aiohttp's stream: no front timer behind it
         while True:
             try:
                 if timed:
@@ -138,3 +142,12 @@ def _registry() -> dict[str, type[Dialect]]:
 
 def dialect_classes() -> dict[str, type[Dialect]]:
     return _registry()
+
+
+async def defer_continue(request: web.Request) -> None:
+    """aiohttp's ``expect_handler`` for the dialect routes: no ``100 Continue`` at routing (before
+    the credential is checked); :meth:`Dialect.read_body` sends it once the run is admitted. An
+    expectation other than 100-continue is still 417."""
+    expect = request.headers.get("Expect", "")
+    if request.version == HttpVersion11 and expect and expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text="unknown expectation")

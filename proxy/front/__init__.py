@@ -59,6 +59,7 @@ class FrontServer:
         self.write_timeout_s = server.client_write_timeout_s
         self.lingering_s = server.client_lingering_s
         self.max_connections = server.max_connections
+        self.refused, self.refused_logged_at = 0, -1.0  # connections refused at the cap (logged once a second)
         self.max_body_bytes = server.max_body_bytes
         self.loop = asyncio.get_running_loop()
         # every open connection: served by the front, or handed to aiohttp (HandedOver), on its timers

@@ -63,7 +63,7 @@ class FrontProtocol(Endings, asyncio.Protocol):
 
     __slots__ = ("server", "transport", "buf", "request", "task", "keep_alive", "remaining", "writing_paused",
                  "waiter", "streamed", "eof_sent", "reading_paused", "deadline", "phase", "sent",
-                 "body_wanted", "expect_continue", "body_failed")
+                 "body_wanted", "expect_continue", "body_failed", "unread")
 
     def __init__(self, server: FrontServer) -> None:
         self.server = server
@@ -74,6 +74,7 @@ class FrontProtocol(Endings, asyncio.Protocol):
         self.keep_alive = True
         self.remaining = 0  # body bytes of the current request still to come
         self.writing_paused = False
+        self.unread = False  # a response is done but the client has not read it: serve nothing more yet
         self.waiter: asyncio.Future[None] | None = None
         self.streamed = False
         self.eof_sent = False
@@ -93,7 +94,11 @@ class FrontProtocol(Endings, asyncio.Protocol):
         server.connections.add(self)
         server.ticker.ensure()
         if full:
-            log.warning("connection_refused", reason="max_connections")
+            server.refused += 1
+            now = server.loop.time()
+            if now >= server.refused_logged_at + 1.0:  # one line a second at most, with the count
+                log.warning("connections_refused", reason="max_connections", count=server.refused)
+                server.refused, server.refused_logged_at = 0, now
             self._write(canned(503))
             self._close()
             return
@@ -160,6 +165,10 @@ class FrontProtocol(Endings, asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        if self.unread:  # the client read what it was sent: on to the next request
+            self.unread = False
+            self._done()
+            return
         if self.phase == REQUEST:
             self.deadline = self._write_deadline()
         if self.waiter is not None and not self.waiter.done():
@@ -327,10 +336,20 @@ class FrontProtocol(Endings, asyncio.Protocol):
         if not self.keep_alive or self.server.closing:
             self._close()
             return
+        now = self.server.loop.time()
+        if self.writing_paused:
+            # the client reads nothing of what it was sent (pipelining without reading): nothing
+            # more is read or served until it does, and the write timer runs (aborting at expiry)
+            self.unread = True
+            self.phase = REQUEST
+            self.deadline = now + self.server.write_timeout_s
+            if not self.reading_paused:
+                self.reading_paused = True
+                transport.pause_reading()
+            return
         if self.reading_paused:
             self.reading_paused = False
             transport.resume_reading()
-        now = self.server.loop.time()
         if self.buf:
             self.phase = HEAD
             self.deadline = now + self.server.head_timeout_s

@@ -214,6 +214,10 @@ class Connection(ResponseTimer, asyncio.Protocol):
         if end < 0 or end == len(data):
             self._feed(data)
             if end < 0:
+                if self.chunks.failed and self.failed is None:  # type: ignore[union-attr]
+                    # what llhttp takes without limit (a trailer section of any size) ends here, as
+                    # on the compiled path: at MAX_TRAILER_BYTES
+                    self._give_up("the backend's chunked body is malformed or its trailer section too large")
                 return
         else:
             self._feed(data[:end])

@@ -268,6 +268,18 @@ async def test_100_continue_is_sent_once_the_run_is_admitted(upstream, gateway):
     assert (await response(reader))[::2] == (200, OUT)
 
 
+@pytest.mark.parametrize("key,status", [("bogus", 401), (SECRET, 100)])
+async def test_100_continue_on_a_chunked_body_handed_to_aiohttp_also_waits_for_admission(upstream, gateway,
+                                                                                          key, status):
+    client = await gateway(config(upstream, **FAST))
+    reader, writer = await connect(client)
+    writer.write(head("POST", STREAM, f"x-api-key: {key}", "Transfer-Encoding: chunked", "Expect: 100-continue"))
+    assert (await response(reader))[0] == status  # a stranger gets its 401, never a 100 first
+    if status == 100:
+        writer.write(b"2\r\n{}\r\n0\r\n\r\n")
+        assert (await response(reader))[::2] == (200, OUT)
+
+
 async def test_a_lingering_close_follows_an_early_answer(upstream, gateway):
     client = await gateway(config(upstream, client_lingering_s=0.5, max_body_bytes=10 * 1024 * 1024))
     reader, writer = await connect(client)

@@ -79,6 +79,7 @@ def test_preflight_request_headers_are_echoed_only_when_every_name_is_a_token():
     from proxy.cors import allowed_headers
 
     assert allowed_headers(None) == "content-type"
+    assert allowed_headers(",,, ,,") == allowed_headers("  ") == "content-type"  # an empty list: none asked
     assert allowed_headers("Content-Type, X-Trace") == "content-type, x-trace"
     assert allowed_headers("content-type, x-\u20ac") is None
     assert allowed_headers("a\r\nb") is None

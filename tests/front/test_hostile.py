@@ -141,3 +141,40 @@ async def test_malformed_requests_carrying_a_key_leave_it_in_no_log_and_no_body(
     assert SECRET not in logs
     assert "Traceback" not in logs
     assert len(logs.encode()) < 1500 * len(MALFORMED), len(logs)
+
+
+async def test_a_client_that_pipelines_and_never_reads_is_served_no_further_and_cut(upstream, gateway):
+    """Pipelined requests (each answered 401) from a client that reads nothing: once its answers
+    back up past the transport's high-water mark, nothing more is read or served (the gateway
+    buffers no more for it), and the write timer aborts it."""
+    import socket
+
+    client = await gateway(config(upstream, client_write_timeout_s=1.0))
+    front = front_of(client)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", client.server.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    reader._transport.pause_reading()  # (the test's side reads nothing either)  # noqa: SLF001
+    request = post(STREAM, b"", key="bogus")
+    buffered = 0  # the most the gateway kept in user space for this client
+    try:
+        for i in range(40_000):
+            writer.write(request)
+            if i % 100 == 0:
+                await asyncio.sleep(0)
+                for conn in list(front.connections):
+                    if conn.transport is not None:
+                        buffered = max(buffered, conn.transport.get_write_buffer_size())
+            if writer.transport.get_write_buffer_size() > 4 << 20:
+                break  # the gateway stopped reading
+    except ConnectionError:
+        pass
+    started = loop.time()
+    while front.connections and loop.time() - started < 5:  # noqa: ASYNC110 - polling the server's set
+        await asyncio.sleep(0.1)
+    assert not front.connections, "the write timer did not cut the client"
+    assert buffered < 256 * 1024, buffered  # at the high-water mark: answers stopped there
+    writer.transport.abort()

@@ -188,6 +188,8 @@ STORE_SECONDS = Histogram("flowgate_store_operation_seconds", "State store opera
                           buckets=STORE_BUCKETS)
 STORE_ERRORS = Counter("flowgate_store_errors_total", "State store operations that failed.", ["op"])
 HOLDS_RECOVERED = Counter("flowgate_holds_recovered_total", "Expired credit holds of dead replicas settled here.")
+CLIENT_ERRORS = Counter("flowgate_client_errors_total", "Connections the front answered with an error of its own "
+                        "(a refused head, a head or body timeout, the connection cap), by reason.", ["reason"])
 ACCOUNT_BALANCE = Gauge("flowgate_account_balance_credits", "Each configured account's credit balance in the store "
                         "(open holds included; refreshed after settlements and every few seconds).", ["account"])
 
@@ -213,6 +215,10 @@ REJECTION_REASONS = ("bad_request", "unauthorized", "invalid_token", "forbidden"
                      "payload_too_large", "rate_limited", "store_unavailable")
 
 
+CLIENT_ERROR_REASONS = ("bad_head", "host", "too_many_headers", "head_too_large", "connect", "expect",
+                        "head_timeout", "body_timeout", "max_connections")
+
+
 def init_series(flows: list[str], dialects: list[str], backends: list[str]) -> None:
     """Create the known label sets at zero, so dashboards show 0 rather than "no data"."""
     for dialect in dialects:
@@ -230,5 +236,7 @@ def init_series(flows: list[str], dialects: list[str], backends: list[str]) -> N
     for backend in backends:
         for kind in ("connect", "timeout", "status", "broken"):
             BACKEND_FAILURES.labels(backend, kind)
+    for reason in CLIENT_ERROR_REASONS:
+        CLIENT_ERRORS.labels(reason)
     for reason in ("malformed", "unknown", "expired", "used", "wrong_flow", "key_revoked"):
         STREAM_TOKENS_REFUSED.labels(reason)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from .. import metrics as m
 from ..errors import RequestTimeout
 from .replies import canned
 
@@ -57,10 +58,12 @@ class Endings:
         elif phase == HEAD:
             if self.buf:
                 log.info("client_error", status=408, reason="head_timeout")
+                m.child(m.CLIENT_ERRORS, "head_timeout").inc()
                 self._write(canned(408))
             self._close()
         elif phase == REQUEST and not self.writing_paused and not self.body_failed and self.request is not None:
             log.info("client_error", status=408, reason="body_timeout")
+            m.child(m.CLIENT_ERRORS, "body_timeout").inc()
             self.body_failed = True  # the handler answers 408; if it cannot, the next expiry aborts
             self.deadline = now + self.server.write_timeout_s
             self.request.content.fail(RequestTimeout("the request body did not arrive in time"))

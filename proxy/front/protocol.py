@@ -37,6 +37,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .. import metrics as m
 from ..sinks import ClientSink
 from .ending import CLOSING, HEAD, IDLE, LINGER, REQUEST, Endings
 from .handover import HandedOver
@@ -95,6 +96,7 @@ class FrontProtocol(Endings, asyncio.Protocol):
         server.ticker.ensure()
         if full:
             server.refused += 1
+            m.child(m.CLIENT_ERRORS, "max_connections").inc()
             now = server.loop.time()
             if now >= server.refused_logged_at + 1.0:  # one line a second at most, with the count
                 log.warning("connections_refused", reason="max_connections", count=server.refused)
@@ -270,6 +272,7 @@ class FrontProtocol(Endings, asyncio.Protocol):
     def _reject(self, status: int, reason: str) -> None:
         """A head the front refuses: one short log line, a fixed answer, a lingering close."""
         log.info("client_error", status=status, reason=reason)
+        m.child(m.CLIENT_ERRORS, reason).inc()
         self._write(canned(status, extra=ALLOW if status == 405 else b""))
         self._linger()
 

@@ -42,6 +42,25 @@ async def test_a_head_that_never_ends_is_408_and_closed_by_the_head_timer(upstre
     assert await closed(reader, 3)
 
 
+async def test_refused_heads_are_counted_by_reason(upstream, gateway):
+    import re
+
+    async def counts() -> dict[str, float]:
+        text = await (await client.get("/metrics")).text()
+        return {r: float(v) for r, v in re.findall(r'^flowgate_client_errors_total{reason="(\w+)"} (\S+)$', text, re.M)}
+
+    client = await gateway(config(upstream, **FAST))
+    before = await counts()
+    assert "head_timeout" in before and "max_connections" in before  # every reason from the start
+    for raw in (b"CONNECT gw:443 HTTP/1.1\r\nHost: gw\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n"):
+        reader, writer = await connect(client)
+        writer.write(raw)
+        assert (await response(reader))[0] in (400, 405)
+        writer.close()
+    after = await counts()
+    assert {r: after[r] - before[r] for r in after if after[r] != before[r]} == {"connect": 1, "host": 1}
+
+
 async def test_a_silent_connection_is_closed_by_the_head_timer(upstream, gateway):
     client = await gateway(config(upstream, **FAST))
     reader, _ = await connect(client)

@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py proxy/textpath.pyx proxy/chunked.pyx proxy/chunked.pxd
+$(VENV)/.installed: pyproject.toml setup.py proxy/stream/textpath.pyx proxy/upstream/chunked.pyx proxy/upstream/chunked.pxd
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -16,9 +16,9 @@ from types import SimpleNamespace
 from proxy.config import Env
 from proxy.policies.credits import Credits, Hold
 from proxy.protocols import new_decoder, new_encoder
-from proxy.pump import Pump, TextPath
+from proxy.stream.pump import Pump, TextPath
 from proxy.run import Run
-from proxy.sinks import ClientSink
+from proxy.stream.sinks import ClientSink
 
 LINE = b"L12:123456789012345;\n"
 

@@ -16,22 +16,22 @@ from aiohttp import web
 from orjson import dumps
 
 from . import metrics as m
+from .api.cors import preflight
+from .api.jobs import get_job
+from .api.runs import handle_run
+from .api.tokens import mint_token
 from .balances import Balances
 from .config import Config
 from .context import GATEWAY, Gateway
-from .cors import preflight
 from .dialects import ROUTES, defer_continue, dialect_classes
 from .errors import StoreUnavailable
 from .front import FRONT_ROUTES
 from .front.protocol import MAX_HEAD_BYTES
-from .handler import handle_run
-from .jobs import get_job
 from .logging import make_access_middleware
 from .policies import build_chain
 from .policies.credits import sweep_expired_holds
 from .policies.hold_size import HoldSizer
 from .store import open_store
-from .tokens import mint_token
 from .upstream import UpstreamPool
 
 

@@ -113,7 +113,7 @@ class LoopHistogram(_LoopMetric):
 
     def __init__(self, name: str, documentation: str, labelnames: list[str] | tuple[str, ...] = (), *,
                  buckets: tuple[float, ...]) -> None:
-        self.bounds = tuple(float(b) for b in (*buckets, float("inf")))  # floats: proxy.textpath reads them in C
+        self.bounds = tuple(float(b) for b in (*buckets, float("inf")))  # floats: proxy.stream.textpath reads them in C
         self._le = [floatToGoString(b) for b in self.bounds]
         super().__init__(name, documentation, labelnames)
 

@@ -1,4 +1,4 @@
-"""The compiled chunked-body parser (proxy/chunked.pyx) against llhttp (httptools, response mode):
+"""The compiled chunked-body parser (proxy/upstream/chunked.pyx) against llhttp (httptools, response mode):
 the same framings, valid and mutated, split at the same random points, must get the same verdict
 (complete, incomplete, rejected), the same body, and complete at the same byte."""
 
@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 try:
-    from proxy.chunked import MAX_TRAILER_BYTES, ChunkedParser
+    from proxy.upstream.chunked import MAX_TRAILER_BYTES, ChunkedParser
 except ImportError:  # not built (no C compiler at install)
     if os.environ.get("REQUIRE_NATIVE") == "1":
         raise
-    pytest.skip("proxy.chunked is not built (no C compiler at install)", allow_module_level=True)
+    pytest.skip("proxy.upstream.chunked is not built (no C compiler at install)", allow_module_level=True)
 
 HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 

@@ -1,4 +1,4 @@
-"""The compiled text path (proxy/textpath.pyx): the same bytes, metering and hook calls as the
+"""The compiled text path (proxy/stream/textpath.pyx): the same bytes, metering and hook calls as the
 Python pump, chunk by chunk and through the gateway.
 
 Where it was not built (no C compiler at install) these tests skip, unless REQUIRE_NATIVE=1 (CI),
@@ -18,17 +18,17 @@ from proxy.config import Env
 from proxy.context import GATEWAY
 from proxy.policies import StopRun
 from proxy.protocols import new_decoder, new_encoder
-from proxy.pump import Pump, TextPath
+from proxy.stream.pump import Pump, TextPath
 from proxy.run import Run
-from proxy.sinks import ClientSink
+from proxy.stream.sinks import ClientSink
 from tests.conftest import base_config, stream_chunks
 from tests.policies.test_credits import settled
 from tests.test_pump import open_stream
 
 if TextPath is None:
     if os.environ.get("REQUIRE_NATIVE") == "1":
-        raise RuntimeError("REQUIRE_NATIVE=1 but proxy.textpath is not built (make install compiles it)")
-    pytest.skip("proxy.textpath is not built (no C compiler at install): the Python pump serves every chunk",
+        raise RuntimeError("REQUIRE_NATIVE=1 but proxy.stream.textpath is not built (make install compiles it)")
+    pytest.skip("proxy.stream.textpath is not built (no C compiler at install): the Python pump serves every chunk",
                 allow_module_level=True)
 
 TEXT = "Grüße, 世界! tokens…"

@@ -195,7 +195,7 @@ async def test_a_trailer_section_of_many_megabytes_breaks_the_stream_at_its_limi
     passes its limit on either path (llhttp alone would take it all), the gateway's loop free."""
     import time
 
-    from proxy.chunked import MAX_TRAILER_BYTES
+    from proxy.upstream.chunked import MAX_TRAILER_BYTES
 
     piece = b"a" * (1 << 20)
     b = await backend(lambda n: [CHUNKED_HEAD + b"5\r\nhello\r\n0\r\nX-T: ", *([piece] * 64), b"\r\n\r\n"])

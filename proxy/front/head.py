@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import httptools
 
-from ..headers import valid_host
+from ..http1.headers import valid_host
 
 MAX_HEADERS = 128
 

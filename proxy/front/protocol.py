@@ -4,7 +4,7 @@ One instance per client connection. It reads request heads itself (:mod:`proxy.f
 validates them) and serves the requests that are plainly what the dialect routes take: HTTP/1.1, a
 route template matched by method and path, no body or a ``Content-Length`` body. It calls the same
 handler, under the same middlewares, that aiohttp would, and writes its answer straight to the
-transport: a ``web.Response`` as one write, a stream as chunks through :class:`~proxy.sinks.ClientSink`.
+transport: a ``web.Response`` as one write, a stream as chunks through :class:`~proxy.stream.sinks.ClientSink`.
 
 Every other valid request (ops and jobs routes, unknown paths, wrong methods, chunked bodies,
 HTTP/1.0) is *handed over* to aiohttp for that one request (:mod:`proxy.front.handover`); invalid
@@ -38,7 +38,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .. import metrics as m
-from ..sinks import ClientSink
+from ..stream.sinks import ClientSink
 from .ending import CLOSING, HEAD, IDLE, LINGER, REQUEST, Endings
 from .handover import HandedOver
 from .head import HeadError, parse_head, rebuild

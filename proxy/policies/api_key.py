@@ -7,7 +7,7 @@ import hashlib
 from ..config import Config, KeyConfig
 from ..errors import Forbidden, Unauthorized
 from ..run import Run
-from . import Policy
+from .base import Policy
 
 
 def key_digest(secret: str) -> str:
@@ -27,7 +27,7 @@ def authenticate(config: Config, secret: str) -> KeyConfig:
 class ApiKey(Policy):
     """Resolves ``run.key``/``run.owner`` from the credential; 401 unknown, 403 without Execute.
 
-    Scope (owner, tenant, workspace, envs) needs the flow, so :class:`EnvPolicy` checks it.
+    Scope (owner, tenant, workspace, envs) needs the flow, so :class:`Routing` checks it.
     """
 
     name = "api_key"

@@ -42,7 +42,7 @@ from .. import metrics as m
 from ..errors import NoCredits, StoreUnavailable
 from ..protocols import Event
 from ..run import COMPLETED, CREDITS_CUT, Run
-from . import Policy, StopRun
+from .base import Policy, StopRun
 
 log = structlog.get_logger("flowgate.credits")
 CHECKPOINT_EVERY_S = 1.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from ..run import Run
-from . import Policy
+from .base import Policy
 
 
 class Deadline(Policy):

@@ -14,7 +14,7 @@ import time
 from ..config import KeyConfig
 from ..errors import RateLimited
 from ..run import Run
-from . import Policy
+from .base import Policy
 
 SLOT_GRACE_S = 30.0
 

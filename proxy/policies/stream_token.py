@@ -16,7 +16,7 @@ import secrets
 from .. import metrics as m
 from ..errors import InvalidToken
 from ..run import Run
-from . import Policy
+from .base import Policy
 
 TOKEN_PREFIX = "pub_tok_"
 TOKEN_RE = re.compile(r"pub_tok_[A-Za-z0-9_-]{32}")
@@ -42,7 +42,7 @@ def token_digest(token: str) -> str:
 class StreamToken(Policy):
     """Consumes the run's token; sets ``run.key``/``run.owner``/``run.bound_flow`` from its record.
 
-    The scope check against the flow (owner, binding, the minting key's scope) is in EnvPolicy.
+    The scope check against the flow (owner, binding, the minting key's scope) is in Routing.
     """
 
     name = "stream_token"

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import orjson
 
-from . import End, Error, Event, Item, Token, usage_from
 from ._lines import LineDecoder
+from .events import End, Error, Event, Item, Token, usage_from
 
 ITEM_PARTS = frozenset((b"2", b"8", b"9", b"a"))
 

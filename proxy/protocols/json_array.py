@@ -13,7 +13,7 @@ import re
 
 import orjson
 
-from . import End, Error, Event, Item, Token
+from .events import End, Error, Event, Item, Token
 from .ndjson import element_events
 
 _STRUCT = re.compile(rb'[\[\]{}",]')

@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
-from . import End, Error, Event, Item, Token, Usage, item_text, usage_from
 from ._lines import LineBuffer
+from .events import End, Error, Event, Item, Token, Usage, item_text, usage_from
 
 
 def _find_usage(obj: Any, depth: int = 0) -> Usage | None:

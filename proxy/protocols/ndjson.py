@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import orjson
 
-from . import Error, Event, Item, usage_from
 from ._lines import LineDecoder
+from .events import Error, Event, Item, usage_from
 
 
 def element_events(obj: object, out: list[Event]) -> None:

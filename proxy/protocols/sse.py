@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import orjson
 
-from . import End, Error, Event, Item, Token, usage_from
 from ._lines import LineDecoder
+from .events import End, Error, Event, Item, Token, usage_from
 
 
 class SseDecoder(LineDecoder):

@@ -10,7 +10,7 @@ from codecs import utf_8_decode
 
 import orjson
 
-from . import Event, Item, Token, item_text
+from .events import Event, Item, Token, item_text
 
 
 class TextDecoder:
@@ -19,7 +19,7 @@ class TextDecoder:
     __slots__ = ("rest",)
 
     def __init__(self) -> None:
-        self.rest = b""  # the start of a split multi-byte sequence (shared with proxy.textpath)
+        self.rest = b""  # the start of a split multi-byte sequence (shared with proxy.stream.textpath)
 
     def feed(self, data: bytes) -> list[Event]:
         if self.rest:

@@ -7,7 +7,7 @@ import copy
 import time
 from collections import deque
 
-from . import USAGE_KEEP, Account, Hold, RateResult, account_seeded, ledger_entry, usage_sample, usage_values
+from .base import USAGE_KEEP, Account, Hold, RateResult, account_seeded, ledger_entry, usage_sample, usage_values
 
 
 class MemoryStore:

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from ..errors import StoreUnavailable
-from . import USAGE_KEEP, Account, Hold, RateResult, account_seeded, usage_sample, usage_values
+from .base import USAGE_KEEP, Account, Hold, RateResult, account_seeded, usage_sample, usage_values
 
 PUT_TOKEN = """
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'exp', ARGV[2], 'used', '0')

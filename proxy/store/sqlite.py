@@ -12,7 +12,7 @@ import time
 
 import orjson
 
-from . import USAGE_KEEP, Account, Hold, RateResult, account_seeded, ledger_entry, usage_sample, usage_values
+from .base import USAGE_KEEP, Account, Hold, RateResult, account_seeded, ledger_entry, usage_sample, usage_values
 from .sqlite_db import LoopDatabase
 
 # WITHOUT ROWID: each table is stored in its primary key's B-tree, so a write dirties one page

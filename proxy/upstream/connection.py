@@ -17,7 +17,7 @@ How to use it (``forward.py`` and ``pump.py`` are the callers)::
     conn.close()                 # anything else: drop the connection now (the backend sees the close)
 
 The parser reads a response's head and not one byte more; a chunked body's bytes then wait for
-the consumer, and one with ``take_body(conn, raw)`` (the compiled text path, :mod:`proxy.textpath`)
+the consumer, and one with ``take_body(conn, raw)`` (the compiled text path, :mod:`proxy.stream.textpath`)
 parses them itself as the transport's protocol until the body ends, then hands the connection back
 complete. Any other consumer gets them through the parser, as every other body.
 
@@ -26,7 +26,7 @@ heads are read past (101 is refused: the gateway never asks for an upgrade), and
 final response's framing ends, or while the connection sits idle in the pool, drops the connection:
 it never reaches a consumer and the connection is never reused. Only the empty lines llhttp skips
 between messages are not seen by it: so a body of known length is counted, and a chunked body's
-framing is read alongside by :mod:`proxy.chunked` (as strict as llhttp), which finds its exact end
+framing is read alongside by :mod:`proxy.upstream.chunked` (as strict as llhttp), which finds its exact end
 (without the compiled module such empty lines pass; nothing in them can reach a client or a
 later request, whose parser is a new one).
 
@@ -54,7 +54,7 @@ from .limits import MALFORMED, TIMEOUT, Capped, Limits
 from .timer import ResponseTimer
 
 try:
-    from ..chunked import ChunkedParser
+    from .chunked import ChunkedParser
 except ImportError:  # not built (no C compiler at install): llhttp alone finds a chunked body's end
     ChunkedParser = None
 
@@ -351,7 +351,7 @@ class Connection(ResponseTimer, asyncio.Protocol):
 
     def attach(self, consumer: BodyConsumer) -> None:
         """From now on the body goes to ``consumer``; what arrived before is handed over first. A
-        consumer with ``take_body`` parses a chunked body itself (proxy.textpath)."""
+        consumer with ``take_body`` parses a chunked body itself (proxy.stream.textpath)."""
         if self.body_limit is not None:
             consumer = Capped(consumer, self, self.body_limit)
         self.consumer = consumer

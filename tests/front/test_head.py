@@ -76,7 +76,7 @@ def test_status_lines_and_canned_answers_never_carry_request_bytes():
 
 
 def test_preflight_request_headers_are_echoed_only_when_every_name_is_a_token():
-    from proxy.cors import allowed_headers
+    from proxy.api.cors import allowed_headers
 
     assert allowed_headers(None) == "content-type"
     assert allowed_headers(",,, ,,") == allowed_headers("  ") == "content-type"  # an empty list: none asked
@@ -87,7 +87,7 @@ def test_preflight_request_headers_are_echoed_only_when_every_name_is_a_token():
 
 
 def test_forwarded_headers_drop_underscored_names_and_invalid_hosts():
-    from proxy.headers import upstream_headers, valid_host
+    from proxy.http1.headers import upstream_headers, valid_host
 
     out = upstream_headers({"x_user": "a", "x-user": "b", "Host": "gw"}, {}, peer="1.2.3.4", scheme="http",
                            host="gw:8080")

@@ -42,7 +42,7 @@ from proxy.policies import StopRun
 from proxy.policies.credits import Credits, credits_for, sweep_expired_holds
 from proxy.policies.hold_size import HoldSizer
 from proxy.protocols import Token, Usage
-from proxy.pump import observe
+from proxy.stream.pump import observe
 from proxy.run import CREDITS_CUT, Meter, Run, new_job_id
 from proxy.store.memory import MemoryStore
 from proxy.store.sqlite import SqliteStore

@@ -10,9 +10,9 @@ from __future__ import annotations
 from aiohttp import web
 from orjson import dumps
 
-from .context import GATEWAY
-from .errors import BadRequest, GatewayError, NotFound, Unauthorized
-from .policies.api_key import authenticate
+from ..context import GATEWAY
+from ..errors import BadRequest, GatewayError, NotFound, Unauthorized
+from ..policies.api_key import authenticate
 
 _PROBLEM_TYPES = {400: "rfc9110#section-15.5.1", 401: "rfc9110#section-15.5.2", 403: "rfc9110#section-15.5.4",
                   404: "rfc9110#section-15.5.5", 503: "rfc9110#section-15.6.4"}

@@ -21,7 +21,7 @@ How a run ends (see :meth:`Pump.finish`):
   format has one (Langflow events), else the body is aborted so the client sees an incomplete
   response, never a clean end.
 
-A streamed ``text`` body has a compiled front (:mod:`proxy.textpath`, chosen in
+A streamed ``text`` body has a compiled front (:mod:`proxy.stream.textpath`, chosen in
 :meth:`Pump.fast_path`): it takes the common chunk itself and calls into this class for the rest
 (the first chunk, a policy's limit crossed, a hold, back-pressure, the end). Whatever you change
 here about what a chunk does, the parity tests in ``tests/test_textpath.py`` hold both to it.
@@ -37,14 +37,14 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import metrics as m
-from .headers import JOB_ID_HEADER, STREAM_HEADERS
-from .policies import StopRun
-from .protocols import Decoder, Encoder, End, Error, Event, Item, Token, Usage, item_text
-from .protocols.text import TextDecoder
-from .run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, MAX_TOKENS, Meter, Run
+from .. import metrics as m
+from ..http1.headers import JOB_ID_HEADER, STREAM_HEADERS
+from ..policies import StopRun
+from ..protocols import Decoder, Encoder, End, Error, Event, Item, Token, Usage, item_text
+from ..protocols.text import TextDecoder
+from ..run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, MAX_TOKENS, Meter, Run
+from ..upstream import Connection
 from .sinks import BufferSink, ClientSink, open_client
-from .upstream import Connection
 
 try:
     from .textpath import TextPath
@@ -139,7 +139,7 @@ class Pump:
             self.sink.flush()
 
     def fast_path(self):
-        """The compiled per-chunk path (:mod:`proxy.textpath`) for a streamed ``text`` body, when it
+        """The compiled per-chunk path (:mod:`proxy.stream.textpath`) for a streamed ``text`` body, when it
         was built, the chain's hooks all say when they are quiet, and the output format can encode
         a piece of text directly; else None (this pump's own path)."""
         if TextPath is None or self.quiet is None or type(self.decoder) is not TextDecoder \

@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """A chunked response body's framing (RFC 9112 section 7.1), read exactly as llhttp reads it in
-its strict mode: the compiled text path (:mod:`proxy.textpath`) parses a backend's chunked body
+its strict mode: the compiled text path (:mod:`proxy.stream.textpath`) parses a backend's chunked body
 with it instead of going through httptools, which costs a Python call per read and per piece.
 
 Why hand-written: llhttp (through httptools) has no way to hand body bytes to C code, and this is

@@ -8,14 +8,14 @@ from __future__ import annotations
 from .. import metrics as m
 from ..errors import Forbidden, InvalidToken, NotFound
 from ..run import Run
-from . import Policy
+from .base import Policy
 
 
-class EnvPolicy(Policy):
+class Routing(Policy):
     """Sets ``run.flow``, ``run.target`` and ``run.backend``; 404 for unknown/unpublished flows and
     missing env targets; 403 (dialect-rendered) for a key whose scope does not cover them."""
 
-    name = "env"
+    name = "routing"
 
     async def on_request(self, run: Run) -> None:
         cfg = self.gw.config

@@ -6,7 +6,7 @@ import re
 
 from aiohttp import web
 
-from .config import CorsConfig
+from ..config import CorsConfig
 
 EXPOSED = "flow-job-id, x-ratelimit-limit, x-ratelimit-remaining, retry-after"
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")

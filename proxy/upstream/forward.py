@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import time
 
-from . import metrics as m
-from .errors import BackendTimeout, BackendUnavailable, GatewayError, RunFailed
-from .headers import upstream_headers
-from .run import Run
-from .upstream import MALFORMED, TIMEOUT, TOO_LARGE, Connection, UpstreamError, UpstreamPool, UpstreamTimeout
+from .. import metrics as m
+from ..errors import BackendTimeout, BackendUnavailable, GatewayError, RunFailed
+from ..http1.headers import upstream_headers
+from ..run import Run
+from . import MALFORMED, TIMEOUT, TOO_LARGE, Connection, UpstreamError, UpstreamPool, UpstreamTimeout
 
 TOO_LARGE_MESSAGE = "the backend's response is larger than the gateway buffers"
 

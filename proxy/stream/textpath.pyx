@@ -9,7 +9,7 @@ interleaved (README, Benchmark). For a backend that speaks ``text`` this path do
 common case of a chunk in C: count the gap, decode the UTF-8 side view, meter, compare with the
 policies' quiet limits, frame and write. Python runs again only where something happens.
 
-How it sits in the pump (:mod:`proxy.pump` makes one when :meth:`Pump.fast_path` allows): it is
+How it sits in the pump (:mod:`proxy.stream.pump` makes one when :meth:`Pump.fast_path` allows): it is
 the upstream connection's body consumer in the pump's place, with the same four calls, and one
 more.
 
@@ -21,7 +21,7 @@ more.
 - ``end()``, ``broken(message)``: the pump's.
 - ``take_body(conn, raw)``: for a chunked response (nearly every streaming backend's) it also
   reads the chunk framing itself: it becomes the socket's protocol (``data_received`` per read,
-  RFC 9112 chunks read by :mod:`proxy.chunked`, as strict as llhttp) until the last chunk, then sets the
+  RFC 9112 chunks read by :mod:`proxy.upstream.chunked`, as strict as llhttp) until the last chunk, then sets the
   connection back as its protocol, complete and reusable. So a line costs one call from the event
   loop into C, and no Python frame unless something happens (a transcoded chunk still calls its
   output encoder's ``encode_text``). Malformed framing is the backend's
@@ -53,14 +53,14 @@ from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
-from proxy.chunked cimport DONE, FAILED, ChunkedParser
+from proxy.upstream.chunked cimport DONE, FAILED, ChunkedParser
 
 
 cdef extern from "Python.h":
     object PyUnicode_DecodeUTF8Stateful(const char *s, Py_ssize_t size, const char *errors,
                                         Py_ssize_t *consumed)
 
-cdef Py_ssize_t SMALL = 2048  # as proxy.sinks.SMALL: below it a piece and its framing are one write
+cdef Py_ssize_t SMALL = 2048  # as proxy.stream.sinks.SMALL: below it a piece and its framing are one write
 cdef long long NO_LIMIT = 1 << 62
 
 
@@ -114,7 +114,7 @@ cdef object _decode(bytes buf, decoder, rest):
 
 
 cdef class TextPath:
-    """The compiled front of one run's :class:`~proxy.pump.Pump` (see the module docstring)."""
+    """The compiled front of one run's :class:`~proxy.stream.pump.Pump` (see the module docstring)."""
 
     cdef object pump, run, meter, decoder, gap, transport, conn, encode_text
     cdef list out, counts, quiet

@@ -10,13 +10,13 @@ import time
 
 from aiohttp import web
 
-from . import metrics as m
-from .context import GATEWAY
-from .dialects.workflow import WorkflowDialect, key_from_headers
-from .errors import BadRequest, GatewayError, NotFound
-from .policies.api_key import authenticate
-from .policies.rate_limit import check_rate
-from .policies.stream_token import new_token, token_digest
+from .. import metrics as m
+from ..context import GATEWAY
+from ..dialects.workflow import WorkflowDialect, key_from_headers
+from ..errors import BadRequest, GatewayError, NotFound
+from ..policies.api_key import authenticate
+from ..policies.rate_limit import check_rate
+from ..policies.stream_token import new_token, token_digest
 
 
 def _ttl(raw: str | None, default: int, maximum: int) -> int:

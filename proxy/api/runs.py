@@ -17,17 +17,17 @@ import time
 import structlog
 from aiohttp import web
 
-from . import metrics as m
-from .context import GATEWAY, Gateway
+from .. import metrics as m
+from ..context import GATEWAY, Gateway
+from ..dialects import Collected, Dialect
+from ..errors import BackendTimeout, GatewayError, RequestTimeout, RunFailed
+from ..http1.headers import JOB_ID_HEADER
+from ..policies import Policy
+from ..protocols import new_decoder, new_encoder
+from ..run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, DEADLINE, REJECTED, RUN, Run
+from ..stream.pump import Pump
+from ..upstream.forward import body_failure, open_upstream
 from .cors import cors_headers
-from .dialects import Collected, Dialect
-from .errors import BackendTimeout, GatewayError, RequestTimeout, RunFailed
-from .forward import body_failure, open_upstream
-from .headers import JOB_ID_HEADER
-from .policies import Policy
-from .protocols import new_decoder, new_encoder
-from .pump import Pump
-from .run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, DEADLINE, REJECTED, RUN, Run
 
 log = structlog.get_logger("flowgate.run")
 

@@ -1,0 +1,44 @@
+"""The policy base class and the typed stop a hook raises (:mod:`proxy.policies` says how the
+hooks are used; :mod:`proxy.policies.chain` builds the chain)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from ..context import Gateway
+    from ..protocols import Event
+    from ..run import Run
+
+
+class StopRun(Exception):
+    """Raised from ``on_event`` to end a run early with ``outcome`` (e.g. ``credits_cut``)."""
+
+    def __init__(self, outcome: str, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.message = message
+
+
+class Policy:
+    name: ClassVar[str] = "policy"
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    async def on_request(self, run: Run) -> None:
+        return None
+
+    def on_event(self, run: Run, event: Event) -> Awaitable[None] | None:
+        return None
+
+    def quiet(self, run: Run) -> tuple[int | None, float]:
+        return 0, 0.0  # never quiet
+
+    async def on_complete(self, run: Run) -> None:
+        return None
+
+    @classmethod
+    def overrides(cls, hook: str) -> bool:
+        return getattr(cls, hook) is not getattr(Policy, hook)

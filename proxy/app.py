@@ -16,8 +16,8 @@ from aiohttp import web
 from orjson import dumps
 
 from . import metrics as m
-from .api.cors import preflight
 from .api.jobs import get_job
+from .api.ops import healthz, metrics_view, preflight_view, readyz
 from .api.runs import handle_run
 from .api.tokens import mint_token
 from .balances import Balances
@@ -72,7 +72,7 @@ def create_app(config: Config) -> web.Application:
             if route == "token":
                 handler = partial(mint_token, dialect=dialect)
             elif route == "preflight":
-                handler = partial(_preflight, config=config)
+                handler = partial(preflight_view, config=config)
             else:
                 handler = partial(handle_run, dialect=dialect, route=route)
             front_routes.append(app.router.add_route(method, mount.prefix + path, handler, name=f"{name}:{route}",
@@ -120,10 +120,6 @@ async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-async def _preflight(request: web.Request, config: Config) -> web.Response:
-    return preflight(config.cors, request)
-
-
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
     await gw.store.start()
@@ -144,23 +140,3 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
                                 max_buffered_response_bytes=server.max_buffered_response_bytes)
     yield
     await gw.upstreams.close()
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    try:
-        await request.app[GATEWAY].store.ping()
-    except StoreUnavailable:
-        return web.json_response({"status": "unavailable", "store": "unreachable"}, status=503)
-    return web.json_response({"status": "ok", "store": "ok"})
-
-
-async def metrics_view(request: web.Request) -> web.Response:
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    resp = web.Response(body=generate_latest())
-    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-    return resp

@@ -53,7 +53,8 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None) 
     """Serve until SIGINT/SIGTERM; open streams get ``server.shutdown_timeout_s`` to finish."""
     from aiohttp import web
 
-    from .app import create_app, metrics_view
+    from .api.ops import metrics_view
+    from .app import create_app
     from .context import GATEWAY
     from .front import FRONT_ROUTES, GatewayRunner
 

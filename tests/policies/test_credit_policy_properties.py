@@ -42,10 +42,10 @@ from proxy.policies import StopRun
 from proxy.policies.credits import Credits, credits_for, sweep_expired_holds
 from proxy.policies.hold_size import HoldSizer
 from proxy.protocols import Token, Usage
-from proxy.stream.pump import observe
 from proxy.run import CREDITS_CUT, Meter, Run, new_job_id
 from proxy.store.memory import MemoryStore
 from proxy.store.sqlite import SqliteStore
+from proxy.stream.pump import observe
 from tests.conftest import base_config, redis_url, require_redis
 
 ACCT = "acme"

@@ -12,7 +12,7 @@ import pytest
 
 from proxy.upstream import Connection, UpstreamError, UpstreamPool
 from proxy.upstream.connection import ChunkedParser
-from tests.hostile import (  # noqa: F401 - backend_fixture: the `backend` fixture
+from tests.upstream.hostile import (  # noqa: F401 - backend_fixture: the `backend` fixture
     CHUNKED_HEAD,
     HELLO_CHUNKED,
     HELLO_LENGTH,

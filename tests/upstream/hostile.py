@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from tests.conftest import SECRET, base_config
-from tests.test_pump import open_stream
+from tests.stream.test_pump import open_stream
 
 RUN = "/api/v1/run/wf_text"  # workflow, non-streaming: {"success": true, "result": "..."}
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -8,7 +8,7 @@ import json
 import time
 
 from proxy.upstream import Limits, UpstreamPool
-from tests.hostile import (  # noqa: F401 - backend_fixture: the `backend` fixture
+from tests.upstream.hostile import (  # noqa: F401 - backend_fixture: the `backend` fixture
     CHUNKED_HEAD,
     HELLO_LENGTH,
     PATHS,

@@ -206,8 +206,8 @@ async def test_a_hook_that_stops_the_run_ends_it_at_that_chunk_on_either_path(ou
     from proxy.config import Env
     from proxy.policies import StopRun
     from proxy.protocols import new_decoder, new_encoder
-    from proxy.stream.pump import Pump
     from proxy.run import Run
+    from proxy.stream.pump import Pump
 
     seen: list[str] = []
 

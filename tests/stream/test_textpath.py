@@ -18,12 +18,12 @@ from proxy.config import Env
 from proxy.context import GATEWAY
 from proxy.policies import StopRun
 from proxy.protocols import new_decoder, new_encoder
-from proxy.stream.pump import Pump, TextPath
 from proxy.run import Run
+from proxy.stream.pump import Pump, TextPath
 from proxy.stream.sinks import ClientSink
 from tests.conftest import base_config, stream_chunks
 from tests.policies.test_credits import settled
-from tests.test_pump import open_stream
+from tests.stream.test_pump import open_stream
 
 if TextPath is None:
     if os.environ.get("REQUIRE_NATIVE") == "1":

@@ -10,7 +10,7 @@ import pytest
 
 from proxy.upstream import UpstreamError, UpstreamPool
 from tests.conftest import SECRET
-from tests.hostile import (  # noqa: F401 - backend_fixture: the `backend` fixture
+from tests.upstream.hostile import (  # noqa: F401 - backend_fixture: the `backend` fixture
     CHUNKED_HEAD,
     RUN,
     backend_fixture,
@@ -19,7 +19,7 @@ from tests.hostile import (  # noqa: F401 - backend_fixture: the `backend` fixtu
     run,
     stream_text,
 )
-from tests.test_pump import open_stream
+from tests.stream.test_pump import open_stream
 
 # --- the non-streaming buffer ---
 

@@ -1,0 +1,1 @@
+"""Tests of proxy/api/ (the route handlers)."""

@@ -1,0 +1,1 @@
+"""Tests of proxy/stream/ (the pump and its compiled text path)."""

@@ -1,0 +1,1 @@
+"""Tests of proxy/upstream/ (the backend client, its chunk parser, forwarding)."""

@@ -14,10 +14,11 @@ import time
 from types import SimpleNamespace
 
 from proxy.config import Env
+from proxy.policies import Chain
 from proxy.policies.credits import Credits, Hold
 from proxy.protocols import new_decoder, new_encoder
-from proxy.stream.pump import Pump, TextPath
 from proxy.run import Run
+from proxy.stream.pump import Pump, TextPath
 from proxy.stream.sinks import ClientSink
 
 LINE = b"L12:123456789012345;\n"
@@ -51,9 +52,9 @@ async def per_chunk_us(output: str, compiled: bool = False, n: int = 200_000) ->
     run.flow = SimpleNamespace(id="wf_lines")  # type: ignore[assignment]
     run.extra["credits"] = Hold("acct", 1000, 1000, 10**9, False, 0.0, covered=10**9,
                                 last_checkpoint=time.monotonic() + 1e9)
-    credits = Credits(SimpleNamespace(config=None, store=None))
+    credits = Credits(None, None)  # type: ignore[arg-type]
     pump = Pump(run, _Upstream(), new_decoder("text"), new_encoder(output), output == "text",  # type: ignore[arg-type]
-                [credits.on_event], quiet=[credits.quiet])
+                Chain.of_hooks([credits.on_event], [credits.quiet]))
     sink = object.__new__(ClientSink)
     sink.transport, sink.chunked, sink.out = _Transport(), True, []
     sink.conn = SimpleNamespace(writing_paused=False)

@@ -58,11 +58,7 @@ def create_app(config: Config) -> web.Application:
     gw = Gateway(config=config, store=open_store(config.store))
     gw.hold_sizer = HoldSizer(gw.store, config.limits)
     gw.balances = Balances(gw.store, {name: acct.initial_credits for name, acct in config.accounts.items()})
-    gw.chains = {"key": build_chain(gw, "key"), "token": build_chain(gw, "token")}
-    gw.hooks = {kind: [p.on_event for p in chain if p.overrides("on_event")] for kind, chain in gw.chains.items()}
-    if config.server.compiled_text_path:  # a chain whose hooks all say when they are quiet can take it
-        gw.quiet = {kind: [p.quiet for p in chain if p.overrides("on_event")] for kind, chain in gw.chains.items()
-                    if all(p.overrides("quiet") for p in chain if p.overrides("on_event"))}
+    gw.chains = {kind: build_chain(config, gw.store, gw.hold_sizer, gw.balances, kind) for kind in ("key", "token")}
     app[GATEWAY] = gw
 
     front_routes: list[web.AbstractRoute] = []

@@ -10,7 +10,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from .balances import Balances
     from .config import Config
-    from .policies import Policy
+    from .policies import Chain
     from .policies.hold_size import HoldSizer
     from .store import Store
     from .upstream import UpstreamPool
@@ -21,9 +21,7 @@ class Gateway:
     config: Config
     store: Store
     upstreams: UpstreamPool | None = None
-    chains: dict[str, list[Policy]] = field(default_factory=dict)
-    hooks: dict[str, list] = field(default_factory=dict)  # per chain: the on_event hooks it overrides
-    quiet: dict[str, list] = field(default_factory=dict)  # per chain: those hooks' quiet(), if all have one
+    chains: dict[str, Chain] = field(default_factory=dict)  # the policy chain per credential kind
     hold_sizer: HoldSizer | None = None  # first credit holds per flow (shared by the chains)
     balances: Balances | None = None  # the account balance gauge
 

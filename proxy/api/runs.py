@@ -47,9 +47,7 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
     structlog.contextvars.bind_contextvars(job_id=run.job_id)
     admitted: list[Policy] = []
     try:
-        for policy in gw.chains[run.credential_kind]:
-            await policy.on_request(run)
-            admitted.append(policy)
+        await gw.chains[run.credential_kind].admit(run, admitted)
         # admitted (credential, flow, credits, rate): now the body, under max_body_bytes, the body
         # timer and the run's own cap (a body trickled past it would outlive the run's credit hold);
         # a 413/408 here releases the hold through on_complete (a spent token stays spent)
@@ -89,7 +87,7 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
     assert run.backend is not None and gw.upstreams is not None
     decoder = new_decoder(run.backend.protocol)
     encoder = new_encoder(dialect.output)
-    hooks = gw.hooks[run.credential_kind]  # _execute runs only once the whole chain admitted the run
+    chain = gw.chains[run.credential_kind]  # _execute runs only once the whole chain admitted the run
     passthrough = run.stream and run.backend.protocol == dialect.output
     flow = run.flow_id or m.UNKNOWN_FLOW
     m.child(m.RUNS_STARTED, run.dialect, flow).inc()
@@ -107,8 +105,7 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
                 run.backend_job_id = upstream.headers.get(JOB_ID_HEADER)
                 if run.backend_job_id is not None:
                     structlog.contextvars.bind_contextvars(backend_job_id=run.backend_job_id)
-                pump = Pump(run, upstream, decoder, encoder, passthrough, hooks, collect=not run.stream,
-                            quiet=gw.quiet.get(run.credential_kind))
+                pump = Pump(run, upstream, decoder, encoder, passthrough, chain, collect=not run.stream)
                 if run.stream:
                     await pump.start(pump.response_headers({**cors, **run.response_headers}))
                     run.status = 200
@@ -165,11 +162,7 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
 
 
 async def _complete(gw: Gateway, run: Run, admitted: list[Policy]) -> None:
-    for policy in admitted:
-        try:
-            await policy.on_complete(run)
-        except Exception:  # one policy's failure must not skip the others' settlement
-            log.exception("on_complete_failed", policy=policy.name)
+    await gw.chains[run.credential_kind].complete(run, admitted)
     if run.extra.get("forwarded"):
         flow = run.flow_id or m.UNKNOWN_FLOW
         outcome = run.outcome or CLIENT_DISCONNECTED

@@ -33,5 +33,5 @@ class ApiKey(Policy):
     name = "api_key"
 
     async def on_request(self, run: Run) -> None:
-        key = authenticate(self.gw.config, run.credential or "")
+        key = authenticate(self.config, run.credential or "")
         run.key, run.key_id, run.owner = key, key.id, key.owner

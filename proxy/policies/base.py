@@ -7,9 +7,10 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from ..context import Gateway
+    from ..config import Config
     from ..protocols import Event
     from ..run import Run
+    from ..store import Store
 
 
 class StopRun(Exception):
@@ -22,10 +23,13 @@ class StopRun(Exception):
 
 
 class Policy:
+    """A policy gets what it uses (the config and the store), never the whole gateway."""
+
     name: ClassVar[str] = "policy"
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
+    def __init__(self, config: Config, store: Store) -> None:
+        self.config = config
+        self.store = store
 
     async def on_request(self, run: Run) -> None:
         return None

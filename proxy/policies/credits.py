@@ -35,6 +35,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -43,6 +44,10 @@ from ..errors import NoCredits, StoreUnavailable
 from ..protocols import Event
 from ..run import COMPLETED, CREDITS_CUT, Run
 from .base import Policy, StopRun
+
+if TYPE_CHECKING:
+    from ..balances import Balances
+    from .hold_size import HoldSizer
 
 log = structlog.get_logger("flowgate.credits")
 CHECKPOINT_EVERY_S = 1.0
@@ -87,32 +92,36 @@ monotonic = time.monotonic
 class Credits(Policy):
     name = "credits"
 
-    def __init__(self, gw) -> None:
-        super().__init__(gw)
+    def __init__(self, config, store, sizer: HoldSizer | None = None, balances: Balances | None = None) -> None:
+        super().__init__(config, store)
+        self.sizer = sizer  # first holds sized from the flow's recent runs (shared by the chains)
+        self.balances = balances  # the balance gauge, told of each settlement
         self._background: set[asyncio.Task] = set()
 
     def _expiry(self, run: Run) -> float:
         assert run.flow is not None
-        limits = self.gw.config.limits
-        return run.started_at + self.gw.config.run_cap_s(run.flow) + limits.hold_grace_s
+        limits = self.config.limits
+        return run.started_at + self.config.run_cap_s(run.flow) + limits.hold_grace_s
 
     async def on_request(self, run: Run) -> None:
         flow = run.flow
         assert flow is not None and run.owner is not None
         per_1k = flow.credits_per_1k_tokens
-        limits = self.gw.config.limits
+        limits = self.config.limits
         quantum = max(1, credits_for(limits.credit_quantum_tokens, per_1k))
-        account = self.gw.config.accounts.get(run.owner)
+        account = self.config.accounts.get(run.owner)
         initial = account.initial_credits if account is not None else 0
         expires = self._expiry(run)
         granted = 0
         meta = None
         if per_1k > 0:  # a free flow holds nothing but still gets its ledger entry
-            first = max(1, credits_for(await self.gw.hold_sizer.first_hold_tokens(run.owner, flow.id), per_1k))
+            estimate = (await self.sizer.first_hold_tokens(run.owner, flow.id) if self.sizer is not None
+                        else limits.credit_quantum_tokens)
+            first = max(1, credits_for(estimate, per_1k))
             floor = max(1, credits_for(min(limits.credit_hold_floor_tokens, limits.credit_quantum_tokens), per_1k))
             meta = {"flow": flow.id, "key_id": run.key_id, "env": run.env.value, "dialect": run.dialect,
                     "started_at": run.started_at}
-            granted = await self.gw.store.open_hold(run.job_id, run.owner, first, expires, meta,
+            granted = await self.store.open_hold(run.job_id, run.owner, first, expires, meta,
                                                     minimum=min(first, floor), initial=initial)
             if granted <= 0:
                 run.reason = "no_credits"
@@ -151,7 +160,7 @@ class Credits(Policy):
         unit = min(hold.quantum, max(hold.held, 1))  # the hold at least doubles, by a quantum at most
         want = cost - hold.held + unit * hold.step
         try:
-            granted = await self.gw.store.grow_hold(run.job_id, hold.account, want, hold.expires_at,
+            granted = await self.store.grow_hold(run.job_id, hold.account, want, hold.expires_at,
                                                     reopen=hold.meta, initial=hold.initial)
         except StoreUnavailable:
             granted = 0  # fail closed: an unreachable store cannot vouch for more credit
@@ -167,7 +176,7 @@ class Credits(Policy):
     async def _checkpoint(self, run: Run, hold: Hold, cost: int) -> None:
         hold.checkpointed_tokens = run.meter.output_tokens
         try:
-            await self.gw.store.checkpoint(run.job_id, hold.account, cost, run.meter.input_tokens,
+            await self.store.checkpoint(run.job_id, hold.account, cost, run.meter.input_tokens,
                                            run.meter.output_tokens, hold.expires_at)
         except StoreUnavailable:
             log.warning("checkpoint_failed", job_id=run.job_id)
@@ -194,7 +203,7 @@ class Credits(Policy):
         }
         for attempt in range(3):
             try:
-                settled = await self.gw.store.settle(run.job_id, hold.account, charge, entry, initial=hold.initial)
+                settled = await self.store.settle(run.job_id, hold.account, charge, entry, initial=hold.initial)
                 break
             except StoreUnavailable:
                 # the hold stays in the store with its checkpoint; a live replica settles it later
@@ -205,9 +214,10 @@ class Credits(Policy):
         run.extra["credits_charged"] = charge
         if settled is not None:
             m.child(m.CREDITS, run.flow_id or m.UNKNOWN_FLOW).inc(charge)
-            if run.outcome == COMPLETED and run.flow_id is not None:
-                self.gw.hold_sizer.settled(run.flow_id, run.meter.output_tokens)
-            self.gw.balances.changed(hold.account)
+            if run.outcome == COMPLETED and run.flow_id is not None and self.sizer is not None:
+                self.sizer.settled(run.flow_id, run.meter.output_tokens)
+            if self.balances is not None:
+                self.balances.changed(hold.account)
 
 
 async def sweep_expired_holds(gw, now: float | None = None) -> int:

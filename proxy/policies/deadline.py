@@ -15,4 +15,4 @@ class Deadline(Policy):
 
     async def on_request(self, run: Run) -> None:
         assert run.flow is not None
-        run.deadline = asyncio.get_running_loop().time() + self.gw.config.run_cap_s(run.flow)
+        run.deadline = asyncio.get_running_loop().time() + self.config.run_cap_s(run.flow)

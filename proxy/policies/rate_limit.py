@@ -45,13 +45,13 @@ class RateLimit(Policy):
         key = run.key
         if key is None:
             return
-        await check_rate(self.gw.store, key, run.response_headers)
+        await check_rate(self.store, key, run.response_headers)
         limit = key.rate_limit.concurrent_runs
         if limit is None:
             return
         assert run.flow is not None
-        expires = time.time() + self.gw.config.run_cap_s(run.flow) + SLOT_GRACE_S
-        result = await self.gw.store.slot_acquire(f"conc:{key.id}", limit, run.job_id, expires)
+        expires = time.time() + self.config.run_cap_s(run.flow) + SLOT_GRACE_S
+        result = await self.store.slot_acquire(f"conc:{key.id}", limit, run.job_id, expires)
         if not result.allowed:
             raise RateLimited("too many concurrent runs for this key",
                               headers=_headers(limit, 0, result.retry_after_s or 1))
@@ -60,4 +60,4 @@ class RateLimit(Policy):
     async def on_complete(self, run: Run) -> None:
         bucket = run.extra.get(self.name)
         if bucket is not None:
-            await self.gw.store.slot_release(bucket, run.job_id)
+            await self.store.slot_release(bucket, run.job_id)

@@ -18,7 +18,7 @@ class Routing(Policy):
     name = "routing"
 
     async def on_request(self, run: Run) -> None:
-        cfg = self.gw.config
+        cfg = self.config
         flow = cfg.flow(run.flow_ref, by_name=run.by_name)
         if (
             flow is None

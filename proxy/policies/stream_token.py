@@ -51,11 +51,11 @@ class StreamToken(Policy):
         token = run.credential or ""
         if TOKEN_RE.fullmatch(token) is None:
             self._refuse(run, "malformed")
-        status, record = await self.gw.store.consume_token(token_digest(token))
+        status, record = await self.store.consume_token(token_digest(token))
         if status != "ok" or record is None:
             self._refuse(run, status)
         m.STREAM_TOKENS_CONSUMED.inc()
-        key = self.gw.config.key_by_id(record.get("key_id") or "")
+        key = self.config.key_by_id(record.get("key_id") or "")
         run.key = key
         run.key_id = record.get("key_id")
         run.owner = record.get("owner")

@@ -33,18 +33,22 @@ import asyncio
 import contextvars
 import time
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from .. import metrics as m
 from ..http1.headers import JOB_ID_HEADER, STREAM_HEADERS
-from ..policies import StopRun
+from ..policies.base import StopRun
 from ..protocols import Decoder, Encoder, End, Error, Event, Item, Token, Usage, item_text
 from ..protocols.text import TextDecoder
 from ..run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, MAX_TOKENS, Meter, Run
 from ..upstream import Connection
 from .sinks import BufferSink, ClientSink, open_client
+
+if TYPE_CHECKING:
+    from ..policies import Chain
 
 try:
     from .textpath import TextPath
@@ -53,7 +57,6 @@ except ImportError:  # not built (no C compiler at install): every chunk takes t
 
 monotonic = time.monotonic
 
-Hook = Callable[[Run, Event], "Awaitable[None] | None"]
 
 
 def observe(meter: Meter, ev: Event) -> None:
@@ -79,9 +82,9 @@ class Pump:
     caller's deadline and client disconnects arrive as cancellation of that await, after which the
     caller calls :meth:`detach` and closes the upstream."""
 
-    __slots__ = ("run", "upstream", "decoder", "encoder", "passthrough", "hooks", "resp", "sink", "feed",
+    __slots__ = ("run", "upstream", "decoder", "encoder", "passthrough", "chain", "resp", "sink", "feed",
                  "error_in_stream", "message", "result", "texts", "collect", "done", "ended", "held",
-                 "draining", "tasks", "ctx", "last", "gap", "write", "quiet", "fast")
+                 "draining", "tasks", "ctx", "last", "gap", "write", "fast")
 
     def __init__(
         self,
@@ -90,10 +93,9 @@ class Pump:
         decoder: Decoder,
         encoder: Encoder,
         passthrough: bool,
-        hooks: list[Hook],
+        chain: Chain,
         *,
         collect: bool = False,
-        quiet: list[Callable[[Run], tuple[int | None, float]]] | None = None,
     ) -> None:
         self.run = run
         self.upstream = upstream
@@ -101,7 +103,7 @@ class Pump:
         self.feed = decoder.feed
         self.encoder = encoder
         self.passthrough = passthrough
-        self.hooks = hooks
+        self.chain = chain  # the run's policies: their hooks, and the quiet limits of the compiled path
         self.resp: web.StreamResponse | None = None
         self.sink: ClientSink | BufferSink | None = None
         self.error_in_stream = False  # the backend's own error event was passed through already
@@ -118,7 +120,6 @@ class Pump:
         self.last = 0.0  # when the previous chunk arrived
         self.gap = m.child(m.CHUNK_GAP, run.flow_id or m.UNKNOWN_FLOW)
         self.write: Callable[[bytes], None] = self._no_sink  # the sink's list append, once there is one
-        self.quiet = quiet  # the hooks' quiet limits (None: the compiled text path is off for this run)
         self.fast = None  # the compiled text path, when it takes this run's chunks
 
     def response_headers(self, extra_headers: dict[str, str]) -> dict[str, str]:
@@ -142,13 +143,13 @@ class Pump:
         """The compiled per-chunk path (:mod:`proxy.stream.textpath`) for a streamed ``text`` body, when it
         was built, the chain's hooks all say when they are quiet, and the output format can encode
         a piece of text directly; else None (this pump's own path)."""
-        if TextPath is None or self.quiet is None or type(self.decoder) is not TextDecoder \
+        if TextPath is None or self.chain.quiet is None or type(self.decoder) is not TextDecoder \
                 or type(self.sink) is not ClientSink:
             return None
         encode_text = None if self.passthrough else getattr(self.encoder, "encode_text", None)
         if encode_text is None and not self.passthrough:
             return None
-        return TextPath(self, self.sink, self.quiet, encode_text)
+        return TextPath(self, self.sink, self.chain.quiet, encode_text)
 
     def collect_into(self, parts: list[bytes]) -> None:
         """Non-streaming: the body goes to ``parts`` (the encoder's prologue first)."""
@@ -262,7 +263,8 @@ class Pump:
         """``events[i:]`` through metering, collection and the hooks (event ``i`` from hook ``k``).
         Returns ``(outcome, None)``, or ``(None, (awaitable, i, k))`` when a hook's awaitable must
         complete before hook ``k`` of event ``i`` runs."""
-        hooks, run, n = self.hooks, self.run, len(events)
+        run, n = self.run, len(events)
+        hooks_of = self.chain.hooks_of if self.chain.hooks else None
         while i < n:
             ev = events[i]
             if k == 0:
@@ -276,15 +278,14 @@ class Pump:
                     observe(run.meter, ev)
                 if self.collect:
                     self._collect(ev)
-            while k < len(hooks):
+            if hooks_of is not None:
                 try:
-                    pending = hooks[k](run, ev)
+                    blocked = hooks_of(run, ev, k)
                 except StopRun as stop:
                     self.message = stop.message
                     return stop.outcome, None
-                k += 1
-                if pending is not None:
-                    return None, (pending, i, k)
+                if blocked is not None:
+                    return None, (blocked[0], i, blocked[1])
             if parts is not None:
                 parts.append(self.encoder.encode(ev))
             i, k = i + 1, 0

@@ -120,7 +120,7 @@ async def close_clients(clients, prefix: str | None) -> None:
 def gateway(config, store):
     gw = SimpleNamespace(config=config, store=store, hold_sizer=HoldSizer(store, config.limits),
                          balances=Balances(store, {n: a.initial_credits for n, a in config.accounts.items()}))
-    return gw, Credits(gw)
+    return gw, Credits(gw.config, gw.store, gw.hold_sizer, gw.balances)
 
 
 @dataclass
@@ -191,7 +191,7 @@ async def one_run(me: int, credits: Credits, flow, spec: dict, totals: Totals, o
             run.outcome, rec.cut = stop.outcome, True
             break
         finally:
-            await check_account(credits.gw.store, totals, f"gw{me} run {run.job_id} after an event")
+            await check_account(credits.store, totals, f"gw{me} run {run.job_id} after an event")
     if spec["ending"] == "dies":
         rec.died = True  # no on_complete: the hold stays in the store with its last checkpoint
         return
@@ -199,7 +199,7 @@ async def one_run(me: int, credits: Credits, flow, spec: dict, totals: Totals, o
         run.outcome = spec["ending"]
     await credits.on_complete(run)
     totals.live -= 1
-    await check_account(credits.gw.store, totals, f"gw{me} run {run.job_id} settled")
+    await check_account(credits.store, totals, f"gw{me} run {run.job_id} settled")
 
 
 async def all_or_first_failure(coros) -> None:

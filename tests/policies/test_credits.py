@@ -46,7 +46,7 @@ def test_quiet_limits_are_where_on_event_would_act():
     from proxy.protocols import Token
     from proxy.run import Meter
 
-    credits = Credits(SimpleNamespace(config=None, store=None))
+    credits = Credits(None, None)  # type: ignore[arg-type]
     hold = Hold("acme", 1000, 10, 10, False, 0.0, covered=10, last_checkpoint=time.monotonic())
     run = SimpleNamespace(extra={"credits": hold}, meter=Meter())
     max_chars, until = credits.quiet(run)

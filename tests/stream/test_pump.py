@@ -204,7 +204,7 @@ async def test_a_hook_that_stops_the_run_ends_it_at_that_chunk_on_either_path(ou
     from types import SimpleNamespace
 
     from proxy.config import Env
-    from proxy.policies import StopRun
+    from proxy.policies import Chain, StopRun
     from proxy.protocols import new_decoder, new_encoder
     from proxy.run import Run
     from proxy.stream.pump import Pump
@@ -219,7 +219,8 @@ async def test_a_hook_that_stops_the_run_ends_it_at_that_chunk_on_either_path(ou
     run = Run(request=None, dialect="workflow", route="stream", flow_ref="wf", env=Env.Production,  # type: ignore[arg-type]
               stream=False, body=b"")
     run.flow = SimpleNamespace(id="wf")  # type: ignore[assignment]
-    pump = Pump(run, _Upstream(), new_decoder("text"), new_encoder(output), output == "text", [hook])  # type: ignore[arg-type]
+    pump = Pump(run, _Upstream(), new_decoder("text"), new_encoder(output), output == "text",  # type: ignore[arg-type]
+                Chain.of_hooks([hook]))
     parts: list[bytes] = []
     pump.collect_into(parts)
     done = pump.pump()

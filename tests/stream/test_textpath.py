@@ -16,7 +16,7 @@ import pytest
 
 from proxy.config import Env
 from proxy.context import GATEWAY
-from proxy.policies import StopRun
+from proxy.policies import Chain, StopRun
 from proxy.protocols import new_decoder, new_encoder
 from proxy.run import Run
 from proxy.stream.pump import Pump, TextPath
@@ -85,8 +85,8 @@ def _pump(output: str, hooks=(), quiet=()):
     run = Run(request=None, dialect="workflow", route="stream", flow_ref="wf", env=Env.Production,  # type: ignore[arg-type]
               stream=True, body=b"")
     run.flow = SimpleNamespace(id="wf")  # type: ignore[assignment]
-    pump = Pump(run, _Upstream(), new_decoder("text"), new_encoder(output), output == "text", list(hooks),  # type: ignore[arg-type]
-                quiet=list(quiet))
+    pump = Pump(run, _Upstream(), new_decoder("text"), new_encoder(output), output == "text",  # type: ignore[arg-type]
+                Chain.of_hooks(list(hooks), list(quiet)))
     transport = _Transport()
     pump.sink = ClientSink(transport, True, _Conn())
     pump.resp = object()  # type: ignore[assignment]
@@ -239,7 +239,7 @@ async def test_the_gateway_streams_and_charges_the_same_either_way(upstream, gat
         cfg = _config(upstream.url, compiled, store=f"sqlite:///{tmp_path / f'{compiled}.db'}")
         cfg["limits"] = {"credit_quantum_tokens": 1}
         client = await gateway(cfg)
-        assert sorted(client.app[GATEWAY].quiet) == (["key", "token"] if compiled else [])
+        assert sorted(k for k, c in client.app[GATEWAY].chains.items() if c.quiet is not None) == (["key", "token"] if compiled else [])
         resp = await open_stream(client, dialect, "wf_text")
         body = await resp.read()
         if dialect == "profitbase":

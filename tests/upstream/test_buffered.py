@@ -10,6 +10,7 @@ import pytest
 
 from proxy.upstream import UpstreamError, UpstreamPool
 from tests.conftest import SECRET
+from tests.stream.test_pump import open_stream
 from tests.upstream.hostile import (  # noqa: F401 - backend_fixture: the `backend` fixture
     CHUNKED_HEAD,
     RUN,
@@ -19,7 +20,6 @@ from tests.upstream.hostile import (  # noqa: F401 - backend_fixture: the `backe
     run,
     stream_text,
 )
-from tests.stream.test_pump import open_stream
 
 # --- the non-streaming buffer ---
 

@@ -239,7 +239,8 @@ async def test_the_gateway_streams_and_charges_the_same_either_way(upstream, gat
         cfg = _config(upstream.url, compiled, store=f"sqlite:///{tmp_path / f'{compiled}.db'}")
         cfg["limits"] = {"credit_quantum_tokens": 1}
         client = await gateway(cfg)
-        assert sorted(k for k, c in client.app[GATEWAY].chains.items() if c.quiet is not None) == (["key", "token"] if compiled else [])
+        chains = client.app[GATEWAY].chains
+        assert sorted(k for k, c in chains.items() if c.quiet is not None) == (["key", "token"] if compiled else [])
         resp = await open_stream(client, dialect, "wf_text")
         body = await resp.read()
         if dialect == "profitbase":

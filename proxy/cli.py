@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 
 import yaml
 
-from .config import ENV_ACCEPTED, Config, ConfigError, Env, load_config
+from .config import Config, ConfigError, load_config
+from .env import ENV_ACCEPTED, Env
 
 DEFAULT_CONFIG_ENV = "FLOWGATE_CONFIG"
 

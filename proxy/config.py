@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from .env import ENV_ACCEPTED, Env
 from .protocols import BACKEND_PROTOCOLS
 
 MAX_DURATION_CAP_S = 300.0
@@ -39,29 +39,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
-
-
-class Env(StrEnum):
-    """A flow environment. Clients may say the name (any case) or 0/1/2."""
-
-    Development = "Development"
-    Test = "Test"
-    Production = "Production"
-
-    @classmethod
-    def parse(cls, value: str | None) -> Env | None:
-        """The env for a query value, ``Production`` for no value, ``None`` for anything invalid."""
-        if value is None or value == "":
-            return cls.Production
-        return _ENV_ALIASES.get(value.strip().lower())
-
-
-_ENV_ALIASES = {
-    "development": Env.Development, "0": Env.Development,
-    "test": Env.Test, "1": Env.Test,
-    "production": Env.Production, "2": Env.Production,
-}
-ENV_ACCEPTED = "Development, Test, Production, 0, 1 or 2"
 
 
 class _Model(BaseModel):

@@ -17,7 +17,8 @@ from aiohttp import web
 from ulid import ULID
 
 if TYPE_CHECKING:
-    from .config import BackendConfig, Env, FlowConfig, KeyConfig, TargetConfig
+    from .config import BackendConfig, FlowConfig, KeyConfig, TargetConfig
+    from .env import Env
 
 # Outcomes of an admitted run (bounded: used as a metric label).
 COMPLETED = "completed"

@@ -52,6 +52,7 @@ OVER_LINES: dict[str, str] = {
 
 # Flat .py files in proxy/ beyond MAX_FLAT_FILES, who moves them out (path -> who).
 EXTRA_FLAT: dict[str, str] = {
+    "proxy/config.py": "house-config (this branch): config/, a package",
     "proxy/pump.py": "the lead: stream/",
     "proxy/sinks.py": "the lead: stream/",
     "proxy/forward.py": "the lead: upstream/",

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
-from ..config import ENV_ACCEPTED, Env
+from ..env import ENV_ACCEPTED, Env
 from ..errors import BadRequest, GatewayError, PayloadTooLarge, RequestTimeout
 from ..run import Run
 

@@ -36,7 +36,8 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from proxy.balances import Balances
-from proxy.config import Env, parse_config
+from proxy.config import parse_config
+from proxy.env import Env
 from proxy.errors import NoCredits
 from proxy.policies import StopRun
 from proxy.policies.credits import Credits, credits_for, sweep_expired_holds

@@ -13,7 +13,7 @@ import asyncio
 import time
 from types import SimpleNamespace
 
-from proxy.config import Env
+from proxy.env import Env
 from proxy.policies import Chain
 from proxy.policies.credits import Credits, Hold
 from proxy.protocols import new_decoder, new_encoder

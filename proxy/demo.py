@@ -17,8 +17,9 @@ import orjson
 import yaml
 from aiohttp import web
 
-from .cli import install_uvloop, key_entry, new_secret, serve_forever
 from .config import parse_config
+from .front.serve import install_uvloop, serve_forever
+from .policies.api_key import key_entry, new_secret
 
 ANSWER = (
     "Streaming gateways pass each chunk on the moment it arrives, so the reader sees the answer "

@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from ulid import ULID
 
+from .protocols.events import Event, Item, Token, Usage, item_text
+
 if TYPE_CHECKING:
-    from .config import BackendConfig, Env, FlowConfig, KeyConfig, TargetConfig
+    from .config import BackendConfig, FlowConfig, KeyConfig, TargetConfig
+    from .env import Env
 
 # Outcomes of an admitted run (bounded: used as a metric label).
 COMPLETED = "completed"
@@ -60,6 +63,22 @@ class Meter:
     @property
     def input_tokens(self) -> int:
         return self.reported_input or 0
+
+    def observe(self, ev: Event) -> None:
+        """Meter one event: count generated characters, keep the backend's reported usage (clamped
+        to what every store holds exactly)."""
+        t = type(ev)
+        if t is Token:
+            self.chars += len(ev.text)  # type: ignore[union-attr]
+        elif t is Usage:
+            if ev.output is not None:  # type: ignore[union-attr]
+                self.reported_output = min(max(self.reported_output or 0, ev.output), MAX_TOKENS)  # type: ignore[union-attr]
+            if ev.input is not None:  # type: ignore[union-attr]
+                self.reported_input = min(max(self.reported_input or 0, ev.input), MAX_TOKENS)  # type: ignore[union-attr]
+        elif t is Item:
+            text = item_text(ev.obj)  # type: ignore[union-attr]
+            if text:
+                self.chars += len(text)
 
 
 @dataclass(slots=True)

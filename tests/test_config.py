@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxy.config import ConfigError, Env, load_config, parse_config
+from proxy.config import ConfigError, load_config, parse_config
+from proxy.env import Env
 from tests.conftest import base_config
 
 ROOT = Path(__file__).resolve().parent.parent

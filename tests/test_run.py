@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from proxy.config import Env
 from proxy.context import GATEWAY
+from proxy.env import Env
 from proxy.run import Run
 from tests.conftest import SECRET, base_config, stream_chunks
 from tests.dialects.test_langflow import frame

@@ -26,6 +26,7 @@ from ..policies import Policy
 from ..protocols import new_decoder, new_encoder
 from ..run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, DEADLINE, REJECTED, RUN, Run
 from ..stream.pump import Pump
+from ..stream.sinks import BufferSink
 from ..upstream.forward import body_failure, open_upstream
 from .cors import cors_headers
 
@@ -95,6 +96,7 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
     upstream = None
     pump: Pump | None = None
     buffer: list[bytes] = []
+    collected_by: BufferSink | None = None
     outcome: str | None = None
     streams_open = m.child(m.STREAMS_OPEN, run.dialect, flow)
     try:
@@ -105,13 +107,13 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
                 run.backend_job_id = upstream.headers.get(JOB_ID_HEADER)
                 if run.backend_job_id is not None:
                     structlog.contextvars.bind_contextvars(backend_job_id=run.backend_job_id)
-                pump = Pump(run, upstream, decoder, encoder, passthrough, chain, collect=not run.stream)
+                pump = Pump(run, upstream, decoder, encoder, passthrough, chain)
                 if run.stream:
                     await pump.start(pump.response_headers({**cors, **run.response_headers}))
                     run.status = 200
                     streams_open.inc()
                 else:
-                    pump.collect_into(buffer)
+                    collected_by = pump.collect_into(buffer)
                 outcome = await pump.pump()
         except TimeoutError:
             outcome = DEADLINE
@@ -126,13 +128,14 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
             run.reason = run.reason or "backend_broken"
             m.child(m.BACKEND_FAILURES, run.target.backend if run.target else "", "broken").inc()
         if not run.stream:
-            assert pump is not None
+            assert pump is not None and collected_by is not None
             if outcome != COMPLETED:
                 if outcome == DEADLINE:
                     raise BackendTimeout(DEADLINE_MESSAGE)
                 raise body_failure(upstream) or RunFailed("the workflow run failed")
             buffer.append(encoder.close())
-            collected = Collected(body=b"".join(buffer), text="".join(pump.texts), result=pump.result)
+            collected = Collected(body=b"".join(buffer), text="".join(collected_by.texts),
+                                  result=collected_by.result)
             resp = dialect.render_result(run, collected)
             resp.headers.update(run.response_headers)
             resp.headers[JOB_ID_HEADER] = run.job_id

@@ -5,8 +5,8 @@ renders errors and non-streaming results in its own body style. It knows nothing
 it only *parses*, rejecting malformed input with :class:`~proxy.errors.BadRequest` or
 :class:`~proxy.errors.PayloadTooLarge` before any state is touched.
 
-To add a dialect: subclass :class:`Dialect`, list its routes in ``ROUTES`` (the collision check
-and the router both read it), and register the class in ``DIALECTS``.
+To add a dialect: subclass :class:`Dialect`, list its routes in ``routes.ROUTES`` (the collision
+check and the router both read it), and register the class in ``DIALECTS``.
 """
 
 from __future__ import annotations
@@ -18,27 +18,10 @@ from typing import Any, ClassVar
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
-from ..config import ENV_ACCEPTED, Env
+from ..env import ENV_ACCEPTED, Env
 from ..errors import BadRequest, GatewayError, PayloadTooLarge, RequestTimeout
 from ..run import Run
-
-# (method, path relative to the dialect's prefix, route name). Route names are bounded label values.
-ROUTES: dict[str, list[tuple[str, str, str]]] = {
-    "profitbase": [
-        ("POST", "api/v1/tenants/{tenantId}/workspaces/{workspaceId}/flows/{flowId}/run-streaming", "run-streaming"),
-        ("POST", "api/v1/tenants/{tenantId}/workspaces/{workspaceId}/flows/{flowId}/stream", "stream"),
-        ("POST", "api/v1/tenants/{tenantId}/workspaces/{workspaceId}/flows/{flowId}/run", "run"),
-    ],
-    "workflow": [
-        ("GET", "api/v1/token", "token"),
-        ("POST", "api/v1/run/{workflowId}/stream", "stream"),
-        ("OPTIONS", "api/v1/run/{workflowId}/stream", "preflight"),
-        ("POST", "api/v1/run/{workflowId}", "run"),
-    ],
-    "langflow": [
-        ("POST", "api/v1/run/{flowIdOrName}", "run"),
-    ],
-}
+from .routes import ROUTES as ROUTES  # re-exported: the router reads the table from here
 
 
 @dataclass(slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 
 from ..config import Config, KeyConfig
 from ..errors import Forbidden, Unauthorized
@@ -12,6 +13,24 @@ from .base import Policy
 
 def key_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def new_secret() -> str:
+    """A fresh API-key secret (shown once; only its SHA-256 is kept)."""
+    return "fg_" + secrets.token_urlsafe(32)
+
+
+def key_entry(secret: str, key_id: str, owner: str, policies: list[str], tenant: str | None,
+              workspace: str | None, envs: list[str] | None) -> dict:
+    """The ``keys:`` entry of a config for ``secret`` (its digest, never the secret)."""
+    entry: dict = {"id": key_id, "sha256": key_digest(secret), "owner": owner, "policies": policies}
+    if tenant:
+        entry["tenant"] = tenant
+    if workspace:
+        entry["workspace"] = workspace
+    if envs:
+        entry["envs"] = envs
+    return entry
 
 
 def authenticate(config: Config, secret: str) -> KeyConfig:

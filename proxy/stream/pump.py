@@ -41,9 +41,9 @@ from aiohttp import web
 from .. import metrics as m
 from ..http1.headers import JOB_ID_HEADER, STREAM_HEADERS
 from ..policies.base import StopRun
-from ..protocols import Decoder, Encoder, End, Error, Event, Item, Token, Usage, item_text
+from ..protocols import Decoder, Encoder, Error, Event, Token
 from ..protocols.text import TextDecoder
-from ..run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, MAX_TOKENS, Meter, Run
+from ..run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, Run
 from ..upstream import Connection
 from .sinks import BufferSink, ClientSink, open_client
 
@@ -59,22 +59,6 @@ monotonic = time.monotonic
 
 
 
-def observe(meter: Meter, ev: Event) -> None:
-    """Metering: count generated characters and keep the backend's reported usage."""
-    t = type(ev)
-    if t is Token:
-        meter.chars += len(ev.text)  # type: ignore[union-attr]
-    elif t is Usage:  # (a backend's number, kept within what every store holds exactly)
-        if ev.output is not None:  # type: ignore[union-attr]
-            meter.reported_output = min(max(meter.reported_output or 0, ev.output), MAX_TOKENS)  # type: ignore[union-attr]
-        if ev.input is not None:  # type: ignore[union-attr]
-            meter.reported_input = min(max(meter.reported_input or 0, ev.input), MAX_TOKENS)  # type: ignore[union-attr]
-    elif t is Item:
-        text = item_text(ev.obj)  # type: ignore[union-attr]
-        if text:
-            meter.chars += len(text)
-
-
 class Pump:
     """Moves one run's body from the backend connection to a sink (the client, or a buffer).
 
@@ -83,7 +67,7 @@ class Pump:
     caller calls :meth:`detach` and closes the upstream."""
 
     __slots__ = ("run", "upstream", "decoder", "encoder", "passthrough", "chain", "resp", "sink", "feed",
-                 "error_in_stream", "message", "result", "texts", "collect", "done", "ended", "held",
+                 "error_in_stream", "message", "collector", "done", "ended", "held",
                  "draining", "tasks", "ctx", "last", "gap", "write", "fast")
 
     def __init__(
@@ -94,8 +78,6 @@ class Pump:
         encoder: Encoder,
         passthrough: bool,
         chain: Chain,
-        *,
-        collect: bool = False,
     ) -> None:
         self.run = run
         self.upstream = upstream
@@ -108,9 +90,7 @@ class Pump:
         self.sink: ClientSink | BufferSink | None = None
         self.error_in_stream = False  # the backend's own error event was passed through already
         self.message = ""
-        self.result: object = None
-        self.collect = collect
-        self.texts: list[str] = []  # generated text, kept only for non-streaming runs
+        self.collector: BufferSink | None = None  # a non-streaming run's body, text and result
         self.done: asyncio.Future[str] | None = None
         self.ended = False
         self.held: list[bytes | str | None] | None = None  # pieces waiting behind a hook (None: the end)
@@ -151,11 +131,13 @@ class Pump:
             return None
         return TextPath(self, self.sink, self.chain.quiet, encode_text)
 
-    def collect_into(self, parts: list[bytes]) -> None:
-        """Non-streaming: the body goes to ``parts`` (the encoder's prologue first)."""
-        self.sink = BufferSink(parts)
+    def collect_into(self, parts: list[bytes]) -> BufferSink:
+        """Non-streaming: the body goes to ``parts`` (the encoder's prologue first); the returned
+        sink also keeps the generated text and the backend's end result."""
+        self.sink = self.collector = BufferSink(parts)
         self.write = parts.append
         parts.append(self.encoder.open())
+        return self.collector
 
     @staticmethod
     def _no_sink(data: bytes) -> None:
@@ -269,15 +251,15 @@ class Pump:
             ev = events[i]
             if k == 0:
                 t = type(ev)
-                if t is Token:  # observe(), inlined for the common case
+                if t is Token:  # Meter.observe(), inlined for the common case
                     run.meter.chars += len(ev.text)  # type: ignore[union-attr]
                 elif t is Error:
                     self.message = ev.message  # type: ignore[union-attr]
                     return BACKEND_ERROR, None
                 else:
-                    observe(run.meter, ev)
-                if self.collect:
-                    self._collect(ev)
+                    run.meter.observe(ev)
+                if self.collector is not None:
+                    self.collector.take(ev)
             if hooks_of is not None:
                 try:
                     blocked = hooks_of(run, ev, k)
@@ -290,17 +272,6 @@ class Pump:
                 parts.append(self.encoder.encode(ev))
             i, k = i + 1, 0
         return None, None
-
-    def _collect(self, ev: Event) -> None:
-        t = type(ev)
-        if t is Token:
-            self.texts.append(ev.text)  # type: ignore[union-attr]
-        elif t is Item:
-            text = item_text(ev.obj)  # type: ignore[union-attr]
-            if text:
-                self.texts.append(text)
-        elif t is End:
-            self.result = ev.result  # type: ignore[union-attr]
 
     def _emit(self, data: bytes | None, parts: list[bytes] | None, outcome: str | None) -> None:
         sink, run = self.sink, self.run

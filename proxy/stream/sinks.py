@@ -7,6 +7,8 @@ from __future__ import annotations
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web import StreamResponse
 
+from ..protocols.events import End, Event, Item, Token, item_text
+
 SMALL = 2048  # below this a chunk and its framing are joined into one bytes object for one write
 
 
@@ -107,12 +109,26 @@ async def open_client(request, status: int, headers: dict[str, str]) -> tuple[Cl
 
 
 class BufferSink:
-    """Collects the body of a non-streaming run."""
+    """Collects the body of a non-streaming run, and the generated text and the backend's end
+    result as its events go by (what a dialect's non-streaming answer is made of)."""
 
-    __slots__ = ("parts",)
+    __slots__ = ("parts", "texts", "result")
 
     def __init__(self, parts: list[bytes]) -> None:
         self.parts = parts
+        self.texts: list[str] = []
+        self.result: object = None
+
+    def take(self, ev: Event) -> None:
+        t = type(ev)
+        if t is Token:
+            self.texts.append(ev.text)  # type: ignore[union-attr]
+        elif t is Item:
+            text = item_text(ev.obj)  # type: ignore[union-attr]
+            if text:
+                self.texts.append(text)
+        elif t is End:
+            self.result = ev.result  # type: ignore[union-attr]
 
     def write(self, data: bytes) -> None:
         self.parts.append(data)

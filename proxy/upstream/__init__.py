@@ -8,8 +8,10 @@ bodies pushed to a consumer (see :mod:`proxy.upstream.connection`).
 - :mod:`.pool`: the keep-alive pool.
 """
 
-from .connection import READ_HEADERS, BodyConsumer, Connection, UpstreamError, UpstreamTimeout
+from .connection import READ_HEADERS, Connection
+from .consumer import BodyConsumer
 from .endpoint import Endpoint, endpoint, request_head
+from .errors import UpstreamError, UpstreamTimeout
 from .limits import MALFORMED, TIMEOUT, TOO_LARGE, Limits
 from .pool import UpstreamPool
 

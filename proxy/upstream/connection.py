@@ -16,19 +16,17 @@ How to use it (``forward.py`` and ``pump.py`` are the callers)::
     conn.release()               # a fully read keep-alive response: the connection goes back to the pool
     conn.close()                 # anything else: drop the connection now (the backend sees the close)
 
-The parser reads a response's head and not one byte more; a chunked body's bytes then wait for
-the consumer, and one with ``take_body(conn, raw)`` (the compiled text path, :mod:`proxy.stream.textpath`)
-parses them itself as the transport's protocol until the body ends, then hands the connection back
-complete. Any other consumer gets them through the parser, as every other body.
+The parser reads a response's head and not one byte more; a chunked body's bytes then wait for the
+consumer: the compiled text path (:mod:`proxy.stream.textpath`) takes them with ``take_body`` and
+hands the connection back complete; any other consumer gets them through the parser.
 
 Exactly one response per request (RFC 9112 section 9.3; nginx and h11 do the same): interim 1xx
 heads are read past (101 is refused: the gateway never asks for an upgrade), and any byte after the
 final response's framing ends, or while the connection sits idle in the pool, drops the connection:
-it never reaches a consumer and the connection is never reused. Only the empty lines llhttp skips
-between messages are not seen by it: so a body of known length is counted, and a chunked body's
-framing is read alongside by :mod:`proxy.upstream.chunked` (as strict as llhttp), which finds its exact end
-(without the compiled module such empty lines pass; nothing in them can reach a client or a
-later request, whose parser is a new one).
+it never reaches a consumer and the connection is never reused. llhttp itself skips empty lines
+between messages: so a body of known length is counted, and a chunked body's framing is read
+alongside by :mod:`proxy.upstream.chunked` (as strict as llhttp) for its exact end (without the
+compiled module such empty lines pass: nothing in them reaches a client or a later request).
 
 Limits (:class:`~proxy.upstream.limits.Limits`): the head's bytes are counted before they are
 parsed and its header lines as they are, so an oversized head fails after at most one read past
@@ -36,9 +34,9 @@ the limit (:class:`UpstreamError`: 502); the head and the body are on a timer
 (:mod:`proxy.upstream.timer`; :class:`UpstreamTimeout`: 504); ``body_limit`` (a non-streaming
 run's) caps the body's bytes: beyond it the connection is dropped at once.
 
-Bodies are never decompressed (the gateway asks for ``identity`` and meters what it reads). A
-request on a pooled connection that the backend closed while it sat idle is retried once on a new
-connection, and only when not one byte of a response had arrived: the backend never saw it.
+Bodies are never decompressed (the gateway asks for ``identity`` and meters what it reads). The
+pool retries a request once on a new connection only when a pooled one was closed before one byte
+of a response had arrived (the backend never saw it).
 """
 
 from __future__ import annotations
@@ -46,20 +44,19 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import httptools
 
-from .limits import MALFORMED, TIMEOUT, Capped, Limits
+from .consumer import BodyConsumer, Capped
+from .errors import UpstreamError, UpstreamTimeout
+from .limits import MALFORMED, TIMEOUT, Limits
 from .timer import ResponseTimer
 
 try:
     from .chunked import ChunkedParser
 except ImportError:  # not built (no C compiler at install): llhttp alone finds a chunked body's end
     ChunkedParser = None
-
-if TYPE_CHECKING:
-    from .pool import UpstreamPool
 
 # The backend's response headers the gateway looks at (it never forwards them): an open stream
 # keeps only these.
@@ -69,26 +66,16 @@ READ_HEADERS = frozenset({b"flow-job-id", b"content-length", b"transfer-encoding
 BACKEND_JOB_ID = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
-class UpstreamError(Exception):
-    """The backend could not be reached, or closed or garbled the connection before its headers."""
-
-
-class UpstreamTimeout(UpstreamError):
-    """The backend's response head was not complete within ``head_timeout_s``."""
-
-
 class _Stop(Exception):
     """Raised in a parser callback: llhttp stops at once (a limit, or a byte after the response)."""
 
 
-class BodyConsumer(Protocol):
-    def body(self, data: bytes) -> None: ...
+class Slots(Protocol):
+    """What a connection asks of the pool it belongs to."""
 
-    def end(self) -> None: ...
+    def _put(self, conn: Connection) -> None: ...
 
-    def broken(self, message: str) -> None: ...
-
-    def flush(self) -> None: ...
+    def _discard(self, conn: Connection) -> None: ...
 
 
 class Connection(ResponseTimer, asyncio.Protocol):
@@ -99,7 +86,7 @@ class Connection(ResponseTimer, asyncio.Protocol):
                  "tail", "raw", "limits", "head_bytes", "header_count", "timer", "deadline", "mark", "progress_at",
                  "paused", "taken", "kind", "body_limit", "length_end", "chunks")
 
-    def __init__(self, pool: UpstreamPool, key: tuple[str, str, int]) -> None:
+    def __init__(self, pool: Slots, key: tuple[str, str, int]) -> None:
         self.pool, self.key = pool, key
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpResponseParser | None = None
@@ -353,7 +340,7 @@ class Connection(ResponseTimer, asyncio.Protocol):
         """From now on the body goes to ``consumer``; what arrived before is handed over first. A
         consumer with ``take_body`` parses a chunked body itself (proxy.stream.textpath)."""
         if self.body_limit is not None:
-            consumer = Capped(consumer, self, self.body_limit)
+            consumer = Capped(consumer, self._give_up, self.body_limit)
         self.consumer = consumer
         if self.raw is not None:
             raw, self.raw = self.raw, None

@@ -7,8 +7,9 @@ import ssl
 import time
 from collections.abc import Mapping
 
-from .connection import Connection, UpstreamError, UpstreamTimeout
+from .connection import Connection
 from .endpoint import Endpoint, endpoint, request_head
+from .errors import UpstreamError, UpstreamTimeout
 from .limits import Limits
 
 DEFAULT_LIMITS = Limits()

@@ -36,7 +36,8 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from proxy.balances import Balances
-from proxy.config import Env, parse_config
+from proxy.config import parse_config
+from proxy.env import Env
 from proxy.errors import NoCredits
 from proxy.policies import StopRun
 from proxy.policies.credits import Credits, credits_for, sweep_expired_holds
@@ -45,7 +46,6 @@ from proxy.protocols import Token, Usage
 from proxy.run import CREDITS_CUT, Meter, Run, new_job_id
 from proxy.store.memory import MemoryStore
 from proxy.store.sqlite import SqliteStore
-from proxy.stream.pump import observe
 from tests.conftest import base_config, redis_url, require_redis
 
 ACCT = "acme"
@@ -178,9 +178,9 @@ async def one_run(me: int, credits: Credits, flow, spec: dict, totals: Totals, o
         for _ in range(yields):
             await asyncio.sleep(0)
         if kind == "text":
-            observe(run.meter, Token("x" * n))
+            run.meter.observe(Token("x" * n))
         else:
-            observe(run.meter, Usage(output=(run.meter.reported_output or 0) + n))
+            run.meter.observe(Usage(output=(run.meter.reported_output or 0) + n))
         rec.peak_tokens = max(rec.peak_tokens, run.meter.output_tokens)
         try:
             pending = credits.on_event(run, None)

@@ -203,7 +203,7 @@ class _Upstream:
 async def test_a_hook_that_stops_the_run_ends_it_at_that_chunk_on_either_path(output, expected):
     from types import SimpleNamespace
 
-    from proxy.config import Env
+    from proxy.env import Env
     from proxy.policies import Chain, StopRun
     from proxy.protocols import new_decoder, new_encoder
     from proxy.run import Run

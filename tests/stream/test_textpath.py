@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from proxy.config import Env
 from proxy.context import GATEWAY
+from proxy.env import Env
 from proxy.policies import Chain, StopRun
 from proxy.protocols import new_decoder, new_encoder
 from proxy.run import Run

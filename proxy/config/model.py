@@ -1,67 +1,28 @@
-"""The configuration model: every option is declared here once, typed, defaulted and documented.
-
-``load_config(path)`` reads YAML, substitutes ``${VAR}`` / ``${VAR:-default}`` in string values,
-validates everything and builds the lookup indexes the request path uses. Nothing is validated per
-request: a config that loads is a config the gateway can serve.
+"""The config's model: every option declared once, typed, defaulted and documented.
 
 Adding an option: add a typed, defaulted field with a ``Field(description=...)`` to the right
 model, document it in ``config/flowgate.example.yaml``, and read it from the model (never from the
-raw dict).
+raw dict). Checks between sections live in :mod:`.validation`, reading the file in :mod:`.loading`.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from enum import StrEnum
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from .protocols import BACKEND_PROTOCOLS
+from ..env import ENV_ACCEPTED, Env
+from ..protocols import BACKEND_PROTOCOLS
 
 MAX_DURATION_CAP_S = 300.0
-
-
-class ConfigError(Exception):
-    """The config cannot be served. ``problems`` is one line per problem, each naming its key."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
-class Env(StrEnum):
-    """A flow environment. Clients may say the name (any case) or 0/1/2."""
-
-    Development = "Development"
-    Test = "Test"
-    Production = "Production"
-
-    @classmethod
-    def parse(cls, value: str | None) -> Env | None:
-        """The env for a query value, ``Production`` for no value, ``None`` for anything invalid."""
-        if value is None or value == "":
-            return cls.Production
-        return _ENV_ALIASES.get(value.strip().lower())
-
-
-_ENV_ALIASES = {
-    "development": Env.Development, "0": Env.Development,
-    "test": Env.Test, "1": Env.Test,
-    "production": Env.Production, "2": Env.Production,
-}
-ENV_ACCEPTED = "Development, Test, Production, 0, 1 or 2"
 
 
 class _Model(BaseModel):
@@ -387,190 +348,3 @@ class Config(_Model):
 
     def run_cap_s(self, flow: FlowConfig) -> float:
         return min(flow.max_duration_s or self.limits.max_duration_s, self.limits.max_duration_s)
-
-
-def _d(node: Any) -> dict:
-    return node if isinstance(node, dict) else {}
-
-
-def _l(node: Any) -> list:
-    return node if isinstance(node, list) else []
-
-
-def cross_ref_problems(raw: dict) -> list[str]:
-    """Problems between sections (flow -> backend, owner -> account, caps, ids, mounts), found on
-    the raw mapping so that they are reported together with field errors in one pass."""
-    problems: list[str] = []
-    backends, accounts = _d(raw.get("backends")), _d(raw.get("accounts"))
-    cap = _d(raw.get("limits")).get("max_duration_s", MAX_DURATION_CAP_S)
-    cap = cap if isinstance(cap, int | float) else MAX_DURATION_CAP_S
-    ids: set[str] = set()
-    names: dict[str, str] = {}
-    for i, flow in enumerate(_l(raw.get("flows"))):
-        flow = _d(flow)
-        fid = flow.get("id", i)
-        where = f"flows[{fid}]"
-        if fid in ids:
-            problems.append(f"{where}.id: duplicate flow id")
-        ids.add(fid)
-        name = flow.get("name")
-        if isinstance(name, str):
-            if name in names and names[name] != fid:
-                problems.append(f"{where}.name: {name!r} is also the name of flow {names[name]}")
-            names.setdefault(name, fid)
-        owner = flow.get("owner")
-        if isinstance(owner, str) and owner not in accounts:
-            problems.append(f"{where}.owner: {owner!r} is not an account (declare it under accounts)")
-        own_cap = flow.get("max_duration_s")
-        if isinstance(own_cap, int | float) and own_cap > cap:
-            problems.append(f"{where}.max_duration_s: {own_cap:g} is above limits.max_duration_s ({cap:g})")
-        for env, target in _d(flow.get("targets")).items():
-            backend = _d(target).get("backend")
-            if isinstance(backend, str) and backend not in backends:
-                known = ", ".join(sorted(backends)) or "none"
-                problems.append(f"{where}.targets.{env}.backend: {backend!r} is not a backend (known: {known})")
-    key_ids: set[str] = set()
-    hashes: dict[str, str] = {}
-    for i, key in enumerate(_l(raw.get("keys"))):
-        key = _d(key)
-        kid = key.get("id", i)
-        where = f"keys[{kid}]"
-        if kid in key_ids:
-            problems.append(f"{where}.id: duplicate key id")
-        key_ids.add(kid)
-        owner = key.get("owner")
-        if isinstance(owner, str) and owner not in accounts:
-            problems.append(f"{where}.owner: {owner!r} is not an account (declare it under accounts)")
-        digest = key.get("sha256")
-        if isinstance(digest, str):
-            digest = digest.strip().lower()
-            if digest in hashes:
-                problems.append(f"{where}.sha256: same secret as key {hashes[digest]}")
-            hashes.setdefault(digest, kid)
-    dialects = raw.get("dialects")
-    if isinstance(dialects, dict):
-        if not dialects:
-            problems.append("dialects: mount at least one dialect")
-        mounts = {}
-        for name, mount in dialects.items():
-            try:
-                mounts[name] = DialectMount.model_validate(mount or {})
-            except ValidationError:
-                continue  # reported by field validation
-        problems.extend(_mount_collisions({n: mt for n, mt in mounts.items() if n in DEFAULT_DIALECTS}))
-    return problems
-
-
-def dialect_routes(name: str, prefix: str) -> list[tuple[str, str]]:
-    """(method, path) of every route a dialect mounts; the app and the collision check share it."""
-    from .dialects import ROUTES
-
-    return [(method, prefix + path) for method, path, _route in ROUTES[name]]
-
-
-def _segments_overlap(a: str, b: str) -> bool:
-    sa, sb = a.strip("/").split("/"), b.strip("/").split("/")
-    if len(sa) != len(sb):
-        return False
-    return all(x == y or x.startswith("{") or y.startswith("{") for x, y in zip(sa, sb, strict=True))
-
-
-def _mount_collisions(dialects: dict[str, DialectMount]) -> list[str]:
-    problems = []
-    names = sorted(dialects)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            ra, rb = dialect_routes(a, dialects[a].prefix), dialect_routes(b, dialects[b].prefix)
-            clash = next(
-                ((ma, pa, pb) for ma, pa in ra for mb, pb in rb if ma == mb and _segments_overlap(pa, pb)), None
-            )
-            if clash:
-                problems.append(
-                    f"dialects.{b}.prefix: mounts collide: {a} {clash[0]} {clash[1]} and {b} {clash[0]} {clash[2]} "
-                    f"(give one of them another prefix)"
-                )
-    return problems
-
-
-# --- loading --------------------------------------------------------------------------------------
-
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _interpolate(node: Any, path: str, problems: list[str]) -> Any:
-    if isinstance(node, dict):
-        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_interpolate(v, f"{path}[{i}]", problems) for i, v in enumerate(node)]
-    if isinstance(node, str) and "${" in node:
-
-        def sub(m: re.Match[str]) -> str:
-            value = os.environ.get(m.group(1))
-            if value is None:
-                if m.group(2) is not None:
-                    return m.group(2)
-                problems.append(f"{path}: environment variable {m.group(1)} is not set")
-                return ""
-            return value
-
-        return _ENV_REF.sub(sub, node)
-    return node
-
-
-def _loc(loc: tuple[Any, ...], raw: Any) -> str:
-    """A pydantic error location as a key path, naming list entries by their id where they have one."""
-    out: list[str] = []
-    node = raw
-    for part in loc:
-        if isinstance(part, int):
-            ident = node[part].get("id") if isinstance(node, list) and part < len(node) and isinstance(
-                node[part], dict) else None
-            out[-1] = f"{out[-1]}[{ident if ident is not None else part}]" if out else f"[{part}]"
-            node = node[part] if isinstance(node, list) and part < len(node) else None
-        else:
-            out.append(str(part))
-            node = node.get(part) if isinstance(node, dict) else None
-    return ".".join(out) or "(top level)"
-
-
-def parse_config(raw: Any) -> Config:
-    """Validate an already-parsed mapping (after interpolation). Raises :class:`ConfigError`."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(["(top level): the config must be a mapping"])
-    problems: list[str] = []
-    raw = _interpolate(raw, "", problems)
-    if problems:
-        raise ConfigError(problems)
-    refs = cross_ref_problems(raw)
-    try:
-        config = Config.model_validate(raw)
-    except ValidationError as exc:
-        for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            loc = _loc(tuple(err["loc"]), raw)
-            if err["type"] == "value_error" and not err["loc"]:
-                problems.extend(msg.splitlines())
-            else:
-                problems.append(f"{loc}: {msg}")
-        raise ConfigError(problems + refs) from None
-    if refs:
-        raise ConfigError(refs)
-    return config
-
-
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read, interpolate and validate a YAML config file. Raises :class:`ConfigError`."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{p}: not valid YAML: {exc}"]) from None
-    return parse_config(raw)

@@ -13,7 +13,6 @@ from functools import partial
 
 import structlog
 from aiohttp import web
-from orjson import dumps
 
 from . import metrics as m
 from .balances import Balances
@@ -21,7 +20,7 @@ from .config import Config
 from .context import GATEWAY, Gateway
 from .cors import preflight
 from .dialects import ROUTES, defer_continue, dialect_classes
-from .errors import StoreUnavailable
+from .errors import StoreUnavailable, problem_response
 from .front import FRONT_ROUTES
 from .front.protocol import MAX_HEAD_BYTES
 from .handler import handle_run
@@ -41,11 +40,9 @@ async def unknown_routes(request: web.Request, handler):
     try:
         return await handler(request)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
-        body = {"type": "about:blank", "title": exc.reason, "status": exc.status, "detail": exc.reason,
-                "code": "not_found" if exc.status == 404 else "method_not_allowed"}
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return web.Response(status=exc.status, body=dumps(body), content_type="application/problem+json",
-                            headers=headers)
+        return problem_response(exc.status, exc.reason, exc.reason,
+                                "not_found" if exc.status == 404 else "method_not_allowed", headers=headers)
 
 
 def create_app(config: Config) -> web.Application:

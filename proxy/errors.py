@@ -126,6 +126,17 @@ class BackendTimeout(GatewayError):
     status, kind, title = 504, "backend_timeout", "Gateway Timeout"
 
 
+# The kinds of the errors that refuse a run before anything reaches a backend: the metrics make a
+# rejections series for each (add a new refusal here).
+REJECTION_KINDS = tuple(error.kind for error in (BadRequest, Unauthorized, InvalidToken, Forbidden, NoCredits,
+                                                 NotFound, PayloadTooLarge, RateLimited, StoreUnavailable))
+
+# Why a stream token was refused (:class:`InvalidToken`; the run's reason is ``token_`` + this):
+# malformed, what the store's ``consume_token`` answers when it is not "ok", a token for another
+# flow, a minting key gone from the config. The metrics make a series for each.
+TOKEN_REFUSALS = ("malformed", "unknown", "expired", "used", "wrong_flow", "key_revoked")
+
+
 class RequestTimeout(GatewayError):
     """The client stopped sending the request body (the front's body timer)."""
 

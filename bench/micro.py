@@ -14,7 +14,7 @@ import time
 from types import SimpleNamespace
 
 from proxy.config import Env
-from proxy.policies.credits import Credits, Hold
+from proxy.policies.credits import Credits, RunHold
 from proxy.protocols import new_decoder, new_encoder
 from proxy.pump import Pump, TextPath
 from proxy.run import Run
@@ -49,7 +49,7 @@ async def per_chunk_us(output: str, compiled: bool = False, n: int = 200_000) ->
     run = Run(request=None, dialect="workflow", route="stream", flow_ref="wf", env=Env.Production,  # type: ignore[arg-type]
               stream=True, body=b"")
     run.flow = SimpleNamespace(id="wf_lines")  # type: ignore[assignment]
-    run.extra["credits"] = Hold("acct", 1000, 1000, 10**9, False, 0.0, covered=10**9,
+    run.extra["credits"] = RunHold("acct", 1000, 1000, 10**9, False, 0.0, covered=10**9,
                                 last_checkpoint=time.monotonic() + 1e9)
     credits = Credits(SimpleNamespace(config=None, store=None))
     pump = Pump(run, _Upstream(), new_decoder("text"), new_encoder(output), output == "text",  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 from proxy.env import Env
 from proxy.policies import Chain
-from proxy.policies.credits import Credits, Hold
+from proxy.policies.credits import Credits, RunHold
 from proxy.protocols import new_decoder, new_encoder
 from proxy.run import Run
 from proxy.stream.pump import Pump, TextPath
@@ -50,7 +50,7 @@ async def per_chunk_us(output: str, compiled: bool = False, n: int = 200_000) ->
     run = Run(request=None, dialect="workflow", route="stream", flow_ref="wf", env=Env.Production,  # type: ignore[arg-type]
               stream=True, body=b"")
     run.flow = SimpleNamespace(id="wf_lines")  # type: ignore[assignment]
-    run.extra["credits"] = Hold("acct", 1000, 1000, 10**9, False, 0.0, covered=10**9,
+    run.extra["credits"] = RunHold("acct", 1000, 1000, 10**9, False, 0.0, covered=10**9,
                                 last_checkpoint=time.monotonic() + 1e9)
     credits = Credits(None, None)  # type: ignore[arg-type]
     pump = Pump(run, _Upstream(), new_decoder("text"), new_encoder(output), output == "text",  # type: ignore[arg-type]

@@ -13,7 +13,6 @@ from functools import partial
 
 import structlog
 from aiohttp import web
-from orjson import dumps
 
 from . import metrics as m
 from .api.jobs import get_job
@@ -24,7 +23,7 @@ from .balances import Balances
 from .config import Config
 from .context import GATEWAY, Gateway
 from .dialects import ROUTES, defer_continue, dialect_classes
-from .errors import StoreUnavailable
+from .errors import StoreUnavailable, problem_response
 from .front import FRONT_ROUTES
 from .front.protocol import MAX_HEAD_BYTES
 from .logging import make_access_middleware
@@ -41,11 +40,9 @@ async def unknown_routes(request: web.Request, handler):
     try:
         return await handler(request)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
-        body = {"type": "about:blank", "title": exc.reason, "status": exc.status, "detail": exc.reason,
-                "code": "not_found" if exc.status == 404 else "method_not_allowed"}
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return web.Response(status=exc.status, body=dumps(body), content_type="application/problem+json",
-                            headers=headers)
+        return problem_response(exc.status, exc.reason, exc.reason,
+                                "not_found" if exc.status == 404 else "method_not_allowed", headers=headers)
 
 
 def create_app(config: Config) -> web.Application:

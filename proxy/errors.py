@@ -3,9 +3,50 @@
 Raise one of these before the response is prepared; the dialect maps ``kind`` to its own status
 code and body style (problem+json, ``{"success": false, ...}``, Langflow's ``{"detail": ...}``).
 ``detail`` is shown to the client, so it must never contain a key, token or upstream secret.
+
+Every problem+json body (RFC 9457) the gateway sends is made by :func:`problem_body` (the
+profitbase dialect, the jobs route, unknown routes, the front's fixed answers).
 """
 
 from __future__ import annotations
+
+from aiohttp import web
+from orjson import dumps
+
+PROBLEM_JSON = "application/problem+json"
+
+# ASP.NET Core's default problem types, which Profitbase's .NET clients already know.
+PROBLEM_TYPES = {
+    400: "https://tools.ietf.org/html/rfc9110#section-15.5.1",
+    401: "https://tools.ietf.org/html/rfc9110#section-15.5.2",
+    402: "https://tools.ietf.org/html/rfc9110#section-15.5.3",
+    403: "https://tools.ietf.org/html/rfc9110#section-15.5.4",
+    404: "https://tools.ietf.org/html/rfc9110#section-15.5.5",
+    405: "https://tools.ietf.org/html/rfc9110#section-15.5.6",
+    413: "https://tools.ietf.org/html/rfc9110#section-15.5.14",
+    429: "https://tools.ietf.org/html/rfc6585#section-4",
+    500: "https://tools.ietf.org/html/rfc9110#section-15.6.1",
+    502: "https://tools.ietf.org/html/rfc9110#section-15.6.3",
+    503: "https://tools.ietf.org/html/rfc9110#section-15.6.4",
+    504: "https://tools.ietf.org/html/rfc9110#section-15.6.5",
+}
+
+
+def problem_type(status: int) -> str:
+    """The problem type of :data:`PROBLEM_TYPES` for ``status``, else ``about:blank``."""
+    return PROBLEM_TYPES.get(status, "about:blank")
+
+
+def problem_body(status: int, title: str, detail: str, code: str, type_uri: str = "about:blank") -> bytes:
+    """An RFC 9457 problem+json body: ``{type, title, status, detail, code}``, in that order."""
+    return dumps({"type": type_uri, "title": title, "status": status, "detail": detail, "code": code})
+
+
+def problem_response(status: int, title: str, detail: str, code: str, *, type_uri: str = "about:blank",
+                     headers: dict[str, str] | None = None) -> web.Response:
+    """A whole problem+json response (see :func:`problem_body`)."""
+    return web.Response(status=status, body=problem_body(status, title, detail, code, type_uri),
+                        content_type=PROBLEM_JSON, headers=headers)
 
 
 class GatewayError(Exception):
@@ -83,6 +124,17 @@ class StoreUnavailable(GatewayError):
 
 class BackendTimeout(GatewayError):
     status, kind, title = 504, "backend_timeout", "Gateway Timeout"
+
+
+# The kinds of the errors that refuse a run before anything reaches a backend: the metrics make a
+# rejections series for each (add a new refusal here).
+REJECTION_KINDS = tuple(error.kind for error in (BadRequest, Unauthorized, InvalidToken, Forbidden, NoCredits,
+                                                 NotFound, PayloadTooLarge, RateLimited, StoreUnavailable))
+
+# Why a stream token was refused (:class:`InvalidToken`; the run's reason is ``token_`` + this):
+# malformed, what the store's ``consume_token`` answers when it is not "ok", a token for another
+# flow, a minting key gone from the config. The metrics make a series for each.
+TOKEN_REFUSALS = ("malformed", "unknown", "expired", "used", "wrong_flow", "key_revoked")
 
 
 class RequestTimeout(GatewayError):

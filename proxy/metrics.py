@@ -18,6 +18,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from .errors import REJECTION_KINDS, TOKEN_REFUSALS
+from .run import OUTCOMES
+
 
 class _LoopMetric:
     """A labelled metric whose values live in plain Python objects, exposed through
@@ -210,11 +213,6 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx" if status else "0xx"
 
 
-OUTCOMES = ("completed", "client_disconnected", "deadline", "backend_error", "credits_cut")
-REJECTION_REASONS = ("bad_request", "unauthorized", "invalid_token", "forbidden", "no_credits", "not_found",
-                     "payload_too_large", "rate_limited", "store_unavailable")
-
-
 CLIENT_ERROR_REASONS = ("bad_head", "host", "too_many_headers", "head_too_large", "connect", "expect",
                         "head_timeout", "body_timeout", "max_connections")
 
@@ -222,7 +220,7 @@ CLIENT_ERROR_REASONS = ("bad_head", "host", "too_many_headers", "head_too_large"
 def init_series(flows: list[str], dialects: list[str], backends: list[str]) -> None:
     """Create the known label sets at zero, so dashboards show 0 rather than "no data"."""
     for dialect in dialects:
-        for reason in REJECTION_REASONS:
+        for reason in REJECTION_KINDS:
             REJECTIONS.labels(dialect, reason)
         for flow in flows:
             RUNS_STARTED.labels(dialect, flow)
@@ -238,5 +236,5 @@ def init_series(flows: list[str], dialects: list[str], backends: list[str]) -> N
             BACKEND_FAILURES.labels(backend, kind)
     for reason in CLIENT_ERROR_REASONS:
         CLIENT_ERRORS.labels(reason)
-    for reason in ("malformed", "unknown", "expired", "used", "wrong_flow", "key_revoked"):
+    for reason in TOKEN_REFUSALS:
         STREAM_TOKENS_REFUSED.labels(reason)

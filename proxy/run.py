@@ -28,7 +28,9 @@ CLIENT_DISCONNECTED = "client_disconnected"
 DEADLINE = "deadline"
 BACKEND_ERROR = "backend_error"
 CREDITS_CUT = "credits_cut"
-REJECTED = "rejected"
+# every way an admitted run ends: the metrics make each one's series (add a new outcome here)
+OUTCOMES = (COMPLETED, CLIENT_DISCONNECTED, DEADLINE, BACKEND_ERROR, CREDITS_CUT)
+REJECTED = "rejected"  # a run refused before anything reached a backend (counted as a rejection, by reason)
 
 
 _rng = random.Random(os.urandom(32))

@@ -11,22 +11,11 @@ from aiohttp import web
 from orjson import dumps
 
 from ..context import GATEWAY
-from ..errors import BadRequest, GatewayError, NotFound, Unauthorized
+from ..errors import BadRequest, GatewayError, NotFound, Unauthorized, problem_response, problem_type
 from ..policies.api_key import authenticate
-
-_PROBLEM_TYPES = {400: "rfc9110#section-15.5.1", 401: "rfc9110#section-15.5.2", 403: "rfc9110#section-15.5.4",
-                  404: "rfc9110#section-15.5.5", 503: "rfc9110#section-15.6.4"}
-
 
 RECORD_FIELDS = ("job_id", "backend_job_id", "flow", "env", "dialect", "status", "outcome", "reason", "input_tokens",
                  "output_tokens", "credits", "started_at", "ended_at", "duration_s")
-
-
-def _problem(err: GatewayError) -> web.Response:
-    body = {"type": "https://tools.ietf.org/html/" + _PROBLEM_TYPES.get(err.status, "rfc9110#section-15.6.1"),
-            "title": err.title, "status": err.status, "detail": err.detail, "code": err.kind}
-    return web.Response(status=err.status, body=dumps(body), content_type="application/problem+json",
-                        headers=err.headers)
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -44,5 +33,6 @@ async def get_job(request: web.Request) -> web.Response:
             raise NotFound("job not found")
         record = {name: entry.get(name) for name in RECORD_FIELDS}
     except GatewayError as err:
-        return _problem(err)
+        return problem_response(err.status, err.title, err.detail, err.kind, type_uri=problem_type(err.status),
+                                headers=err.headers)
     return web.Response(body=dumps(record), content_type="application/json", headers={"Cache-Control": "no-store"})

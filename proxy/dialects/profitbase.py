@@ -8,27 +8,10 @@
 from __future__ import annotations
 
 from aiohttp import web
-from orjson import dumps
 
-from ..errors import BadRequest, GatewayError, Unauthorized
+from ..errors import PROBLEM_JSON, BadRequest, GatewayError, Unauthorized, problem_body, problem_type
 from ..run import Run
 from . import Dialect
-
-# ASP.NET Core's default problem types, which Profitbase's .NET clients already know.
-_TYPES = {
-    400: "https://tools.ietf.org/html/rfc9110#section-15.5.1",
-    401: "https://tools.ietf.org/html/rfc9110#section-15.5.2",
-    402: "https://tools.ietf.org/html/rfc9110#section-15.5.3",
-    403: "https://tools.ietf.org/html/rfc9110#section-15.5.4",
-    404: "https://tools.ietf.org/html/rfc9110#section-15.5.5",
-    405: "https://tools.ietf.org/html/rfc9110#section-15.5.6",
-    413: "https://tools.ietf.org/html/rfc9110#section-15.5.14",
-    429: "https://tools.ietf.org/html/rfc6585#section-4",
-    500: "https://tools.ietf.org/html/rfc9110#section-15.6.1",
-    502: "https://tools.ietf.org/html/rfc9110#section-15.6.3",
-    503: "https://tools.ietf.org/html/rfc9110#section-15.6.4",
-    504: "https://tools.ietf.org/html/rfc9110#section-15.6.5",
-}
 
 
 class ProfitbaseDialect(Dialect):
@@ -58,11 +41,5 @@ class ProfitbaseDialect(Dialect):
         )
 
     def error_body(self, err: GatewayError, status: int) -> tuple[bytes, str]:
-        problem = {
-            "type": _TYPES.get(status, "about:blank"),
-            "title": err.title,
-            "status": status,
-            "detail": err.detail,
-            "code": err.kind,
-        }
-        return dumps(problem), "application/problem+json"
+        """problem+json with ASP.NET Core's default problem types."""
+        return problem_body(status, err.title, err.detail, err.kind, problem_type(status)), PROBLEM_JSON

@@ -17,6 +17,7 @@ from .replies import canned
 
 if TYPE_CHECKING:
     from . import FrontServer
+    from .flow import FlowControl
     from .request import FrontRequest
 
 log = structlog.get_logger("flowgate.front")
@@ -35,7 +36,7 @@ class Endings:
     request: FrontRequest | None
     task: asyncio.Task | None
     remaining: int
-    writing_paused: bool
+    flow: FlowControl
     reading_paused: bool
     body_wanted: bool
     body_failed: bool
@@ -45,7 +46,7 @@ class Endings:
         """The deadline while a request is served: the body timer while its body is read, the
         write timer while the client reads nothing, none while the handler works."""
         server = self.server
-        if self.writing_paused:
+        if self.flow.writing_paused:
             return server.loop.time() + server.write_timeout_s
         if self.remaining and self.body_wanted:
             return server.loop.time() + server.body_timeout_s
@@ -61,7 +62,7 @@ class Endings:
                 m.child(m.CLIENT_ERRORS, "head_timeout").inc()
                 self._write(canned(408))
             self._close()
-        elif phase == REQUEST and not self.writing_paused and not self.body_failed and self.request is not None:
+        elif phase == REQUEST and not self.flow.writing_paused and not self.body_failed and self.request is not None:
             log.info("client_error", status=408, reason="body_timeout")
             m.child(m.CLIENT_ERRORS, "body_timeout").inc()
             self.body_failed = True  # the handler answers 408; if it cannot, the next expiry aborts

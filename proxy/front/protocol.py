@@ -5,6 +5,9 @@ validates them) and serves the requests that are plainly what the dialect routes
 route template matched by method and path, no body or a ``Content-Length`` body. It calls the same
 handler, under the same middlewares, that aiohttp would, and writes its answer straight to the
 transport: a ``web.Response`` as one write, a stream as chunks through :class:`~proxy.stream.sinks.ClientSink`.
+The request it hands the handler never sees the protocol: it gets the connection's
+:class:`~proxy.front.flow.FlowControl` and two callbacks (the body's ``want_body``, the request's
+``start_stream``).
 
 Every other valid request (ops and jobs routes, unknown paths, wrong methods, chunked bodies,
 HTTP/1.0) is *handed over* to aiohttp for that one request (:mod:`proxy.front.handover`); invalid
@@ -40,6 +43,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from .. import metrics as m
 from ..stream.sinks import ClientSink
 from .ending import CLOSING, HEAD, IDLE, LINGER, REQUEST, Endings
+from .flow import FlowControl
 from .handover import HandedOver
 from .head import HeadError, parse_head, rebuild
 from .replies import canned, date_header, header_lines, status_line
@@ -58,27 +62,23 @@ NO_BODY = frozenset((204, 304))
 
 
 class FrontProtocol(Endings, asyncio.Protocol):
-    """One client connection (see the module docstring). Also what a stream's sink drains on."""
+    """One client connection (see the module docstring)."""
 
-    joins_eof = True  # a stream's sink writes the chunked terminator with its last bytes
-
-    __slots__ = ("server", "transport", "buf", "request", "task", "keep_alive", "remaining", "writing_paused",
-                 "waiter", "streamed", "eof_sent", "reading_paused", "deadline", "phase", "sent",
+    __slots__ = ("server", "transport", "flow", "buf", "request", "task", "keep_alive", "remaining",
+                 "streamed", "reading_paused", "deadline", "phase", "sent",
                  "body_wanted", "expect_continue", "body_failed", "unread")
 
     def __init__(self, server: FrontServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
+        self.flow = FlowControl()  # the write side, as the request and its stream see it
         self.buf = b""
         self.request: FrontRequest | None = None  # the request being served
         self.task: asyncio.Task | None = None
         self.keep_alive = True
         self.remaining = 0  # body bytes of the current request still to come
-        self.writing_paused = False
         self.unread = False  # a response is done but the client has not read it: serve nothing more yet
-        self.waiter: asyncio.Future[None] | None = None
         self.streamed = False
-        self.eof_sent = False
         self.reading_paused = False
         self.deadline = 0.0
         self.phase = HEAD
@@ -89,7 +89,7 @@ class FrontProtocol(Endings, asyncio.Protocol):
 
     # --- asyncio ---------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = self.flow.transport = transport  # type: ignore[assignment]
         server = self.server
         full = len(server.connections) >= server.max_connections
         server.connections.add(self)
@@ -126,7 +126,7 @@ class FrontProtocol(Endings, asyncio.Protocol):
                 if not self.remaining:
                     self.request.content.finish()
                     self.deadline = self._write_deadline()
-                elif self.body_wanted and not self.writing_paused:
+                elif self.body_wanted and not self.flow.writing_paused:
                     self.deadline = self.server.loop.time() + self.server.body_timeout_s
                 if not data:
                     return
@@ -149,44 +149,31 @@ class FrontProtocol(Endings, asyncio.Protocol):
         self.deadline = 0.0
         self.phase = CLOSING
         self.transport = None
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionResetError("the client went away"))
+        self.flow.lost()
         if self.request is not None:
             if self.remaining:  # a body cut short is never taken for a whole one
                 self.request.content.fail(ConnectionResetError("the client went away"))
             else:
                 self.request.content.finish()
-            self.request = None  # (request -> protocol stays; the two must not wait for the cyclic GC)
+            self.request = None  # (its callbacks -> protocol stay; the two must not wait for the cyclic GC)
         if self.task is not None and not self.task.done():
             self.task.cancel()  # as aiohttp's handler_cancellation: the run sees the disconnect
 
     def pause_writing(self) -> None:
-        self.writing_paused = True
+        self.flow.pause_writing()
         if self.phase == REQUEST:
             self.deadline = self.server.loop.time() + self.server.write_timeout_s
 
     def resume_writing(self) -> None:
-        self.writing_paused = False
+        self.flow.resume_writing()  # a stream draining on it goes on
         if self.unread:  # the client read what it was sent: on to the next request
             self.unread = False
             self._done()
             return
         if self.phase == REQUEST:
             self.deadline = self._write_deadline()
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
 
-    # --- what a stream's ClientSink calls ----------------------------------------------------------
-    async def drain(self) -> None:
-        if self.transport is None or self.transport.is_closing():
-            raise ConnectionResetError("the client went away")
-        if self.writing_paused:
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-
+    # --- the request's callbacks -------------------------------------------------------------------
     def start_stream(self, status: int, headers: Mapping[str, str]) -> ClientSink:
         """Send the status line and headers of a chunked response; its body goes through the sink."""
         assert self.transport is not None and not self.streamed
@@ -196,7 +183,7 @@ class FrontProtocol(Endings, asyncio.Protocol):
         head.append(b"\r\n")
         self.transport.write(b"".join(head))
         self.streamed = self.sent = True
-        return ClientSink(self.transport, True, self)
+        return ClientSink(self.transport, True, self.flow)
 
     def body_wanted_now(self) -> None:
         """The handler starts reading the body (the credential, flow and admission passed)."""
@@ -251,11 +238,11 @@ class FrontProtocol(Endings, asyncio.Protocol):
         self.phase = REQUEST
         self.deadline = 0.0
         self.keep_alive = head.keep_alive
-        self.streamed = self.eof_sent = self.sent = self.body_wanted = self.body_failed = False
+        self.streamed = self.flow.eof_sent = self.sent = self.body_wanted = self.body_failed = False
         length = head.length
-        body = Body(self.server.max_body_bytes, self)
+        body = Body(self.server.max_body_bytes, self.body_wanted_now)
         request = FrontRequest(head.method, path, query, CIMultiDictProxy(CIMultiDict(head.headers)), match_info,
-                               length, body, self.server.app, self)
+                               length, body, self.server.app, self.flow, self.start_stream)
         self.request = request
         self.remaining = length or 0
         if not self.remaining:
@@ -288,7 +275,7 @@ class FrontProtocol(Endings, asyncio.Protocol):
             if self.transport is None or self.phase >= LINGER:
                 return
             if self.streamed:
-                if not self.eof_sent:  # the body was cut off: the client must see it incomplete
+                if not self.flow.eof_sent:  # the body was cut off: the client must see it incomplete
                     self._close()
                     return
             elif resp is None:
@@ -340,7 +327,7 @@ class FrontProtocol(Endings, asyncio.Protocol):
             self._close()
             return
         now = self.server.loop.time()
-        if self.writing_paused:
+        if self.flow.writing_paused:
             # the client reads nothing of what it was sent (pipelining without reading): nothing
             # more is read or served until it does, and the write timer runs (aborting at expiry)
             self.unread = True
@@ -370,6 +357,7 @@ class FrontProtocol(Endings, asyncio.Protocol):
         transport = self.transport
         self.server.connections.discard(self)
         self.transport, self.buf, self.deadline, self.phase = None, b"", 0.0, CLOSING
+        self.flow.transport = None
         if transport is None or transport.is_closing():
             return
         if self.reading_paused:

@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from email.utils import formatdate
 from http import HTTPStatus
 
-import orjson
 import structlog
+
+from ..errors import problem_body
 
 log = structlog.get_logger("flowgate.front")
 
@@ -60,8 +61,7 @@ def header_lines(headers: Mapping[str, str]) -> list[bytes]:
 
 def _problem(status: int) -> bytes:
     phrase = HTTPStatus(status).phrase
-    code = phrase.lower().replace(" ", "_").replace("-", "_")
-    return orjson.dumps({"type": "about:blank", "title": phrase, "status": status, "detail": phrase, "code": code})
+    return problem_body(status, phrase, phrase, phrase.lower().replace(" ", "_").replace("-", "_"))
 
 
 _CANNED: dict[int, bytes] = {}

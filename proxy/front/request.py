@@ -7,12 +7,17 @@ read more of the request, add it here too: the suite runs every dialect route th
 
 It is small on purpose: an open stream keeps its request alive for the whole run, so everything
 here is made lazily (the query) or kept as it came (the headers, one multidict).
+
+It never sees the protocol that made it: it gets the connection's
+:class:`~proxy.front.flow.FlowControl` (the transport, for ``transport`` and ``remote``) and two
+callbacks: the body's ``want_body()`` (the handler starts reading the body) and ``start_stream``
+(send a chunked response's head; its body then goes through the returned sink).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -20,7 +25,10 @@ from multidict import CIMultiDictProxy, MultiDictProxy
 from yarl import URL
 
 if TYPE_CHECKING:
-    from .protocol import FrontProtocol
+    from ..stream.sinks import ClientSink
+    from .flow import FlowControl
+
+    StartStream = Callable[[int, Mapping[str, str]], ClientSink]
 
 
 class Body:
@@ -29,18 +37,18 @@ class Body:
     The protocol appends with :meth:`feed` and ends it with :meth:`finish` (or :meth:`fail`, when
     the body timer fired: the reader then raises that error); at most ``server.max_body_bytes`` + 1
     bytes are kept (the dialect answers 413 above the limit). The protocol reads nothing of the
-    body until the first ``iter_any()`` tells it the handler wants it (after the credential and
-    admission checks), so a refused request costs one socket read at most."""
+    body until the first ``iter_any()`` tells it the handler wants it (``want_body()``, after the
+    credential and admission checks), so a refused request costs one socket read at most."""
 
-    __slots__ = ("parts", "done", "waiter", "kept", "limit", "conn", "started", "error")
+    __slots__ = ("parts", "done", "waiter", "kept", "limit", "want_body", "started", "error")
 
-    def __init__(self, limit: int, conn: FrontProtocol | None = None) -> None:
+    def __init__(self, limit: int, want_body: Callable[[], None] | None = None) -> None:
         self.parts: list[bytes] = []
         self.done = False
         self.waiter: asyncio.Future[None] | None = None
         self.kept = 0
         self.limit = limit
-        self.conn = conn
+        self.want_body = want_body
         self.started = False
         self.error: Exception | None = None
 
@@ -70,8 +78,8 @@ class Body:
     async def iter_any(self) -> AsyncIterator[bytes]:
         if not self.started:
             self.started = True
-            if self.conn is not None:
-                self.conn.body_wanted_now()
+            if self.want_body is not None:
+                self.want_body()
         while True:
             if self.error is not None:
                 raise self.error
@@ -90,10 +98,14 @@ class Body:
 
 
 class FrontRequest:
-    """One parsed request head (HTTP/1.1, no body or a Content-Length body) and its body."""
+    """One parsed request head (HTTP/1.1, no body or a Content-Length body) and its body.
+
+    ``start_stream(status, headers)`` sends a chunked response's status line and headers on the
+    connection and returns the :class:`~proxy.stream.sinks.ClientSink` its body goes through (what
+    :func:`proxy.stream.sinks.open_client` calls for a request the front serves)."""
 
     __slots__ = ("method", "raw_path", "query_string", "headers", "match_info", "content_length", "content",
-                 "app", "protocol", "_query", "_state")
+                 "app", "flow", "start_stream", "_query", "_state")
 
     def __init__(
         self,
@@ -105,7 +117,8 @@ class FrontRequest:
         content_length: int | None,
         content: Body,
         app: web.Application,
-        protocol: FrontProtocol,
+        flow: FlowControl,
+        start_stream: StartStream,
     ) -> None:
         self.method = method
         self.raw_path = raw_path
@@ -115,7 +128,8 @@ class FrontRequest:
         self.content_length = content_length
         self.content = content
         self.app = app
-        self.protocol = protocol
+        self.flow = flow
+        self.start_stream = start_stream
         self._query: MultiDictProxy[str] | None = None
         self._state: dict[Any, Any] | None = None
 
@@ -132,11 +146,11 @@ class FrontRequest:
 
     @property
     def transport(self) -> asyncio.Transport | None:
-        return self.protocol.transport
+        return self.flow.transport
 
     @property
     def remote(self) -> str | None:
-        transport = self.protocol.transport
+        transport = self.flow.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
         if isinstance(peer, (list, tuple)):
             return str(peer[0])

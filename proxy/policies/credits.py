@@ -65,7 +65,10 @@ def covered_tokens(held: int, per_1k: int) -> int:
 
 
 @dataclass(slots=True)
-class Hold:
+class RunHold:
+    """One run's credit hold as the credits policy tracks it while the run goes on (the store keeps
+    its own record of the hold: :class:`proxy.store.Hold`)."""
+
     account: str
     per_1k: int
     quantum: int  # credits: the largest growth unit
@@ -126,12 +129,12 @@ class Credits(Policy):
             if granted <= 0:
                 run.reason = "no_credits"
                 raise NoCredits("no credits remaining on the account")
-        run.extra[self.name] = Hold(run.owner, per_1k, quantum, granted, flow.on_credits_exhausted == "allow",
+        run.extra[self.name] = RunHold(run.owner, per_1k, quantum, granted, flow.on_credits_exhausted == "allow",
                                     expires, covered_tokens(granted, per_1k), last_checkpoint=time.monotonic(),
                                     initial=initial, meta=meta)
 
     def on_event(self, run: Run, event: Event):
-        hold: Hold | None = run.extra.get("credits")  # (self.name; a constant on the per-event path)
+        hold: RunHold | None = run.extra.get("credits")  # (self.name; a constant on the per-event path)
         if hold is None or hold.per_1k == 0:
             return None
         tokens = run.meter.output_tokens
@@ -146,14 +149,14 @@ class Credits(Policy):
     def quiet(self, run: Run) -> tuple[int | None, float]:
         """Quiet up to the characters the hold covers (ceil(chars / 4) tokens <= covered) and
         until the next checkpoint is due."""
-        hold: Hold | None = run.extra.get("credits")
+        hold: RunHold | None = run.extra.get("credits")
         if hold is None or hold.per_1k == 0:
             return None, math.inf
         if run.meter.reported_output is not None:  # tokens do not follow characters: ask every time
             return 0, 0.0
         return 4 * hold.covered, hold.last_checkpoint + CHECKPOINT_EVERY_S
 
-    async def _grow(self, run: Run, hold: Hold, cost: int) -> None:
+    async def _grow(self, run: Run, hold: RunHold, cost: int) -> None:
         now = time.monotonic()
         hold.step = min(hold.step * 2, MAX_STEP_QUANTA) if now - hold.last_grow < 1.0 else 1
         hold.last_grow = now
@@ -173,7 +176,7 @@ class Credits(Policy):
         if ceiling < cost:
             raise StopRun(CREDITS_CUT, "the account ran out of credits")
 
-    async def _checkpoint(self, run: Run, hold: Hold, cost: int) -> None:
+    async def _checkpoint(self, run: Run, hold: RunHold, cost: int) -> None:
         hold.checkpointed_tokens = run.meter.output_tokens
         try:
             await self.store.checkpoint(run.job_id, hold.account, cost, run.meter.input_tokens,
@@ -187,7 +190,7 @@ class Credits(Policy):
         task.add_done_callback(self._background.discard)
 
     async def on_complete(self, run: Run) -> None:
-        hold: Hold | None = run.extra.get(self.name)
+        hold: RunHold | None = run.extra.get(self.name)
         if hold is None:
             return
         # the stream stopped at the first event past the ceiling; what that last chunk carried past

@@ -4,12 +4,30 @@ run). Both take bytes synchronously, so the pump can write from the upstream's `
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Protocol
+
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.web import StreamResponse
+from aiohttp.web import BaseRequest, StreamResponse
 
 from ..protocols.events import End, Event, Item, Token, item_text
 
 SMALL = 2048  # below this a chunk and its framing are joined into one bytes object for one write
+
+
+class Outlet(Protocol):
+    """What a :class:`ClientSink` writes through: flowgate's front connection
+    (:class:`proxy.front.flow.FlowControl`) or :class:`AiohttpStream` for a response aiohttp
+    prepared. ``joins_eof`` True: the sink writes the chunked terminator with its last bytes and
+    sets ``eof_sent``; False: ``write_eof()`` ends the response."""
+
+    writing_paused: bool
+    joins_eof: bool
+    eof_sent: bool
+
+    async def drain(self) -> None: ...
+
+    async def write_eof(self) -> None: ...
 
 
 class ClientSink:
@@ -18,14 +36,11 @@ class ClientSink:
     ``flush`` sends what the pieces of one socket read produced in one write (one syscall, however
     many chunks the read held). The status line and headers are already sent when it is made.
 
-    ``conn`` is what the response is written through: flowgate's front protocol, or
-    :class:`AiohttpStream` for a response aiohttp prepared; it offers ``writing_paused``,
-    ``drain()``, and ``joins_eof`` (True: the sink writes the terminator and sets ``eof_sent``;
-    False: ``write_eof()`` ends the response)."""
+    ``conn`` is the :class:`Outlet` the response is written through."""
 
     __slots__ = ("transport", "chunked", "conn", "out")
 
-    def __init__(self, transport, chunked: bool, conn) -> None:
+    def __init__(self, transport, chunked: bool, conn: Outlet) -> None:
         self.transport = transport
         self.chunked = chunked
         self.conn = conn
@@ -95,12 +110,15 @@ class AiohttpStream:
 SENT = StreamResponse()
 
 
-async def open_client(request, status: int, headers: dict[str, str]) -> tuple[ClientSink, StreamResponse]:
+async def open_client(request, status: int, headers: Mapping[str, str]) -> tuple[ClientSink, StreamResponse]:
     """Send a chunked response's status line and headers to the client; its body then goes through
-    the sink. Returns the sink and what the handler returns once the stream is over."""
-    start_stream = getattr(getattr(request, "protocol", None), "start_stream", None)
-    if start_stream is not None:  # flowgate's front protocol
-        return start_stream(status, headers), SENT
+    the sink. Returns the sink and what the handler returns once the stream is over.
+
+    A request is served by one of two servers, and each says how a stream opens on it: aiohttp's
+    (a ``web.BaseRequest``) through a prepared ``StreamResponse``; flowgate's front (a
+    :class:`proxy.front.request.FrontRequest`) through the ``start_stream`` callable it carries."""
+    if not isinstance(request, BaseRequest):
+        return request.start_stream(status, headers), SENT
     resp = StreamResponse(status=status, headers=headers)
     writer = await resp.prepare(request)
     assert writer is not None

@@ -27,7 +27,7 @@ async def test_a_finished_run_leaves_no_cycle_for_the_gc(text_upstream, gateway)
         await asyncio.sleep(0.1)  # both handlers have settled and logged
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
-        left = sorted({type(o).__name__ for o in gc.garbage} & {"Run", "FrontRequest", "Hold", "Meter"})
+        left = sorted({type(o).__name__ for o in gc.garbage} & {"Run", "FrontRequest", "RunHold", "Meter"})
     finally:
         gc.set_debug(0)
         gc.garbage.clear()

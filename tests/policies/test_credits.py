@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from proxy.context import GATEWAY
-from proxy.policies.credits import CHECKPOINT_EVERY_S, Credits, Hold, credits_for, sweep_expired_holds
+from proxy.policies.credits import CHECKPOINT_EVERY_S, Credits, RunHold, credits_for, sweep_expired_holds
 from tests.conftest import SECRET, base_config, stream_chunks
 from tests.dialects.test_langflow import frame
 
@@ -47,7 +47,7 @@ def test_quiet_limits_are_where_on_event_would_act():
     from proxy.run import Meter
 
     credits = Credits(None, None)  # type: ignore[arg-type]
-    hold = Hold("acme", 1000, 10, 10, False, 0.0, covered=10, last_checkpoint=time.monotonic())
+    hold = RunHold("acme", 1000, 10, 10, False, 0.0, covered=10, last_checkpoint=time.monotonic())
     run = SimpleNamespace(extra={"credits": hold}, meter=Meter())
     max_chars, until = credits.quiet(run)
     assert (max_chars, until) == (40, hold.last_checkpoint + CHECKPOINT_EVERY_S)

@@ -14,7 +14,7 @@ from orjson import dumps
 from ..errors import GatewayError, Unauthorized
 from ..protocols.langflow import run_response
 from ..run import Run
-from . import Collected, Dialect
+from .base import Collected, Dialect
 
 _TRUE = {"true", "1", "yes", "on", "t", "y"}
 _FALSE = {"false", "0", "no", "off", "f", "n"}

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..errors import PROBLEM_JSON, BadRequest, GatewayError, Unauthorized, problem_body, problem_type
 from ..run import Run
-from . import Dialect
+from .base import Dialect
 
 
 class ProfitbaseDialect(Dialect):

@@ -13,7 +13,7 @@ from orjson import dumps
 
 from ..errors import BadRequest, GatewayError, Unauthorized
 from ..run import Run
-from . import Collected, Dialect
+from .base import Collected, Dialect
 
 # kind -> (status, code) in this API's vocabulary. A key without scope answers 401 unauthorized,
 # as ManagePrompt answers an owner mismatch.

@@ -16,9 +16,9 @@ from ..errors import RequestTimeout
 from .replies import canned
 
 if TYPE_CHECKING:
-    from . import FrontServer
     from .flow import FlowControl
     from .request import FrontRequest
+    from .shared import Server
 
 log = structlog.get_logger("flowgate.front")
 
@@ -28,7 +28,7 @@ HEAD, IDLE, REQUEST, LINGER, CLOSING = range(5)
 class Endings:
     __slots__ = ()
 
-    server: FrontServer
+    server: Server
     transport: asyncio.Transport | None
     phase: int
     deadline: float

@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 if TYPE_CHECKING:
-    from . import FrontServer
+    from .shared import Server
 
 
 class QuietHandler(RequestHandler):
@@ -67,7 +67,7 @@ class _Watched:
 class HandedOver(asyncio.Protocol):
     __slots__ = ("server", "transport", "handler", "deadline", "writing_paused", "closing_since", "budget")
 
-    def __init__(self, server: FrontServer, transport: asyncio.Transport, budget: int | None) -> None:
+    def __init__(self, server: Server, transport: asyncio.Transport, budget: int | None) -> None:
         self.server = server
         self.transport = transport
         # bytes of the one request aiohttp is given (None: a chunked body, its end unknown here); what

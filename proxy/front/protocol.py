@@ -50,7 +50,7 @@ from .replies import canned, date_header, header_lines, status_line
 from .request import Body, FrontRequest
 
 if TYPE_CHECKING:
-    from . import FrontServer
+    from .shared import Server
 
 log = structlog.get_logger("flowgate.front")
 
@@ -68,7 +68,7 @@ class FrontProtocol(Endings, asyncio.Protocol):
                  "streamed", "reading_paused", "deadline", "phase", "sent",
                  "body_wanted", "expect_continue", "body_failed", "unread")
 
-    def __init__(self, server: FrontServer) -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.flow = FlowControl()  # the write side, as the request and its stream see it

@@ -1,4 +1,4 @@
-# The compiled chunked-body parser (proxy/chunked.pyx), as proxy/textpath.pyx calls it from C.
+# The compiled chunked-body parser (proxy/upstream/chunked.pyx), as proxy/stream/textpath.pyx calls it from C.
 
 cdef enum:
     SIZE_START, SIZE, EXT, EXT_NAME, EXT_VALUE, EXT_QUOTED, EXT_QPAIR, EXT_QDONE, SIZE_LF, DATA, DATA_CR,

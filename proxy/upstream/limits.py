@@ -1,6 +1,6 @@
 """What one backend response may cost the gateway: the size of its head, its header count, and
 how long the backend may keep the gateway waiting (for the head, and between two reads of the
-body). Set from ``server.upstream_*`` and ``backends.*.*_timeout_s`` (proxy/config.py)."""
+body). Set from ``server.upstream_*`` and ``backends.*.*_timeout_s`` (proxy/config/model.py)."""
 
 from __future__ import annotations
 

@@ -48,7 +48,8 @@ class ServerConfig(_Model):
     )
     compiled_text_path: bool = Field(
         True,
-        description="Stream `text` backend bodies through flowgate's compiled per-chunk path (proxy/stream/textpath.pyx, "
+        description="Stream `text` backend bodies through flowgate's compiled per-chunk path "
+        "(proxy/stream/textpath.pyx, "
         "built by `make install` where a C compiler is found): a chunk is metered, framed and written in C (a "
         "transcoded one still calls its output encoder), policies run only when their limits are crossed. "
         "false: every chunk in Python.",

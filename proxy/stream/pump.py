@@ -24,7 +24,7 @@ How a run ends (see :meth:`Pump.finish`):
 A streamed ``text`` body has a compiled front (:mod:`proxy.stream.textpath`, chosen in
 :meth:`Pump.fast_path`): it takes the common chunk itself and calls into this class for the rest
 (the first chunk, a policy's limit crossed, a hold, back-pressure, the end). Whatever you change
-here about what a chunk does, the parity tests in ``tests/test_textpath.py`` hold both to it.
+here about what a chunk does, the parity tests in ``tests/stream/test_textpath.py`` hold both to it.
 """
 
 from __future__ import annotations

@@ -83,8 +83,11 @@ class HandedOver(asyncio.Protocol):
         self.touch()
 
     def touch(self) -> None:
+        # the backstop behind aiohttp's handler, whose own body timer answers a stalled body 408:
+        # later than that answer could take (body timer + write timer), never sooner than keep-alive
         s = self.server
-        self.deadline = s.loop.time() + (s.write_timeout_s if self.writing_paused else s.keepalive_timeout_s)
+        self.deadline = s.loop.time() + (s.write_timeout_s if self.writing_paused
+                                         else max(s.keepalive_timeout_s, s.body_timeout_s + s.write_timeout_s))
 
     def data_received(self, data: bytes) -> None:
         if self.budget is not None:

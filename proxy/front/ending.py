@@ -13,10 +13,10 @@ import structlog
 
 from .. import metrics as m
 from ..errors import RequestTimeout
-from .replies import canned
+from ..http1.replies import canned
 
 if TYPE_CHECKING:
-    from .flow import FlowControl
+    from ..http1.flow import FlowControl
     from .request import FrontRequest
     from .shared import Server
 

@@ -6,7 +6,7 @@ route template matched by method and path, no body or a ``Content-Length`` body.
 handler, under the same middlewares, that aiohttp would, and writes its answer straight to the
 transport: a ``web.Response`` as one write, a stream as chunks through :class:`~proxy.stream.sinks.ClientSink`.
 The request it hands the handler never sees the protocol: it gets the connection's
-:class:`~proxy.front.flow.FlowControl` and two callbacks (the body's ``want_body``, the request's
+:class:`~proxy.http1.flow.FlowControl` and two callbacks (the body's ``want_body``, the request's
 ``start_stream``).
 
 Every other valid request (ops and jobs routes, unknown paths, wrong methods, chunked bodies,
@@ -41,12 +41,12 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .. import metrics as m
+from ..http1.flow import FlowControl
+from ..http1.replies import canned, date_header, header_lines, status_line
 from ..stream.sinks import ClientSink
 from .ending import CLOSING, HEAD, IDLE, LINGER, REQUEST, Endings
-from .flow import FlowControl
 from .handover import HandedOver
 from .head import HeadError, parse_head, rebuild
-from .replies import canned, date_header, header_lines, status_line
 from .request import Body, FrontRequest
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ It is small on purpose: an open stream keeps its request alive for the whole run
 here is made lazily (the query) or kept as it came (the headers, one multidict).
 
 It never sees the protocol that made it: it gets the connection's
-:class:`~proxy.front.flow.FlowControl` (the transport, for ``transport`` and ``remote``) and two
+:class:`~proxy.http1.flow.FlowControl` (the transport, for ``transport`` and ``remote``) and two
 callbacks: the body's ``want_body()`` (the handler starts reading the body) and ``start_stream``
 (send a chunked response's head; its body then goes through the returned sink).
 """
@@ -25,8 +25,8 @@ from multidict import CIMultiDictProxy, MultiDictProxy
 from yarl import URL
 
 if TYPE_CHECKING:
+    from ..http1.flow import FlowControl
     from ..stream.sinks import ClientSink
-    from .flow import FlowControl
 
     StartStream = Callable[[int, Mapping[str, str]], ClientSink]
 

@@ -10,14 +10,13 @@ from typing import Protocol
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web import BaseRequest, StreamResponse
 
+from ..http1.chunks import JOIN_BELOW, framed, one_chunk
 from ..protocols.events import End, Event, Item, Token, item_text
-
-SMALL = 2048  # below this a chunk and its framing are joined into one bytes object for one write
 
 
 class Outlet(Protocol):
     """What a :class:`ClientSink` writes through: flowgate's front connection
-    (:class:`proxy.front.flow.FlowControl`) or :class:`AiohttpStream` for a response aiohttp
+    (:class:`proxy.http1.flow.FlowControl`) or :class:`AiohttpStream` for a response aiohttp
     prepared. ``joins_eof`` True: the sink writes the chunked terminator with its last bytes and
     sets ``eof_sent``; False: ``write_eof()`` ends the response."""
 
@@ -59,13 +58,10 @@ class ClientSink:
                 raise ConnectionResetError("the client went away")
             if not self.chunked:
                 transport.writelines(out)
-            elif len(out) == 1 and len(out[0]) < SMALL:
-                transport.write(b"%x\r\n%b\r\n" % (len(out[0]), out[0]))
+            elif len(out) == 1 and len(out[0]) < JOIN_BELOW:
+                transport.write(one_chunk(out[0]))
             else:
-                framed: list[bytes] = []
-                for data in out:
-                    framed += (b"%x\r\n" % len(data), data, b"\r\n")
-                transport.writelines(framed)
+                transport.writelines(framed(out))
         finally:
             out.clear()  # the transport has taken (or refused) the bytes; the list serves again
         return self.conn.writing_paused

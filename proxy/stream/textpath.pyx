@@ -55,12 +55,14 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from proxy.upstream.chunked cimport DONE, FAILED, ChunkedParser
 
+from proxy.http1.chunks import JOIN_BELOW
+
 
 cdef extern from "Python.h":
     object PyUnicode_DecodeUTF8Stateful(const char *s, Py_ssize_t size, const char *errors,
                                         Py_ssize_t *consumed)
 
-cdef Py_ssize_t SMALL = 2048  # as proxy.stream.sinks.SMALL: below it a piece and its framing are one write
+cdef Py_ssize_t SMALL = JOIN_BELOW  # below it a piece and its framing are one write (proxy.http1.chunks)
 cdef long long NO_LIMIT = 1 << 62
 
 

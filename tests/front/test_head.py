@@ -1,11 +1,11 @@
-"""Head parsing and validation (proxy.front.head) and the response-head builders (proxy.front.replies)."""
+"""Head parsing and validation (proxy.front.head) and the response-head builders (proxy.http1.replies)."""
 
 from __future__ import annotations
 
 import pytest
 
 from proxy.front.head import MAX_HEADERS, HeadError, parse_head, rebuild
-from proxy.front.replies import canned, header_lines, status_line
+from proxy.http1.replies import canned, header_lines, status_line
 
 
 def raw(*lines: str, start: str = "GET /x HTTP/1.1") -> bytes:

@@ -242,3 +242,18 @@ def store_url(request, tmp_path):
     r = redis.Redis.from_url(redis_url())
     for key in r.scan_iter(f"{prefix}*"):
         r.delete(key)
+
+
+async def all_or_first_failure(coros) -> None:
+    """Run ``coros`` concurrently; on the first failure cancel the rest and raise it (the state it
+    saw is not then torn down under the others)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for t in tasks:
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            raise t.exception()

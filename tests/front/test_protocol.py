@@ -11,6 +11,7 @@ from proxy.app import create_app
 from proxy.config import parse_config
 from proxy.front import GatewayRunner
 from tests.conftest import SECRET, base_config, free_port
+from tests.front.raw import response
 
 pytestmark = pytest.mark.usefixtures("text_upstream")
 
@@ -38,28 +39,6 @@ def post(path: str, body: bytes = b"{}", *extra: str) -> bytes:
 
 def get(path: str, *extra: str) -> bytes:
     return ("\r\n".join([f"GET {path} HTTP/1.1", "Host: gw", *extra]) + "\r\n\r\n").encode()
-
-
-async def response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    """One response off the socket: status, headers (lower-case names), de-chunked body."""
-    status_line = await reader.readline()
-    status = int(status_line.split()[1])
-    headers: dict[str, str] = {}
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode().partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if status == 100:
-        return status, headers, b""
-    if headers.get("transfer-encoding") == "chunked":
-        body = b""
-        while True:
-            size = int((await reader.readline()).strip(), 16)
-            if size == 0:
-                await reader.readline()
-                return status, headers, body
-            body += await reader.readexactly(size)
-            await reader.readline()
-    return status, headers, await reader.readexactly(int(headers.get("content-length", 0)))
 
 
 async def test_dialect_routes_are_served_by_the_front_and_ops_routes_by_aiohttp(upstream, gateway):

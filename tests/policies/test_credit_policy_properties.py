@@ -46,7 +46,7 @@ from proxy.protocols import Token, Usage
 from proxy.run import CREDITS_CUT, Meter, Run, new_job_id
 from proxy.store.memory import MemoryStore
 from proxy.store.sqlite import SqliteStore
-from tests.conftest import base_config, redis_url, require_redis
+from tests.conftest import all_or_first_failure, base_config, redis_url, require_redis
 
 ACCT = "acme"
 FAR = 1e12  # a sweep's "now" after every hold expired
@@ -200,20 +200,6 @@ async def one_run(me: int, credits: Credits, flow, spec: dict, totals: Totals, o
     await credits.on_complete(run)
     totals.live -= 1
     await check_account(credits.store, totals, f"gw{me} run {run.job_id} settled")
-
-
-async def all_or_first_failure(coros) -> None:
-    """Run ``coros`` concurrently; on the first failure cancel the rest and raise it."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    if not tasks:
-        return
-    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    for t in pending:
-        t.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    for t in tasks:
-        if t.done() and not t.cancelled() and t.exception() is not None:
-            raise t.exception()
 
 
 async def scenario_run(kind: str, tmp_path, sc: dict) -> None:

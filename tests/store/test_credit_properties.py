@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from proxy.store import Account
 from proxy.store.memory import MemoryStore
 from proxy.store.sqlite import SqliteStore
-from tests.conftest import redis_url, require_redis
+from tests.conftest import all_or_first_failure, redis_url, require_redis
 
 ACCT = "acme"
 JOBS_PER_CLIENT = 4
@@ -348,21 +348,6 @@ async def client(backend: Backend, model: Model, me: int, steps: list) -> None:
             model.grants_done += amount
             model.trace.append(f"c{me} grant {amount}")
         await check(model, backend, model.trace[-1])
-
-
-async def all_or_first_failure(coros) -> None:
-    """Run ``coros`` concurrently; on the first failure cancel the rest and raise it (the state
-    it saw is not then torn down under the others)."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    if not tasks:
-        return
-    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    for t in pending:
-        t.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    for t in tasks:
-        if t.done() and not t.cancelled() and t.exception() is not None:
-            raise t.exception()
 
 
 async def scenario_run(kind: str, tmp_path, sc: dict) -> None:

@@ -24,6 +24,7 @@ from proxy.stream.sinks import ClientSink
 from tests.conftest import base_config, stream_chunks
 from tests.policies.test_credits import settled
 from tests.stream.test_pump import open_stream
+from tests.upstream.hostile import Backend
 
 if TextPath is None:
     if os.environ.get("REQUIRE_NATIVE") == "1":
@@ -262,41 +263,9 @@ WORDS = [w.encode() for w in ("Grüße", ", ", "世界", "! ", "tokens…")]
 CHUNKED = b"".join(b"%x;ext=1\r\n%b\r\n" % (len(w), w) for w in WORDS) + b"0\r\nx-trailer: t\r\n\r\n"
 
 
-class RawBackend:
-    """A backend on a real socket that answers every request with ``script(n)``: the pieces to
-    write, each after a short pause so that each is its own read on the gateway's side."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.script = lambda n: [HEAD + CHUNKED]
-        self.requests = 0
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                await reader.readexactly(length)
-                self.requests += 1
-                for i, piece in enumerate(self.script(self.requests)):
-                    if i:
-                        await asyncio.sleep(0.003)
-                    if piece is None:
-                        writer.close()
-                        return
-                    writer.write(piece)
-                    await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
 @pytest.fixture
 async def raw_backend():
-    backend = RawBackend()
+    backend = Backend(lambda n: [HEAD + CHUNKED], gap=0.003)  # each piece its own read on the gateway's side
     server = await asyncio.start_server(backend.serve, "127.0.0.1", 0)
     backend.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"  # type: ignore[attr-defined]
     yield backend

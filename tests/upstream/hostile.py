@@ -22,8 +22,9 @@ class Backend:
     """Answers each request on a connection with ``script(n)`` (n counts requests over all
     connections): byte strings to write, a number to sleep that long, None to hang up."""
 
-    def __init__(self, script) -> None:
+    def __init__(self, script, gap: float = 0.0) -> None:
         self.script = script
+        self.gap = gap  # a pause before every piece but the first (each its own read on the gateway's side)
         self.connections = self.requests = 0
         self.sent = 0
         self.reset = asyncio.Event()  # a write failed: the gateway dropped the connection
@@ -37,7 +38,9 @@ class Backend:
                                if line.lower().startswith(b"content-length:")), 0)
                 await reader.readexactly(length)
                 self.requests += 1
-                for piece in self.script(self.requests):
+                for i, piece in enumerate(self.script(self.requests)):
+                    if i and self.gap:
+                        await asyncio.sleep(self.gap)
                     if piece is None:
                         return
                     if isinstance(piece, (int, float)):

@@ -95,3 +95,10 @@ def test_credits_grant_refuses_what_is_not_a_positive_whole_number(tmp_path, amo
     done = flowgate("credits", "grant", "acme", amount, "--config", str(cfg))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "grant" in done.stderr and not (tmp_path / "fg.db").exists()  # nothing was written
+
+
+def test_output_cut_short_by_its_reader_is_no_traceback():
+    """`flowgate keys new | head -1`: the reader goes away; flowgate stops quietly."""
+    done = subprocess.run(f"{sys.executable} -m proxy keys new --owner acme | head -1", shell=True, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.startswith("#") and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr

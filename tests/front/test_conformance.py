@@ -28,6 +28,18 @@ from tests.front.raw import (
 pytestmark = pytest.mark.usefixtures("text_upstream")
 
 
+def trickle(writer: asyncio.StreamWriter, pause: float) -> asyncio.Task:
+    """A run request whose 100-byte body arrives one byte every ``pause`` seconds (cancel the task)."""
+    writer.write(post(STREAM, b"x" * 100)[:-100])
+
+    async def drip() -> None:
+        for _ in range(100):
+            writer.write(b"x")
+            await asyncio.sleep(pause)
+
+    return asyncio.create_task(drip())
+
+
 # --- timers ------------------------------------------------------------------------------------------
 
 async def test_a_head_that_never_ends_is_408_and_closed_by_the_head_timer(upstream, gateway):
@@ -91,14 +103,7 @@ async def test_a_stalled_body_is_408_and_the_admission_is_released(upstream, gat
 async def test_a_body_trickling_one_byte_every_2_s_is_ended_by_the_body_timer(upstream, gateway):
     client = await gateway(config(upstream, client_body_timeout_s=1.0))
     reader, writer = await connect(client)
-    writer.write(post(STREAM, b"x" * 100)[:-100])
-
-    async def trickle():
-        for _ in range(100):
-            writer.write(b"x")
-            await asyncio.sleep(2)
-
-    task = asyncio.create_task(trickle())
+    task = trickle(writer, pause=2)
     try:
         status, _, _ = await asyncio.wait_for(response(reader), 6)
         assert status == 408
@@ -116,14 +121,7 @@ async def test_a_steady_body_that_outlasts_the_runs_cap_is_408_and_holds_nothing
     client = await gateway(cfg)
     gw = client.server.app[GATEWAY]
     reader, writer = await connect(client)
-    writer.write(post(STREAM, b"x" * 100)[:-100])
-
-    async def trickle():
-        for _ in range(100):
-            writer.write(b"x")
-            await asyncio.sleep(0.25)
-
-    task = asyncio.create_task(trickle())
+    task = trickle(writer, pause=0.25)
     try:
         status, _, body = await asyncio.wait_for(response(reader), 5)
         assert status == 408 and b"request_timeout" in body

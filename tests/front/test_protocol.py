@@ -10,36 +10,10 @@ from aiohttp import web
 from proxy.app import create_app
 from proxy.config import parse_config
 from proxy.front import GatewayRunner
-from tests.conftest import SECRET, base_config, free_port
-from tests.front.raw import response
+from tests.conftest import SECRET, free_port
+from tests.front.raw import OUT, STREAM, config, connect, get, post, response
 
 pytestmark = pytest.mark.usefixtures("text_upstream")
-
-STREAM = "/api/v1/tenants/t1/workspaces/w1/flows/wf_text/run-streaming"
-OUT = b'["hello ","world"]'  # the profitbase stream of the text backend's two chunks
-
-
-def config(upstream, **server) -> dict:
-    cfg = base_config(upstream.url)
-    cfg["server"] = {**cfg["server"], **server}
-    cfg["flows"].append({"id": "wf_forever", "owner": "acme", "tenant": "t1", "workspace": "w1",
-                         "targets": {"Production": {"backend": "text", "path": "/forever"}}})
-    return cfg
-
-
-async def connect(client):
-    return await asyncio.open_connection("127.0.0.1", client.server.port)
-
-
-def post(path: str, body: bytes = b"{}", *extra: str) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", "Host: gw", f"x-api-key: {SECRET}", "Content-Type: application/json",
-             f"Content-Length: {len(body)}", *extra]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-def get(path: str, *extra: str) -> bytes:
-    return ("\r\n".join([f"GET {path} HTTP/1.1", "Host: gw", *extra]) + "\r\n\r\n").encode()
-
 
 async def test_dialect_routes_are_served_by_the_front_and_ops_routes_by_aiohttp(upstream, gateway):
     client = await gateway(config(upstream))

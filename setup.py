@@ -1,5 +1,6 @@
-"""The build's compiled modules, proxy/stream/textpath.pyx and the chunked-body parser it uses,
-proxy/upstream/chunked.pyx (metadata is in pyproject.toml). They are optional: without a C compiler the
+"""The build's compiled modules: proxy/stream/textpath.pyx, the chunked-body reader
+proxy/upstream/chunked.pyx, and the chunk framing proxy/http1/chunks.py (plain Python, compiled
+so the text path calls it from C) (metadata is in pyproject.toml). They are optional: without a C compiler the
 build goes on without them and every chunk takes the Python pump, which is the same behaviour,
 slower (README: "The compiled text path")."""
 
@@ -8,7 +9,8 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=cythonize(
-        [Extension("proxy.upstream.chunked", ["proxy/upstream/chunked.pyx"], optional=True),
+        [Extension("proxy.http1.chunks", ["proxy/http1/chunks.py"], optional=True),
+         Extension("proxy.upstream.chunked", ["proxy/upstream/chunked.pyx"], optional=True),
          Extension("proxy.stream.textpath", ["proxy/stream/textpath.pyx"], optional=True)],
         compiler_directives={"language_level": 3},
     )

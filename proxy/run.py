@@ -1,6 +1,6 @@
 """One run: what a dialect parsed from the request, what policies resolved, and how it ended.
 
-A dialect fills the "request" half; policies fill the "resolved" half (key, flow, target, deadline)
+A dialect fills the "request" half; policies fill the "resolved" half (key, flow, target; the handler sets the deadline)
 and may read ``meter`` for what has been generated so far; the handler sets ``outcome``.
 The raw credential lives only here, on the run, and is never logged, labelled or forwarded.
 """

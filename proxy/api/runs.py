@@ -25,6 +25,7 @@ from ..http1.headers import JOB_ID_HEADER
 from ..policies import Policy
 from ..protocols import new_decoder, new_encoder
 from ..run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, DEADLINE, REJECTED, RUN, Run
+from ..stream.ending import finish
 from ..stream.pump import Pump
 from ..stream.sinks import BufferSink
 from ..upstream.forward import body_failure, open_upstream
@@ -49,6 +50,10 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
     admitted: list[Policy] = []
     try:
         await gw.chains[run.credential_kind].admit(run, admitted)
+        # the hard cap (flow.max_duration_s, never above limits.max_duration_s) counts from here,
+        # and is enforced here: around the body, the backend's answer and the whole stream
+        assert run.flow is not None
+        run.deadline = asyncio.get_running_loop().time() + gw.config.run_cap_s(run.flow)
         # admitted (credential, flow, credits, rate): now the body, under max_body_bytes, the body
         # timer and the run's own cap (a body trickled past it would outlive the run's credit hold);
         # a 413/408 here releases the hold through on_complete (a spent token stays spent)
@@ -144,7 +149,7 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
         assert pump is not None and pump.resp is not None
         if outcome != CLIENT_DISCONNECTED:
             try:
-                await pump.finish(outcome)
+                await finish(pump, outcome)
             except ConnectionResetError:
                 run.outcome = CLIENT_DISCONNECTED
         return pump.resp

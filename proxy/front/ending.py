@@ -13,6 +13,7 @@ import structlog
 
 from .. import metrics as m
 from ..errors import RequestTimeout
+from ..http1.flow import ReadFlow
 from ..http1.replies import canned
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ log = structlog.get_logger("flowgate.front")
 HEAD, IDLE, REQUEST, LINGER, CLOSING = range(5)
 
 
-class Endings:
+class Endings(ReadFlow):
     __slots__ = ()
 
     server: Server
@@ -37,7 +38,6 @@ class Endings:
     task: asyncio.Task | None
     remaining: int
     flow: FlowControl
-    reading_paused: bool
     body_wanted: bool
     body_failed: bool
     sent: bool
@@ -87,9 +87,7 @@ class Endings:
         self.phase = LINGER
         self.buf = b""
         self.deadline = self.server.loop.time() + self.server.lingering_s
-        if self.reading_paused:
-            self.reading_paused = False
-            transport.resume_reading()
+        self.resume_reading()
         if transport.can_write_eof():
             transport.write_eof()
         else:

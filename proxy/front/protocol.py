@@ -131,9 +131,8 @@ class FrontProtocol(Endings, asyncio.Protocol):
                 if not data:
                     return
             self.buf += data  # pipelined: served once this response is done
-            if len(self.buf) > MAX_HEAD and not self.reading_paused and self.transport is not None:
-                self.reading_paused = True
-                self.transport.pause_reading()
+            if len(self.buf) > MAX_HEAD:
+                self.pause_reading()
             return
         if phase == IDLE:
             self.phase = HEAD
@@ -195,9 +194,7 @@ class FrontProtocol(Endings, asyncio.Protocol):
             transport.write(CONTINUE)
         self.expect_continue = False
         self.deadline = self._write_deadline()
-        if self.reading_paused:
-            self.reading_paused = False
-            transport.resume_reading()
+        self.resume_reading()
 
     # --- requests ----------------------------------------------------------------------------------
     def _next(self) -> None:
@@ -249,9 +246,7 @@ class FrontProtocol(Endings, asyncio.Protocol):
             body.finish()
         else:
             self.expect_continue = head.expect is not None and not rest
-            if self.transport is not None and not self.reading_paused:
-                self.reading_paused = True  # nothing more is read until the handler wants the body
-                self.transport.pause_reading()
+            self.pause_reading()  # nothing more is read until the handler wants the body
         self.task = self.server.loop.create_task(self._serve(request, handler))
         if rest:
             self._received(rest)
@@ -333,13 +328,9 @@ class FrontProtocol(Endings, asyncio.Protocol):
             self.unread = True
             self.phase = REQUEST
             self.deadline = now + self.server.write_timeout_s
-            if not self.reading_paused:
-                self.reading_paused = True
-                transport.pause_reading()
+            self.pause_reading()
             return
-        if self.reading_paused:
-            self.reading_paused = False
-            transport.resume_reading()
+        self.resume_reading()
         if self.buf:
             self.phase = HEAD
             self.deadline = now + self.server.head_timeout_s

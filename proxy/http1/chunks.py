@@ -1,6 +1,7 @@
-"""HTTP/1.1 chunked framing as the gateway writes it (RFC 9112 section 7.1), for the Python sink
-(:mod:`proxy.stream.sinks`) and the compiled text path (:mod:`proxy.stream.textpath`, which frames
-in C and reads its constant from here)."""
+"""HTTP/1.1 chunked framing as the gateway writes it (RFC 9112 section 7.1), for the sink
+(:mod:`proxy.stream.sinks`) and the compiled text path (:mod:`proxy.stream.textpath`, which calls
+``one_chunk`` from C). This file is plain Python and is also compiled by ``make install``
+(``chunks.pxd`` gives its types), so both paths frame with this one function."""
 
 from __future__ import annotations
 

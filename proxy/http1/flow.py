@@ -1,4 +1,5 @@
-"""One client connection's write side, as a request and its stream see it.
+"""Flow control: one client connection's write side, as a request and its stream see it
+(:class:`FlowControl`), and the read side of either end's connection (:class:`ReadFlow`).
 
 The front protocol makes one :class:`FlowControl` per connection and hands it (never itself) to
 what it serves: the :class:`~proxy.front.request.FrontRequest` reads the transport through it, and
@@ -49,3 +50,27 @@ class FlowControl:
                 await self.waiter
             finally:
                 self.waiter = None
+
+
+class ReadFlow:
+    """The read side of a connection: reading paused and resumed, each at most once, and
+    remembered (a timer does not count a paused connection as stalled). A mixin: the host class
+    (the front's :class:`~proxy.front.protocol.FrontProtocol`, the backend's
+    :class:`~proxy.upstream.connection.Connection`) has the ``transport`` and ``reading_paused``
+    slots."""
+
+    __slots__ = ()
+    transport: asyncio.Transport | None
+    reading_paused: bool
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused:
+            self.reading_paused = True
+            if self.transport is not None:
+                self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused:
+            self.reading_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()

@@ -18,7 +18,6 @@ import structlog
 from .api_key import ApiKey
 from .base import Policy
 from .credits import Credits
-from .deadline import Deadline
 from .rate_limit import RateLimit
 from .routing import Routing
 from .stream_token import StreamToken
@@ -91,5 +90,4 @@ def build_chain(config: Config, store: Store, sizer: HoldSizer | None, balances:
         Routing(config, store),
         RateLimit(config, store),
         Credits(config, store, sizer, balances),
-        Deadline(config, store),
     ], compiled=config.server.compiled_text_path)

@@ -19,13 +19,19 @@ class TextDecoder:
     __slots__ = ("rest",)
 
     def __init__(self) -> None:
-        self.rest = b""  # the start of a split multi-byte sequence (shared with proxy.stream.textpath)
+        self.rest = b""  # the start of a split multi-byte sequence
 
-    def feed(self, data: bytes) -> list[Event]:
+    def text(self, data: bytes) -> str:
+        """The text of ``data`` after what was held back; a sequence split at its end is held
+        back in turn. (The compiled text path calls this for every chunk it must decode.)"""
         if self.rest:
             data = self.rest + data
         text, used = utf_8_decode(data, "replace", False)
         self.rest = data[used:] if used != len(data) else b""
+        return text
+
+    def feed(self, data: bytes) -> list[Event]:
+        text = self.text(data)
         return [Token(text)] if text else []
 
     def close(self) -> list[Event]:

@@ -14,17 +14,13 @@ Two things suspend the flow, each by pausing the upstream socket until it is ove
 - a client that reads slower than the backend writes (the client transport is above its high
   water mark): reading resumes once it has drained.
 
-How a run ends (see :meth:`Pump.finish`):
-
-- completed: the encoder's closing bytes (e.g. ``]``), then a clean chunked end;
-- deadline / backend error / credits cut: the format's error event and a clean end where the
-  format has one (Langflow events), else the body is aborted so the client sees an incomplete
-  response, never a clean end.
+How the client's stream ends is :mod:`proxy.stream.ending`'s.
 
 A streamed ``text`` body has a compiled front (:mod:`proxy.stream.textpath`, chosen in
 :meth:`Pump.fast_path`): it takes the common chunk itself and calls into this class for the rest
-(the first chunk, a policy's limit crossed, a hold, back-pressure, the end). Whatever you change
-here about what a chunk does, the parity tests in ``tests/stream/test_textpath.py`` hold both to it.
+(the first chunk, a policy's limit crossed, a hold, back-pressure, the end); its module docstring
+says what it keeps between those calls. Whatever you change here about what a chunk does, the
+parity tests in ``tests/stream/test_textpath.py`` hold both to it.
 """
 
 from __future__ import annotations
@@ -32,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -154,9 +149,8 @@ class Pump:
     def detach(self) -> None:
         """Stop: no more writes from this pump (the caller is ending the stream itself)."""
         self.ended = True
-        if self.fast is not None:  # its counts reach the run now; it passes anything later on to us
-            self.fast.sync()
-            self.fast.refresh()
+        if self.fast is not None:  # its counts reach the run now
+            self.fast.hand_over()
             self.fast = None  # (it points back at the pump: no cycle for the GC)
         for task in self.tasks or ():
             task.cancel()
@@ -165,22 +159,30 @@ class Pump:
     def body(self, data: bytes) -> None:
         if self.ended:
             return
-        if self.held is not None:
-            self.held.append(data)
-            return
-        now = monotonic()
-        run = self.run
+        self.count(len(data))
+        self.take(data)
+
+    def count(self, size: int) -> None:
+        """A piece of ``size`` bytes arrived: its gap since the previous one (the first: the time
+        to first byte) and its bytes."""
+        now, run = monotonic(), self.run
         if self.last:
-            gap, seconds = self.gap, now - self.last  # the chunk-gap histogram's observe(), inlined
-            gap.counts[bisect_left(gap.bounds, seconds)] += 1
-            gap.sum += seconds
+            self.gap.observe(now - self.last)
         else:
             flow = run.flow_id or m.UNKNOWN_FLOW
             m.child(m.BACKEND_TTFB, flow).observe(now - run.forwarded_mono)
             if self.resp is not None:
                 m.child(m.CLIENT_TTFB, run.dialect, flow).observe(now - run.started_mono)
         self.last = now
-        run.bytes_in += len(data)
+        run.bytes_in += size
+
+    def take(self, data: bytes) -> None:
+        """A counted piece, from the decoder on (held in arrival order while a hook awaits)."""
+        if self.ended:
+            return
+        if self.held is not None:
+            self.held.append(data)
+            return
         try:  # _guard, inlined: this is the per-chunk path
             self._chunk(data, self.feed(data))
         except ConnectionResetError:
@@ -197,8 +199,8 @@ class Pump:
         self._guard(self._chunk, None, self.decoder.close())
 
     def decoded(self, data: bytes, text: str) -> None:
-        """A chunk the compiled text path counted and decoded already (``text``; nothing metered
-        yet): from the hooks on, as :meth:`body` goes on."""
+        """A piece the compiled text path counted and decoded already (``text``; nothing metered
+        yet): from the hooks on, as :meth:`take` goes on."""
         self._guard(self._chunk, data, [Token(text)])
 
     def broken(self, message: str) -> None:
@@ -222,8 +224,6 @@ class Pump:
 
     def _fail(self, exc: Exception) -> None:
         self.ended = True
-        if self.fast is not None:
-            self.fast.refresh()
         if self.done is not None and not self.done.done():
             self.done.set_exception(exc)
 
@@ -328,10 +328,10 @@ class Pump:
                 elif isinstance(item, str):
                     self.broken(item)
                 else:
-                    self.body(item)
+                    self.take(item)
             self.flush()
             if self.fast is not None:  # the hooks ran here: their quiet limits moved
-                self.fast.refresh()
+                self.fast.limits()
             if self.held is not None:  # blocked again: keep the arrival order
                 self.held.extend(held)
             elif not self.ended and not self.draining:
@@ -362,38 +362,5 @@ class Pump:
         if self.ended:
             return
         self.ended = True
-        if self.fast is not None:  # the compiled path stops taking chunks
-            self.fast.refresh()
         if self.done is not None and not self.done.done():
             self.done.set_result(outcome)
-
-    # --- the end of the client's stream ---
-    async def finish(self, outcome: str) -> None:
-        """End the client's stream as ``outcome`` requires (see the module docstring)."""
-        sink = self.sink
-        if sink is None or self.resp is None:
-            return
-        if outcome == COMPLETED:
-            if not self.passthrough:
-                closing = self.encoder.close()
-                if closing:
-                    sink.write(closing)
-            await sink.end()  # type: ignore[union-attr]
-            return
-        if self.error_in_stream:  # the backend's error event already reached the client
-            await sink.end()  # type: ignore[union-attr]
-            return
-        event = None if (self.passthrough and self.decoder.pending) else self.encoder.error(
-            self.message or "the run was cut")
-        if event is None:
-            sink.flush()  # what was received goes out, then the body breaks off
-            self.abort()
-            return
-        sink.write(event)
-        await sink.end()  # type: ignore[union-attr]
-
-    def abort(self) -> None:
-        """Close the client connection without the chunked terminator: a visibly incomplete body."""
-        transport = self.run.request.transport
-        if transport is not None:
-            transport.close()

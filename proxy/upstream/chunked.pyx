@@ -1,7 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """A chunked response body's framing (RFC 9112 section 7.1), read exactly as llhttp reads it in
-its strict mode: the compiled text path (:mod:`proxy.stream.textpath`) parses a backend's chunked body
-with it instead of going through httptools, which costs a Python call per read and per piece.
+its strict mode, and :class:`ChunkedBody`, the socket's protocol while a backend's chunked body is
+read: the upstream connection hands every chunked body to it (whatever consumes it: the pump, the
+compiled text path, a buffer) instead of going through httptools, which costs a Python call per
+read and per piece.
 
 Why hand-written: llhttp (through httptools) has no way to hand body bytes to C code, and this is
 the per-chunk path. So it copies llhttp's grammar state by state (``chunk_size_start`` to
@@ -22,7 +24,7 @@ A parser reads one body and nothing after it: ``scan`` stops at the body's last 
 what follows is for the caller to refuse.
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memset
 
 import httptools
@@ -91,8 +93,19 @@ class _Trailers:
         return True
 
 
+cdef enum:
+    SIZE_START, SIZE, EXT, EXT_NAME, EXT_VALUE, EXT_QUOTED, EXT_QPAIR, EXT_QDONE, SIZE_LF, DATA, DATA_CR,
+    DATA_LF, TRAILER, END_LF, TRAILERS, DONE, FAILED
+
+
 cdef class ChunkedParser:
     """One chunked body's framing. ``scan`` (from C) or ``feed`` (from Python, for the tests)."""
+
+    cdef readonly int state
+    cdef unsigned long long remaining
+    cdef object trailers
+    cdef bytes tail
+    cdef Py_ssize_t trailer_bytes
 
     def __init__(self):
         self.state = SIZE_START
@@ -117,17 +130,6 @@ cdef class ChunkedParser:
             if take:
                 pieces.append(data[start:start + take])
         return pieces
-
-    def end_in(self, bytes data) -> int:
-        """Where in ``data`` the body ends (the index after its last byte; 0 when it ended
-        before), or -1 when it goes on past ``data`` or is malformed (llhttp, which reads the same
-        bytes, says so). The backend client's parser path uses this to find the body's exact end."""
-        cdef Py_ssize_t i = 0, start = 0, take = 0, n = PyBytes_GET_SIZE(data)
-        if self.state == DONE:
-            return 0
-        while i < n and self.state < DONE:
-            i = self.scan(data, i, &start, &take)
-        return i if self.state == DONE else -1
 
     cdef Py_ssize_t scan(self, bytes data, Py_ssize_t i, Py_ssize_t *start, Py_ssize_t *take) except -1:
         """Read ``data`` from ``i`` up to a run of body bytes (``*start``, ``*take``; the run is
@@ -249,3 +251,70 @@ cdef class ChunkedParser:
             self.state = DONE if self.trailers.done else FAILED
             self.trailers = None
         return i + cut
+
+
+cdef class ChunkedBody:
+    """The transport's protocol while one chunked response body is read (made by
+    :meth:`proxy.upstream.connection.Connection.attach`): per socket read, every body piece to
+    ``consumer.body(piece)``, then one ``consumer.flush()``: the same calls, in the same order,
+    as the connection makes for a body its parser reads, so a consumer cannot tell the two apart.
+
+    At the body's end the connection is the protocol again and is told (``chunked_done``), as if
+    llhttp had read the body: complete, reusable when keep-alive. Malformed framing or a trailer
+    section over its limits is the backend's failure (``chunked_failed``: the stream breaks off,
+    the connection is dropped); a byte after the body drops the connection (``refuse_extra``);
+    the socket's end mid-body is the connection's (``connection_lost``)."""
+
+    cdef object conn, piece, flush
+    cdef ChunkedParser chunks
+    cdef bint keep_alive
+    cdef readonly long long raw_in  # bytes read here (the connection's read timer adds them to its own)
+
+    def __init__(self, conn, consumer, list raw):
+        """``conn`` has parsed exactly the response's head; ``raw`` is what arrived after it."""
+        self.conn = conn
+        self.piece = consumer.body
+        self.flush = consumer.flush
+        self.keep_alive = conn.parser.should_keep_alive()
+        self.chunks = ChunkedParser()
+        conn.transport.set_protocol(self)
+        for data in raw:
+            self.data_received(data)
+
+    def data_received(self, bytes data):
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), i = 0, start = 0, take = 0
+        cdef ChunkedParser chunks = self.chunks
+        self.raw_in += n
+        if chunks.state >= DONE:
+            if chunks.state == DONE:
+                self.conn.refuse_extra()
+            return
+        while i < n:
+            i = chunks.scan(data, i, &start, &take)
+            if take:
+                self.piece(data if take == n else PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + start, take))
+            if chunks.state == FAILED:
+                self.conn.chunked_failed()
+                break
+            if chunks.state == DONE:
+                conn = self.conn
+                transport = conn.transport
+                if transport is not None:
+                    transport.set_protocol(conn)
+                conn.chunked_done(self.keep_alive)
+                if i < n:  # bytes after the body: never read, the connection is dropped
+                    conn.refuse_extra()
+                break
+        self.flush()
+
+    def eof_received(self):
+        return False  # close our side too; connection_lost follows
+
+    def connection_lost(self, exc):
+        self.conn.connection_lost(exc)  # mid-body: the connection reports the stream broken
+
+    def pause_writing(self):
+        pass
+
+    def resume_writing(self):
+        pass

@@ -16,17 +16,19 @@ How to use it (``forward.py`` and ``pump.py`` are the callers)::
     conn.release()               # a fully read keep-alive response: the connection goes back to the pool
     conn.close()                 # anything else: drop the connection now (the backend sees the close)
 
-The parser reads a response's head and not one byte more; a chunked body's bytes then wait for the
-consumer: the compiled text path (:mod:`proxy.stream.textpath`) takes them with ``take_body`` and
-hands the connection back complete; any other consumer gets them through the parser.
+The parser reads a response's head and not one byte more; a chunked body's bytes (nearly every
+streaming backend's) then wait for the consumer, and :class:`~proxy.upstream.chunked.ChunkedBody`
+(compiled) reads them as the socket's protocol, calling the consumer exactly as the parser would,
+and hands the connection back complete. Other bodies, and every body where the compiled module was
+not built, go through the parser.
 
 Exactly one response per request (RFC 9112 section 9.3; nginx and h11 do the same): interim 1xx
 heads are read past (101 is refused: the gateway never asks for an upgrade), and any byte after the
 final response's framing ends, or while the connection sits idle in the pool, drops the connection:
 it never reaches a consumer and the connection is never reused. llhttp itself skips empty lines
-between messages: so a body of known length is counted, and a chunked body's framing is read
-alongside by :mod:`proxy.upstream.chunked` (as strict as llhttp) for its exact end (without the
-compiled module such empty lines pass: nothing in them reaches a client or a later request).
+between messages: so a body of known length is counted, and a chunked body's exact end is
+:class:`~proxy.upstream.chunked.ChunkedBody`'s (without the compiled module such empty lines pass:
+nothing in them reaches a client or a later request).
 
 Limits (:class:`~proxy.upstream.limits.Limits`): the head's bytes are counted before they are
 parsed and its header lines as they are, so an oversized head fails after at most one read past
@@ -48,15 +50,16 @@ from typing import Protocol
 
 import httptools
 
+from ..http1.flow import ReadFlow
 from .consumer import BodyConsumer, Capped
 from .errors import UpstreamError, UpstreamTimeout
 from .limits import MALFORMED, TIMEOUT, Limits
 from .timer import ResponseTimer
 
 try:
-    from .chunked import ChunkedParser
-except ImportError:  # not built (no C compiler at install): llhttp alone finds a chunked body's end
-    ChunkedParser = None
+    from .chunked import ChunkedBody
+except ImportError:  # not built (no C compiler at install): llhttp reads chunked bodies too
+    ChunkedBody = None
 
 # The backend's response headers the gateway looks at (it never forwards them): an open stream
 # keeps only these.
@@ -78,13 +81,13 @@ class Slots(Protocol):
     def _discard(self, conn: Connection) -> None: ...
 
 
-class Connection(ResponseTimer, asyncio.Protocol):
+class Connection(ResponseTimer, ReadFlow, asyncio.Protocol):
     """One upstream connection and the response in flight on it (see the module docstring)."""
 
     __slots__ = ("pool", "key", "transport", "parser", "status", "headers", "consumer", "early", "complete",
                  "failed", "headers_in", "waiter", "received", "reused", "idle_since", "delimited", "keep_alive",
                  "tail", "raw", "limits", "head_bytes", "header_count", "timer", "deadline", "mark", "progress_at",
-                 "paused", "taken", "kind", "body_limit", "length_end", "chunks")
+                 "reading_paused", "taken", "kind", "body_limit", "length_end")
 
     def __init__(self, pool: Slots, key: tuple[str, str, int]) -> None:
         self.pool, self.key = pool, key
@@ -110,16 +113,15 @@ class Connection(ResponseTimer, asyncio.Protocol):
         self.delimited = False  # the body has a length or is chunked (else it ends at EOF)
         self.keep_alive = False  # read when the message completes (the parser resets after it)
         self.tail = b""  # the end of the head read so far (its blank line may span two reads)
-        self.raw: list[bytes] | None = None  # a chunked body's bytes, unparsed, until attach() (take_body)
+        self.raw: list[bytes] | None = None  # a chunked body's bytes, unparsed, until attach()
         self.head_bytes = 0
         self.header_count = 0
         self.length_end = -1  # for a body of known length: the byte count at its end
-        self.chunks = None  # a chunked body's framing, read alongside llhttp for its exact end
         self.deadline = 0.0  # when the head must be in
         self.mark = 0  # bytes read as of the timer's last look
         self.progress_at = 0.0  # when the timer last saw the count move (or the connection paused)
-        self.paused = False
-        self.taken = None  # the consumer that took the chunked body's socket (take_body)
+        self.reading_paused = False
+        self.taken = None  # the ChunkedBody reading the socket while a chunked body is read
         self.body_limit: int | None = None  # most body bytes accepted (a non-streaming run's buffer)
 
     # --- asyncio.Protocol ---
@@ -134,7 +136,7 @@ class Connection(ResponseTimer, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.parser is None or self.complete:  # idle in the pool, or after the response
-            self._extra()
+            self.refuse_extra()
             return
         self.received += len(data)
         if self.raw is not None:  # a chunked body waiting for its consumer
@@ -147,20 +149,16 @@ class Connection(ResponseTimer, asyncio.Protocol):
                     self.raw.append(data)
                 return
         if data and self.failed is None:
-            if self.chunks is not None:
-                self._chunked(data)
-            else:
-                self._feed(data)
+            self._feed(data)
             if self.complete and self.received != self.length_end >= 0:
-                self._extra()  # what llhttp skips after a message (empty lines) is extra here too
+                self.refuse_extra()  # what llhttp skips after a message (empty lines) is extra here too
         if self.consumer is not None:
             self.consumer.flush()  # what this read produced leaves in one write
 
     def _head(self, data: bytes) -> bytes:
         """Feed the parser the response head (interim ones too) and not one byte more; returns the
         bytes after it. Its bytes are counted before they are parsed (``max_head_bytes``). A
-        chunked body's bytes then wait, unparsed, for a consumer that may parse them itself
-        (``take_body``: the compiled text path)."""
+        chunked body's bytes then wait, unparsed, for the consumer (``attach``)."""
         while not self.headers_in and data and self.failed is None:
             seen = self.tail + data
             end = seen.find(b"\r\n\r\n")
@@ -189,27 +187,11 @@ class Connection(ResponseTimer, asyncio.Protocol):
             if not isinstance(cause, _Stop):
                 raise (cause or exc) from None  # a consumer's own bug: let it surface
             if self.complete:
-                self._extra()
+                self.refuse_extra()
             else:
                 self._give_up(str(cause))
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             self._give_up("the backend sent a malformed response")
-
-    def _chunked(self, data: bytes) -> None:
-        """A chunked body's bytes through the parser, and not one byte after its end."""
-        end = self.chunks.end_in(data)  # type: ignore[union-attr]
-        if end < 0 or end == len(data):
-            self._feed(data)
-            if end < 0:
-                if self.chunks.failed and self.failed is None:  # type: ignore[union-attr]
-                    # what llhttp takes without limit (a trailer section of any size) ends here, as
-                    # on the compiled path: at MAX_TRAILER_BYTES
-                    self._give_up("the backend's chunked body is malformed or its trailer section too large")
-                return
-        else:
-            self._feed(data[:end])
-            self._extra()
-        self.chunks = None
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
@@ -310,7 +292,16 @@ class Connection(ResponseTimer, asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _extra(self) -> None:
+    # --- ChunkedBody's calls, while it reads a chunked body as the socket's protocol ---
+    def chunked_done(self, keep_alive: bool) -> None:
+        """The body's last chunk was read (the connection is the socket's protocol again)."""
+        self.keep_alive = keep_alive
+        self._complete()
+
+    def chunked_failed(self) -> None:
+        self._give_up("the backend's chunked body is malformed or its trailer section too large")
+
+    def refuse_extra(self) -> None:
         """Bytes outside a response in flight (idle in the pool, or after the response ended):
         nothing more on this connection may be trusted, so it is dropped now."""
         self.keep_alive = False
@@ -338,27 +329,22 @@ class Connection(ResponseTimer, asyncio.Protocol):
 
     def attach(self, consumer: BodyConsumer) -> None:
         """From now on the body goes to ``consumer``; what arrived before is handed over first. A
-        consumer with ``take_body`` parses a chunked body itself (proxy.stream.textpath)."""
+        chunked body is read by :class:`ChunkedBody` where it was built, else by the parser."""
         if self.body_limit is not None:
             consumer = Capped(consumer, self._give_up, self.body_limit)
         self.consumer = consumer
         if self.raw is not None:
             raw, self.raw = self.raw, None
-            take_body = getattr(consumer, "take_body", None)
-            if take_body is not None and self.transport is not None:
-                self.taken = consumer
-                take_body(self, raw)
-                consumer.flush()
+            if ChunkedBody is not None and self.transport is not None:
+                self.taken = ChunkedBody(self, consumer, raw)
+                if not raw:
+                    consumer.flush()
                 return
-            self.chunks = ChunkedParser() if ChunkedParser is not None else None
             for data in raw:  # the parser, which has read exactly the head, reads the body as usual
                 if self.failed is None and not self.complete:
-                    if self.chunks is not None:
-                        self._chunked(data)
-                    else:
-                        self._feed(data)
+                    self._feed(data)
                 elif self.complete:
-                    self._extra()
+                    self.refuse_extra()
         early, self.early = self.early, None
         for piece in early or ():
             consumer.body(piece)
@@ -368,23 +354,15 @@ class Connection(ResponseTimer, asyncio.Protocol):
             consumer.broken(self.failed)
         consumer.flush()
 
-    def pause(self) -> None:
-        self.paused = True
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        self.paused = False
-        if self.transport is not None:
-            self.transport.resume_reading()
+    pause = ReadFlow.pause_reading  # (the consumers' names: back-pressure, a hook awaiting the store)
+    resume = ReadFlow.resume_reading
 
     def release(self) -> None:
         """Done with a response: keep the connection if it may carry another request, else close it."""
         self.consumer = None
         self._disarm()
         if self.complete and self.keep_alive and self.transport is not None and not self.transport.is_closing():
-            if self.paused:  # (a consumer paused it, then the body ended): the next request must be read
-                self.transport.resume_reading()
+            self.resume_reading()  # (a consumer paused it, then the body ended): the next request must be read
             self.parser = None
             self._reset()
             self.pool._put(self)

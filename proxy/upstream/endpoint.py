@@ -1,8 +1,7 @@
-"""Where a backend URL points, and the request head the gateway writes to it."""
+"""Where a backend URL points (the request head written to it is :mod:`proxy.http1.request`'s)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -25,14 +24,3 @@ def endpoint(url: str) -> Endpoint:
     host_header = netloc_host if port == default else f"{netloc_host}:{port}"
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return Endpoint((scheme, host, port), host_header, target)
-
-
-def request_head(method: str, ep: Endpoint, headers: Mapping[str, str], body_len: int | None) -> bytes:
-    """The request line and headers. Values come from aiohttp's parser (no CR/LF possible) or from
-    the config (validated at load), so they are written as they are."""
-    lines = [f"{method} {ep.target} HTTP/1.1", f"Host: {ep.host_header}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    if body_len is not None:
-        lines.append(f"Content-Length: {body_len}")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape")

@@ -7,8 +7,9 @@ import ssl
 import time
 from collections.abc import Mapping
 
+from ..http1.request import request_head
 from .connection import Connection
-from .endpoint import Endpoint, endpoint, request_head
+from .endpoint import Endpoint, endpoint
 from .errors import UpstreamError, UpstreamTimeout
 from .limits import Limits
 
@@ -57,7 +58,7 @@ class UpstreamPool:
         dropped."""
         limits = limits or self.default_limits
         has_body = bool(body) or method not in ("GET", "HEAD", "OPTIONS", "DELETE")
-        head = request_head(method, ep, headers, len(body) if has_body else None)
+        head = request_head(method, ep.target, ep.host_header, headers, len(body) if has_body else None)
         for attempt in (0, 1):
             conn = self._take(ep.key)
             if conn is None:

@@ -46,7 +46,7 @@ class ResponseTimer:
             return
         taken = self.taken
         progress = self.received + (taken.raw_in if taken is not None else 0)
-        if progress != self.mark or self.paused:
+        if progress != self.mark or self.reading_paused:
             self.mark, self.progress_at = progress, now
         elif now - self.progress_at >= limits.read_timeout_s:
             self._give_up(f"the backend sent nothing for {limits.read_timeout_s:g} s", TIMEOUT)

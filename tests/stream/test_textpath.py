@@ -256,7 +256,7 @@ async def test_the_gateway_streams_and_charges_the_same_either_way(upstream, gat
     assert results[0] == results[1] == (TEXT, -(-len(TEXT) // 4), -(-len(TEXT) // 4), "completed")
 
 
-# --- the backend's chunked body, parsed by the compiled path (take_body) ---
+# --- the backend's chunked body, read by the compiled ChunkedBody (proxy.upstream.chunked) ---
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
 WORDS = [w.encode() for w in ("Grüße", ", ", "世界", "! ", "tokens…")]

@@ -8,7 +8,8 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from proxy.upstream import UpstreamPool, endpoint, request_head
+from proxy.http1.request import request_head
+from proxy.upstream import UpstreamPool, endpoint
 from tests.conftest import SECRET, base_config, stream_chunks
 
 RUN = "/api/v1/run/wf_text"
@@ -45,7 +46,8 @@ def test_endpoint_and_request_head():
     assert ep.key == ("https", "lf.example", 8443) and ep.host_header == "lf.example:8443"
     assert ep.target == "/base/api/v1/run/x?stream=true"
     assert endpoint("http://[::1]/s").host_header == "[::1]" and endpoint("http://[::1]/s").key[2] == 80
-    head = request_head("POST", endpoint("http://b:7860/run"), {"X-A": "1"}, 3)
+    ep = endpoint("http://b:7860/run")
+    head = request_head("POST", ep.target, ep.host_header, {"X-A": "1"}, 3)
     assert head == b"POST /run HTTP/1.1\r\nHost: b:7860\r\nX-A: 1\r\nContent-Length: 3\r\n\r\n"
 
 

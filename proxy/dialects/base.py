@@ -59,6 +59,14 @@ class Dialect:
 
     # --- helpers shared by dialects -------------------------------------------------------------
 
+    def new_run(self, request: web.Request, route: str, flow_ref: str, *, stream: bool, credential: str,
+                **request_fields) -> Run:
+        """A run parsed from ``request``'s head, its environment from ``?env=`` (400 when
+        unknown). The body is read by the handler once the run is admitted."""
+        return Run(request=request, dialect=self.name, route=route, flow_ref=flow_ref,
+                   env=self.parse_env(request), stream=stream, body=b"", credential=credential,
+                   **request_fields)
+
     @staticmethod
     def parse_env(request: web.Request) -> Env:
         raw = request.query.get("env")

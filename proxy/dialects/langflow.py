@@ -45,18 +45,8 @@ class LangflowDialect(Dialect):
         key = request.query.get("x-api-key") or request.headers.get("x-api-key")
         if not key:
             raise Unauthorized("An API key must be passed as query or header")
-        env = self.parse_env(request)
-        return Run(
-            request=request,
-            dialect=self.name,
-            route=route,
-            flow_ref=request.match_info["flowIdOrName"],
-            env=env,
-            stream=stream,
-            body=b"",  # read by the handler once the run is admitted
-            credential=key,
-            by_name=True,
-        )
+        return self.new_run(request, route, request.match_info["flowIdOrName"], stream=stream, credential=key,
+                            by_name=True)
 
     def error_status(self, err: GatewayError) -> int:
         # Langflow answers 403 for a missing or invalid key, and 404 for a flow the key's user

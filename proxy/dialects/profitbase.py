@@ -25,20 +25,10 @@ class ProfitbaseDialect(Dialect):
             raise BadRequest("send the API key in the api_key query parameter or the x-api-key header, not both")
         if not in_query and not in_header:
             raise Unauthorized("an API key with the Execute policy is required (api_key or x-api-key)")
-        env = self.parse_env(request)
         mi = request.match_info
-        return Run(
-            request=request,
-            dialect=self.name,
-            route=route,
-            flow_ref=mi["flowId"],
-            tenant=mi["tenantId"],
-            workspace=mi["workspaceId"],
-            env=env,
-            stream=route != "run",
-            body=b"",  # read by the handler once the run is admitted
-            credential=request.query["api_key"] if in_query else request.headers["x-api-key"],
-        )
+        return self.new_run(request, route, mi["flowId"], stream=route != "run",
+                            credential=request.query["api_key"] if in_query else request.headers["x-api-key"],
+                            tenant=mi["tenantId"], workspace=mi["workspaceId"])
 
     def error_body(self, err: GatewayError, status: int) -> tuple[bytes, str]:
         """problem+json with ASP.NET Core's default problem types."""

@@ -68,18 +68,8 @@ class WorkflowDialect(Dialect):
             credential, kind = token, "token"
         else:
             credential, kind = key_from_headers(request), "key"
-        env = self.parse_env(request)
-        return Run(
-            request=request,
-            dialect=self.name,
-            route=route,
-            flow_ref=request.match_info["workflowId"],
-            env=env,
-            stream=route == "stream",
-            body=b"",  # read by the handler once the run is admitted
-            credential=credential,
-            credential_kind=kind,
-        )
+        return self.new_run(request, route, request.match_info["workflowId"], stream=route == "stream",
+                            credential=credential, credential_kind=kind)
 
     def error_status(self, err: GatewayError) -> int:
         return _CODES.get(err.kind, (err.status, err.kind))[0]

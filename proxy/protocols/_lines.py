@@ -6,29 +6,29 @@ from __future__ import annotations
 class LineBuffer:
     """Splits a byte stream into complete lines (``\\n``; a trailing ``\\r`` is dropped)."""
 
-    __slots__ = ("_buf",)
+    __slots__ = ("buf",)
 
     def __init__(self) -> None:
-        self._buf = b""
+        self.buf = b""  # an incomplete last line (the compiled text path reads and sets it too)
 
     def feed(self, data: bytes) -> list[bytes]:
-        if self._buf:
-            data = self._buf + data
+        if self.buf:
+            data = self.buf + data
         end = data.rfind(b"\n")
         if end < 0:
-            self._buf = data
+            self.buf = data
             return []
-        self._buf = data[end + 1:]
+        self.buf = data[end + 1:]
         lines = data[:end].split(b"\n")
         return [line[:-1] if line.endswith(b"\r") else line for line in lines]
 
     def rest(self) -> bytes:
-        rest, self._buf = self._buf, b""
+        rest, self.buf = self.buf, b""
         return rest[:-1] if rest.endswith(b"\r") else rest
 
     @property
     def pending(self) -> bool:
-        return bool(self._buf)
+        return bool(self.buf)
 
 
 class LineDecoder:

@@ -44,24 +44,28 @@ def _find_usage(obj: Any, depth: int = 0) -> Usage | None:
 
 
 class LangflowDecoder:
-    __slots__ = ("_lines", "_emitted", "_finished", "_usage")
+    """``lines`` and ``emitted`` are shared with the compiled text path (:mod:`proxy.stream.textpath`),
+    which reads ``token`` frames itself, exactly as :meth:`frame` does, and hands this decoder
+    every other frame (:meth:`frame`)."""
+
+    __slots__ = ("lines", "emitted", "_finished", "_usage")
 
     def __init__(self) -> None:
-        self._lines = LineBuffer()
-        self._emitted: dict[str, int] = {}  # message id -> characters already emitted
+        self.lines = LineBuffer()
+        self.emitted: dict[str, int] = {}  # message id -> characters already emitted
         self._finished = False
         self._usage: Usage | None = None
 
     def feed(self, data: bytes) -> list[Event]:
         out: list[Event] = []
-        for line in self._lines.feed(data):
+        for line in self.lines.feed(data):
             if line:
                 self._line(line, out)
         return out
 
     def close(self) -> list[Event]:
         out: list[Event] = []
-        rest = self._lines.rest()
+        rest = self.lines.rest()
         if rest.strip():
             self._line(rest, out)
         if not self._finished:
@@ -71,21 +75,24 @@ class LangflowDecoder:
 
     @property
     def pending(self) -> bool:
-        return self._lines.pending
+        return self.lines.pending
 
     def _line(self, line: bytes, out: list[Event]) -> None:
         try:
             frame = orjson.loads(line)
         except orjson.JSONDecodeError:
             return
-        if not isinstance(frame, dict):
-            return
+        if isinstance(frame, dict):
+            self.frame(frame, out)
+
+    def frame(self, frame: dict, out: list[Event]) -> None:
+        """One decoded frame's events (appended to ``out``)."""
         event, data = frame.get("event"), frame.get("data")
         if event == "token":
             if isinstance(data, dict) and isinstance(data.get("chunk"), str) and data["chunk"]:
                 chunk = data["chunk"]
                 msg_id = str(data.get("id", ""))
-                self._emitted[msg_id] = self._emitted.get(msg_id, 0) + len(chunk)
+                self.emitted[msg_id] = self.emitted.get(msg_id, 0) + len(chunk)
                 out.append(Token(chunk))
         elif event == "add_message":
             if not isinstance(data, dict) or data.get("sender") == "User":
@@ -93,10 +100,10 @@ class LangflowDecoder:
             text = data.get("text")
             if isinstance(text, str):
                 msg_id = str(data.get("id", ""))
-                done = self._emitted.get(msg_id, 0)
+                done = self.emitted.get(msg_id, 0)
                 if len(text) > done:
                     out.append(Token(text[done:]))
-                    self._emitted[msg_id] = len(text)
+                    self.emitted[msg_id] = len(text)
             props = data.get("properties")
             if isinstance(props, dict):
                 self._report(usage_from(props.get("usage")), out)

@@ -37,7 +37,6 @@ from .. import metrics as m
 from ..http1.headers import JOB_ID_HEADER, STREAM_HEADERS
 from ..policies.base import StopRun
 from ..protocols import Decoder, Encoder, Error, Event, Token
-from ..protocols.text import TextDecoder
 from ..run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, Run
 from ..upstream import Connection
 from .sinks import BufferSink, ClientSink, open_client
@@ -115,10 +114,11 @@ class Pump:
             self.sink.flush()
 
     def fast_path(self):
-        """The compiled per-chunk path (:mod:`proxy.stream.textpath`) for a streamed ``text`` body, when it
-        was built, the chain's hooks all say when they are quiet, and the output format can encode
-        a piece of text directly; else None (this pump's own path)."""
-        if TextPath is None or self.chain.quiet is None or type(self.decoder) is not TextDecoder \
+        """The compiled per-chunk path (:mod:`proxy.stream.textpath`) for a streamed body it reads
+        (text; Langflow events, transcoded), when it was built, the chain's hooks all say when they
+        are quiet, and the output format can encode a piece of text directly; else None (this
+        pump's own path)."""
+        if TextPath is None or self.chain.quiet is None or not TextPath.takes(self.decoder, self.passthrough) \
                 or type(self.sink) is not ClientSink:
             return None
         encode_text = None if self.passthrough else getattr(self.encoder, "encode_text", None)
@@ -202,6 +202,11 @@ class Pump:
         """A piece the compiled text path counted and decoded already (``text``; nothing metered
         yet): from the hooks on, as :meth:`take` goes on."""
         self._guard(self._chunk, data, [Token(text)])
+
+    def decoded_events(self, events: list[Event]) -> None:
+        """Events the compiled path decoded from a counted piece (transcoded: its bytes are not
+        written as they came): from metering on, as :meth:`take` goes on."""
+        self._guard(self._chunk, b"", events)
 
     def broken(self, message: str) -> None:
         if self.ended:

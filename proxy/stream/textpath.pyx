@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""The per-chunk path of a text body, compiled (Cython).
+"""The per-chunk path of a text body, or of Langflow's events, compiled (Cython).
 
 Why: a forwarded line costs the kernel the same under any proxy, and what flowgate adds on top is
 the interpreter: ~10 Python frames and a handful of objects per chunk (an event, a list, a hook
@@ -7,6 +7,15 @@ call, framing), cheap alone and several microseconds per line with hundreds of s
 interleaved (README, Benchmark). For a backend that speaks ``text`` this path does the whole
 common case of a chunk in C: count the gap, meter, compare with the policies' quiet limits, frame
 and write. Python runs again only where something happens.
+
+For a backend that speaks ``langflow`` (transcoded: the workflow route's text, profitbase's JSON
+array) it also splits the events into lines and reads the common one, a ``token`` event, itself:
+orjson parses the line (from C: no Python frame), and the chunk's text goes on as a text piece
+does, with the message's count in the decoder's ``emitted`` kept as
+:meth:`LangflowDecoder.frame <proxy.protocols.langflow.LangflowDecoder.frame>` keeps it. Every
+other event (a message, usage, the end, an error, a line that is not JSON) goes to that decoder
+and its events to the pump (``Pump.decoded_events``). The incomplete last line stays in the
+decoder's ``lines.buf``, as its own ``feed`` leaves it, so the pump can take over at any byte.
 
 Where it sits: it is the run's body consumer in the pump's place (:meth:`Pump.fast_path
 <proxy.stream.pump.Pump.fast_path>` makes one), and receives body pieces exactly as the pump
@@ -44,15 +53,21 @@ from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_GET_LENGTH
 from libc.math cimport INFINITY
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from proxy.http1.chunks cimport one_chunk
 
 from proxy.http1.chunks import JOIN_BELOW
+from proxy.protocols.langflow import LangflowDecoder
+from proxy.protocols.text import TextDecoder
+
+from orjson import JSONDecodeError, loads
 
 cdef Py_ssize_t SMALL = JOIN_BELOW  # below it a piece and its framing are one write (proxy.http1.chunks)
 cdef long long NO_LIMIT = 1 << 62
+cdef enum:
+    TEXT, LANGFLOW  # the backend protocols read here
 
 
 cdef inline double _monotonic() noexcept nogil:  # time.monotonic()'s clock
@@ -82,9 +97,11 @@ cdef class TextPath:
     """The compiled front of one run's :class:`~proxy.stream.pump.Pump` (see the module docstring)."""
 
     cdef object pump, run, meter, decoder, decode, gap, transport, conn, encode_text
+    cdef object lines, emitted  # a Langflow decoder's
     cdef list out, counts, quiet
     cdef tuple bounds  # the histogram's, shared by every stream
     cdef bint passthrough, chunked
+    cdef int kind
     cdef long long max_chars, chars_base
     cdef double until
     # owned here between hand-overs (see the module docstring)
@@ -92,15 +109,26 @@ cdef class TextPath:
     cdef long long d_chars, d_in, d_out
     cdef double d_gap
 
+    @staticmethod
+    def takes(decoder, bint passthrough):
+        """Whether this path reads what ``decoder`` reads: text, and Langflow's events transcoded."""
+        return type(decoder) is TextDecoder or (type(decoder) is LangflowDecoder and not passthrough)
+
     def __init__(self, pump, sink, list quiet, encode_text):
-        """``pump``: the run's pump (its sink is ``sink``, a ClientSink); ``quiet``: the chain's
-        ``quiet`` functions; ``encode_text``: the encoder's, for a transcoded run (None when the
-        bytes pass through as they came)."""
+        """``pump``: the run's pump (its sink is ``sink``, a ClientSink; its decoder one that
+        :meth:`takes`); ``quiet``: the chain's ``quiet`` functions; ``encode_text``: the
+        encoder's, for a transcoded run (None when the bytes pass through as they came)."""
         self.pump = pump
         self.run = pump.run
         self.meter = pump.run.meter
         self.decoder = pump.decoder
-        self.decode = pump.decoder.text
+        if type(self.decoder) is TextDecoder:
+            self.kind = TEXT
+            self.decode = pump.decoder.text
+        else:
+            self.kind = LANGFLOW
+            self.lines = pump.decoder.lines
+            self.emitted = pump.decoder.emitted
         self.out = sink.out
         self.transport = sink.transport
         self.chunked = sink.chunked
@@ -167,32 +195,97 @@ cdef class TextPath:
             self.d_in += PyBytes_GET_SIZE(data)
             if pump.held is not None:  # pieces wait behind a hook: in arrival order, the pump's
                 return self._to_pump(data)
+            if self.kind == LANGFLOW:
+                return self._events(data, now)
             if self.passthrough and not self.decoder.rest and _ascii(data):
                 text, k = None, PyBytes_GET_SIZE(data)  # passed through: the count is all metering needs
             else:
                 text = self.decode(data)
                 k = PyUnicode_GET_LENGTH(text)
-            if k:
-                chars = self.chars_base + self.d_chars + k
-                if chars > self.max_chars or now >= self.until:
-                    # a policy has something to do: the pump's path (which meters the text itself)
-                    self.hand_over()
-                    pump.decoded(data, data.decode("ascii") if text is None else text)
-                    self.limits()
-                    return 0
-                self.d_chars += k
-                if not self.passthrough:
-                    piece = self.encode_text(text)
-                    if piece:
-                        self.out.append(piece)
-                        self.d_out += PyBytes_GET_SIZE(piece)
-                    return 0
-            if self.passthrough:
+            if self._text(data, text, k, now) and self.passthrough:
                 self.out.append(data)
                 self.d_out += PyBytes_GET_SIZE(data)
         except Exception as exc:  # a bug: the awaiting handler logs it and ends the run
             self.hand_over()
             pump._fail(exc)
+        return 0
+
+    cdef bint _text(self, bytes data, text, Py_ssize_t k, double now) except -1:
+        """``k`` characters of generated text (``text``; None: ``data`` is ASCII passed through):
+        metered and, transcoded, encoded here; or, when a policy has something to do, the pump's
+        (which meters it itself). True when the caller still writes ``data`` (passthrough)."""
+        cdef long long chars
+        if not k:
+            return True
+        chars = self.chars_base + self.d_chars + k
+        if chars > self.max_chars or now >= self.until:
+            self.hand_over()
+            self.pump.decoded(data, data.decode("ascii") if text is None else text)
+            self.limits()
+            return False
+        self.d_chars += k
+        if self.passthrough:
+            return True
+        piece = self.encode_text(text)
+        if piece:
+            self.out.append(piece)
+            self.d_out += PyBytes_GET_SIZE(piece)
+        return False
+
+    cdef int _events(self, bytes data, double now) except -1:
+        """Langflow's events: the complete lines of what arrived, each read here or handed over."""
+        lines = self.lines
+        cdef bytes buf = lines.buf
+        if buf:
+            data = buf + data
+        cdef const char *p = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), start = 0, end, stop
+        cdef const char *nl
+        pump = self.pump
+        while start < n:
+            nl = <const char *>memchr(p + start, c'\n', n - start)
+            if nl == NULL:
+                break
+            end = nl - p
+            stop = end - 1 if end > start and p[end - 1] == c'\r' else end
+            if stop > start:
+                self._line(data[start:stop], now)
+                if pump.ended or pump.held is not None:  # the run ended, or a hook awaits: the rest is the pump's
+                    lines.buf = b""
+                    if end + 1 < n and not pump.ended:
+                        self.hand_over()
+                        pump.take(data[end + 1:])
+                        self.limits()
+                    return 0
+            start = end + 1
+        lines.buf = data[start:] if start < n else b""
+        return 0
+
+    cdef int _line(self, bytes line, double now) except -1:
+        """One event line: a ``token`` event here (as ``LangflowDecoder.frame`` reads it), any
+        other to the decoder and its events to the pump."""
+        try:
+            frame = loads(line)
+        except JSONDecodeError:
+            return 0  # skipped, as the decoder skips it
+        if type(frame) is not dict:
+            return 0
+        if frame.get("event") == "token":
+            data = frame.get("data")
+            if type(data) is dict:
+                chunk = data.get("chunk")
+                if type(chunk) is str and chunk:
+                    msg_id = str(data.get("id", ""))
+                    emitted = self.emitted
+                    emitted[msg_id] = emitted.get(msg_id, 0) + PyUnicode_GET_LENGTH(chunk)
+                    self._text(b"", chunk, PyUnicode_GET_LENGTH(chunk), now)
+            return 0
+        events = []
+        self.decoder.frame(frame, events)
+        if events:
+            self.hand_over()
+            self.pump.decoded_events(events)
+            self.limits()
         return 0
 
     cdef int _to_pump(self, bytes data) except -1:

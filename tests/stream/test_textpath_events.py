@@ -1,0 +1,171 @@
+"""The compiled path reading Langflow's events (proxy/stream/textpath.pyx, ``LANGFLOW``): at every
+split of an event stream the same bytes, metering, usage and decoder state as the Python pump, and
+through the gateway the same text and charge with the compiled path on and off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from types import SimpleNamespace
+
+import orjson
+import pytest
+
+from proxy.env import Env
+from proxy.policies import Chain
+from proxy.protocols import new_decoder, new_encoder
+from proxy.run import Run
+from proxy.stream.pump import Pump
+from proxy.stream.sinks import ClientSink
+from tests.conftest import base_config, stream_chunks
+from tests.policies.test_credits import settled
+from tests.stream.test_pump import open_stream
+from tests.stream.test_textpath import TextPath, _config, _Conn, _split_everywhere, _Transport, _unframe, _Upstream
+
+
+
+def frame(event: str, data, *, compact: bool = False, crlf: bool = False) -> bytes:
+    body = orjson.dumps({"event": event, "data": data}) if compact else \
+        json.dumps({"event": event, "data": data}).encode()  # Langflow's own: ", " and ": ", \\u escapes
+    return body + (b"\r\n\r\n" if crlf else b"\n\n")
+
+
+EVENTS = b"".join([
+    frame("vertices_sorted", {"ids": ["a", "b"]}),
+    frame("add_message", {"id": "u1", "sender": "User", "text": "question?"}),  # the echoed input
+    frame("token", {"chunk": "Grüße", "id": "m1", "timestamp": "t"}),
+    frame("token", {"chunk": ", 世界", "id": "m1"}, compact=True),
+    frame("token", {"chunk": "", "id": "m1"}),  # nothing generated
+    b"not json at all\n\n",
+    frame("token", {"chunk": "! tokens…", "id": "m1"}, crlf=True),
+    frame("token", {"chunk": "x", "id": 7}),  # a number id, as str() makes it
+    frame("add_message", {"id": "m1", "sender": "Machine", "text": "Grüße, 世界! tokens…and more",
+                          "properties": {"usage": {"input_tokens": 3, "output_tokens": 9}}}),
+    frame("token", {"chunk": 5, "id": "m2"}),  # not a string: no text
+    frame("end", {"result": {"outputs": []}}),
+])
+GENERATED = "Grüße, 世界! tokens…" + "x" + "and more"
+
+
+def _pump(output: str, hooks=(), quiet=()):
+    run = Run(request=None, dialect="workflow", route="stream", flow_ref="wf", env=Env.Production,  # type: ignore[arg-type]
+              stream=True, body=b"")
+    run.flow = SimpleNamespace(id="wf")  # type: ignore[assignment]
+    pump = Pump(run, _Upstream(), new_decoder("langflow"), new_encoder(output), False,  # type: ignore[arg-type]
+                Chain.of_hooks(list(hooks), list(quiet)))
+    transport = _Transport()
+    pump.sink = ClientSink(transport, True, _Conn())
+    pump.resp = object()  # type: ignore[assignment]
+    pump.write = pump.sink.out.append
+    pump.fast = pump.fast_path()
+    pump.done = asyncio.get_running_loop().create_future()
+    return pump, transport
+
+
+def _run(pump: Pump, chunks, *, compiled: bool) -> None:
+    consumer = pump.fast if compiled else pump
+    for chunk in chunks:
+        consumer.body(chunk)  # type: ignore[union-attr]
+        consumer.flush()  # type: ignore[union-attr]
+    consumer.end()  # type: ignore[union-attr]
+    pump.detach()
+
+
+def _text(output: str, writes: list[bytes]) -> str:
+    body = b"".join(_unframe(writes))
+    return body.decode() if output == "text" else "".join(json.loads(b"[" + body + b"]"))  # (no prologue here)
+
+
+async def test_the_compiled_path_takes_langflow_events_transcoded_only():
+    pump, _ = _pump("text")
+    assert isinstance(pump.fast, TextPath)
+    assert not TextPath.takes(new_decoder("langflow"), True)  # passed through: the Python pump's
+    assert not TextPath.takes(new_decoder("ndjson"), False)
+
+
+@pytest.mark.parametrize("output", ["text", "json-array"])
+async def test_every_split_of_an_event_stream_reads_as_the_python_pump_reads_it(output):
+    for chunks in _split_everywhere(EVENTS):
+        fast, fast_t = _pump(output)
+        _run(fast, chunks, compiled=True)
+        slow, slow_t = _pump(output)
+        _run(slow, chunks, compiled=False)
+        for pump in (fast, slow):
+            assert pump.done.result() == "completed", chunks  # type: ignore[union-attr]
+        assert fast.run.meter == slow.run.meter, chunks
+        assert fast.run.meter.chars == len(GENERATED) and fast.run.meter.reported_output == 9
+        assert (fast.run.bytes_in, fast.run.bytes_out) == (slow.run.bytes_in, slow.run.bytes_out), chunks
+        assert fast.decoder.emitted == slow.decoder.emitted == {"m1": len("Grüße, 世界! tokens…and more"), "7": 1}
+        assert _text(output, fast_t.writes) == _text(output, slow_t.writes) == GENERATED, chunks
+
+
+async def test_token_events_take_no_python_hook_below_the_quiet_limit():
+    calls: list[str] = []
+    limit = {"chars": 3}
+
+    def hook(run, ev):
+        calls.append(type(ev).__name__)
+        limit["chars"] = run.meter.chars + 3
+
+    pump, transport = _pump("text", [hook], [lambda run: (limit["chars"], math.inf)])
+    tokens = [frame("token", {"chunk": c, "id": "m"}) for c in ("ab", "c", "d", "e", "fgh", "i")]
+    _run(pump, [frame("vertices_sorted", {}), *tokens, frame("end", {"result": {}})], compiled=True)
+    # the first chunk (no events) is the pump's; then only tokens past the limit and the end
+    assert calls == ["Token", "Token", "End"]  # "d" (4 > 3, then 7) and "fgh" (8 > 7)
+    assert _text("text", transport.writes) == "abcdefghi"
+
+
+async def test_a_hook_that_awaits_mid_chunk_holds_the_rest_of_it_in_order():
+    gate = asyncio.Event()
+
+    def hook(run, ev):
+        return gate.wait() if run.meter.chars == 2 else None
+
+    pump, transport = _pump("text", [hook], [lambda run: (1, math.inf) if run.meter.chars < 2 else (None, math.inf)])
+    first = frame("vertices_sorted", {})
+    rest = b"".join(frame("token", {"chunk": c, "id": "m"}) for c in ("a", "b", "c", "d"))
+    pump.fast.body(first)  # type: ignore[union-attr]
+    pump.fast.body(rest[:-7] + b"")  # type: ignore[union-attr]  (the last event split in two reads)
+    pump.fast.body(rest[-7:] + frame("end", {"result": {}}))  # type: ignore[union-attr]
+    pump.fast.flush()  # type: ignore[union-attr]
+    assert pump.upstream.paused and pump.held is not None  # type: ignore[attr-defined]
+    gate.set()
+    pump.fast.end()  # type: ignore[union-attr]
+    assert await asyncio.wait_for(pump.done, 5) == "completed"  # type: ignore[arg-type]
+    pump.flush()
+    pump.detach()
+    assert _text("text", transport.writes) == "abcd" and pump.run.meter.chars == 4
+
+
+async def test_an_error_event_ends_the_run_as_a_backend_error():
+    pump, transport = _pump("text")
+    _run(pump, [frame("vertices_sorted", {}), frame("token", {"chunk": "ab", "id": "m"}),
+                frame("error", {"error": "model overloaded"}) + frame("token", {"chunk": "zz", "id": "m"})],
+         compiled=True)
+    assert pump.done.result() == "backend_error" and pump.message == "model overloaded"  # type: ignore[union-attr]
+    assert _text("text", transport.writes) == "ab"
+
+
+LF_CHUNKS = [EVENTS[i:i + 37] for i in range(0, len(EVENTS), 37)]
+
+
+@pytest.mark.parametrize("dialect", ["profitbase", "workflow"])
+async def test_the_gateway_streams_langflow_events_and_charges_the_same_either_way(upstream, gateway, tmp_path,
+                                                                                   dialect):
+    upstream.handle("/lf", lambda request, seen: stream_chunks(request, LF_CHUNKS, delay=0.002))
+    results = []
+    for compiled in (True, False):
+        cfg = _config(upstream.url, compiled, store=f"sqlite:///{tmp_path / f'{compiled}.db'}")
+        cfg["limits"] = {"credit_quantum_tokens": 1}
+        client = await gateway(cfg)
+        resp = await open_stream(client, dialect, "wf_lf")
+        body = await resp.read()
+        text = "".join(json.loads(body)) if dialect == "profitbase" else body.decode()
+        entry = (await settled(client))[0]
+        results.append((text, entry["credits"], entry["output_tokens"], entry["outcome"]))
+    assert results[0] == results[1] == (GENERATED, 9, 9, "completed")
+
+
+def test_base_config_has_the_langflow_flow():
+    assert any(f["id"] == "wf_lf" for f in base_config("http://x")["flows"])

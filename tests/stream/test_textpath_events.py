@@ -24,7 +24,6 @@ from tests.stream.test_pump import open_stream
 from tests.stream.test_textpath import TextPath, _config, _Conn, _split_everywhere, _Transport, _unframe, _Upstream
 
 
-
 def frame(event: str, data, *, compact: bool = False, crlf: bool = False) -> bytes:
     body = orjson.dumps({"event": event, "data": data}) if compact else \
         json.dumps({"event": event, "data": data}).encode()  # Langflow's own: ", " and ": ", \\u escapes

@@ -2,6 +2,8 @@
 
 Routes (GET or POST; the body is read and ignored):
   /lines?n=100&ms=20[&id=X]  n lines ``L<seq>:<ns>;`` one every ms milliseconds (n=0: forever)
+  /events?n=100&ms=20         the same lines as Langflow's ``token`` events (json.dumps, as Langflow's
+                              EventManager writes them), then its ``end`` event
   /bulk?bytes=N               N bytes in 64 KiB chunks, as fast as the socket takes them
   /idle                       one line, then silence (for open-stream memory)
   /closed?id=X                when the request with that id was closed by its peer (ns), or null
@@ -11,6 +13,7 @@ Run: python -m bench.backend PORT
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 
@@ -38,6 +41,26 @@ async def lines(request: web.Request) -> web.StreamResponse:
         if rid:
             CLOSED[rid] = time.monotonic_ns()
         raise
+    return resp
+
+
+def _event(event: str, data: dict) -> bytes:
+    return json.dumps({"event": event, "data": data}).encode() + b"\n\n"
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    n, ms = int(request.query.get("n", 100)), float(request.query.get("ms", 20))
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    stamp = "2026-12-01T00:00:00.000000Z"
+    for i in range(n):
+        chunk = f"L{i}:{time.monotonic_ns()};\n"
+        await resp.write(_event("token", {"chunk": chunk, "id": "msg-1", "timestamp": stamp}))
+        if ms:
+            await asyncio.sleep(ms / 1000)
+    await resp.write(_event("end", {"result": {"session_id": "s", "outputs": []}}))
+    await resp.write_eof()
     return resp
 
 
@@ -69,7 +92,7 @@ async def closed(request: web.Request) -> web.Response:
 
 def app() -> web.Application:
     a = web.Application()
-    for path, handler in (("/lines", lines), ("/bulk", bulk), ("/idle", idle)):
+    for path, handler in (("/lines", lines), ("/events", events), ("/bulk", bulk), ("/idle", idle)):
         a.router.add_route("*", path, handler)
     a.router.add_get("/closed", closed)
     return a

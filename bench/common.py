@@ -98,12 +98,13 @@ def flowgate_config(tmp: Path, port: int, backend_port: int, *, store: str | Non
         "accounts": {"bench": {"initial_credits": 10**12}},
         "flows": [
             {"id": f"wf_{name}", "owner": "bench", "tenant": "t", "workspace": "w", "max_duration_s": max_duration_s,
-             "targets": {"Production": {"backend": "bench", "path": path}}}
-            for name, path in [("lines", "/lines?n=100&ms=20"), ("lines50", "/lines?n=20&ms=50"),
-                               ("lines1k", "/lines?n=40&ms=250"),
-                               ("short", "/lines?n=5&ms=0"), ("bulk", "/bulk?bytes=1073741824"),
-                               ("idle", "/idle"), ("forever", "/lines?n=0&ms=20&id=forever"),
-                               ("bulk256", "/bulk?bytes=268435456")]
+             "targets": {"Production": {"backend": backend_name, "path": path}}}
+            for name, backend_name, path in [
+                ("lines", "bench", "/lines?n=100&ms=20"), ("lines50", "bench", "/lines?n=20&ms=50"),
+                ("lines1k", "bench", "/lines?n=40&ms=250"), ("short", "bench", "/lines?n=5&ms=0"),
+                ("bulk", "bench", "/bulk?bytes=1073741824"), ("idle", "bench", "/idle"),
+                ("forever", "bench", "/lines?n=0&ms=20&id=forever"), ("bulk256", "bench", "/bulk?bytes=268435456"),
+                ("events", "bench_lf", "/events?n=100&ms=20")]
         ],
         "keys": [{"id": "key_bench", "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "owner": "bench"}],
     }

@@ -8,9 +8,16 @@ table of ratios and writes ``bench/out/`` (JSON + PNG).
 
     make bench                                   # or: .venv/bin/python -m bench.run --help
 
-flowgate runs with every policy on: key auth for half the streams (profitbase, text transcoded to
-a JSON array), a fresh single-use token for the other half (workflow, text passed through), credit
-hold and settle on SQLite, metrics, one JSON access line per request (to /dev/null).
+flowgate runs with every policy on (credit hold and settle on SQLite, metrics, one JSON access
+line per request, to /dev/null) and is measured on three paths, each a column of its own:
+
+- ``flowgate key``: the server's path, an API key on the profitbase route (text transcoded to a
+  JSON array);
+- ``flowgate token``: the browser's path, a fresh single-use token minted for every stream (the
+  mint is counted in the run's CPU), then the workflow route (text passed through);
+- ``flowgate events``: the browser's path in front of a Langflow-event backend (streams only):
+  the same lines as Langflow ``token`` events, transcoded to the workflow route's text; nginx
+  beside it passes the plain lines.
 """
 
 from __future__ import annotations
@@ -22,19 +29,26 @@ import json
 import os
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
 
-from .common import SECRET, STAMP, cpu_seconds, flowgate_config, free_port, rss_bytes, spawn, start_flowgate, wait_port
+from .common import flowgate_config, free_port, spawn, start_flowgate, wait_port
+from .report import FLOWGATE, merge_rounds, plot, table
+from .scenarios import Path_, scenario_bulk, scenario_idle, scenario_latency, scenario_short, scenario_streams
 
 OUT = Path(__file__).resolve().parent / "out"
-PIPE_SCENARIOS = ("streams", "bulk")  # where the byte pipe's numbers mean something (it parses no HTTP)
+# which paths run which scenario (a flowgate path not named runs none of it)
+SCENARIO_PATHS = {
+    "streams": ("direct", "nginx", "pipe", *FLOWGATE),
+    "latency": ("direct", "nginx", "flowgate key", "flowgate token"),
+    "short": ("direct", "nginx", "flowgate key", "flowgate token"),
+    "bulk": ("direct", "nginx", "pipe", "flowgate token"),  # the pipe: where its numbers mean something
+    "idle": ("nginx", "pipe", "flowgate token"),  # one process: RSS measured once
+}
 ROUNDED = ("streams", "latency", "short")  # run --rounds times, path after path, each figure the median
 
 NGINX_CONF = """
@@ -63,258 +77,6 @@ http {{
 """
 
 
-class Path_:
-    """One way to reach the backend: how to start a run, and which process to measure."""
-
-    def __init__(self, name: str, base: str, pid: int | None, kind: str) -> None:
-        self.name, self.base, self.pid, self.kind = name, base, pid, kind
-        self.i = 0
-
-    async def request(self, s: aiohttp.ClientSession, flow: str, raw_path: str):
-        """(method, url, headers) for the next run of ``flow`` (alternating key and token on flowgate)."""
-        self.i += 1
-        if self.kind == "plain":
-            return "GET", self.base + raw_path, {}
-        if self.i % 2:
-            return ("POST", f"{self.base}/api/v1/tenants/t/workspaces/w/flows/{flow}/run-streaming",
-                    {"x-api-key": SECRET})
-        async with s.get(f"{self.base}/api/v1/token", headers={"x-api-key": SECRET}) as r:
-            token = (await r.json())["token"]
-        return "POST", f"{self.base}/api/v1/run/{flow}/stream?token={token}", {}
-
-
-async def stream_once(s, path: Path_, flow: str, raw: str, lat: list | None, ttfb: list[float] | None,
-                      with_stamp: bool = False):
-    method, url, headers = await path.request(s, flow, raw)
-    t0 = time.monotonic_ns()
-    seen = 0
-    buf = b""
-    first = True
-    async with s.request(method, url, headers=headers) as resp:
-        if resp.status != 200:
-            raise RuntimeError(f"{path.name}: {resp.status} {await resp.text()}")
-        async for chunk in resp.content.iter_any():
-            now = time.monotonic_ns()
-            if first and ttfb is not None:
-                ttfb.append((now - t0) / 1e6)
-                first = False
-            buf += chunk
-            if lat is not None:
-                for m in STAMP.finditer(buf):
-                    sent = int(m.group(2))
-                    lat.append(((now - sent) / 1e6, sent) if with_stamp else (now - sent) / 1e6)
-                    seen += 1
-                buf = buf[buf.rfind(b";") + 1:]
-    return seen
-
-
-async def scenario_streams(s, path: Path_, n: int) -> dict:
-    lat: list[float] = []
-    ttfb: list[float] = []
-    c0 = cpu_seconds(path.pid) if path.pid else 0.0
-    t0 = time.monotonic()
-    lines = await asyncio.gather(*(stream_once(s, path, "wf_lines", "/lines?n=100&ms=20", lat, ttfb)
-                                   for _ in range(n)))
-    wall = time.monotonic() - t0
-    cpu = (cpu_seconds(path.pid) - c0) if path.pid else 0.0
-    total = sum(lines)
-    lat.sort()
-    return {"lines": total, "wall_s": wall, "cpu_us_per_line": cpu * 1e6 / total if path.pid else None,
-            "p50_ms": lat[len(lat) // 2], "p99_ms": lat[int(len(lat) * 0.99)],
-            "ttfb_p50_ms": statistics.median(ttfb), "latency_ms": lat[:: max(1, len(lat) // 2000)]}
-
-
-async def scenario_latency(s, path: Path_, n: int, ramp_s: float = 2.0) -> dict:
-    """``n`` concurrent streams of 40 lines × 250 ms, opened at an even pace over ``ramp_s`` (real
-    clients do not arrive in lockstep); one-way latency of the lines sent once all ``n`` are open."""
-    lat: list[float] = []
-
-    async def one(delay: float):
-        await asyncio.sleep(delay)
-        return await stream_once(s, path, "wf_lines1k", "/lines?n=40&ms=250", lat, None, with_stamp=True)
-
-    t0 = time.monotonic_ns()
-    lines = await asyncio.gather(*(one(ramp_s * i / n) for i in range(n)))
-    steady = t0 + int((ramp_s + 0.5) * 1e9)  # lines sent after the last stream opened (+ margin)
-    window = [ms for ms, sent in lat if sent >= steady]
-    window.sort()
-    return {"streams": n, "lines": sum(lines), "measured_lines": len(window), "p50_ms": window[len(window) // 2],
-            "p99_ms": window[int(len(window) * 0.99)], "latency_ms": window[:: max(1, len(window) // 2000)]}
-
-
-async def scenario_short(s, path: Path_, runs: int, conc: int) -> dict:
-    sem = asyncio.Semaphore(conc)
-
-    async def one():
-        async with sem:
-            await stream_once(s, path, "wf_short", "/lines?n=5&ms=0", None, None)
-
-    c0 = cpu_seconds(path.pid) if path.pid else 0.0
-    t0 = time.monotonic()
-    await asyncio.gather(*(one() for _ in range(runs)))
-    wall = time.monotonic() - t0
-    cpu = (cpu_seconds(path.pid) - c0) if path.pid else 0.0
-    return {"runs": runs, "runs_per_s": runs / wall, "cpu_us_per_run": cpu * 1e6 / runs if path.pid else None}
-
-
-async def scenario_bulk(s, path: Path_, mb: int) -> dict:
-    flow, raw = ("wf_bulk", "/bulk?bytes=1073741824") if mb == 1024 else ("wf_bulk256", "/bulk?bytes=268435456")
-    if path.kind != "plain":
-        path.i = 1  # the token half: text passed through untouched
-    method, url, headers = await path.request(s, flow, raw)
-    t0 = time.monotonic()
-    size = 0
-    async with s.request(method, url, headers=headers) as resp:
-        async for chunk in resp.content.iter_any():
-            size += len(chunk)
-    wall = time.monotonic() - t0
-    return {"bytes": size, "mb_per_s": size / wall / 1e6}
-
-
-async def scenario_idle(s, path: Path_, sizes: list[int]) -> dict:
-    """Open idle streams up to each of ``sizes`` in turn; RSS growth per open stream at each."""
-    out: dict = {}
-    responses: list = []
-    refused = 0
-
-    async def open_one():
-        nonlocal refused
-        method, url, headers = await path.request(s, "wf_idle", "/idle")
-        try:
-            resp = await s.request(method, url, headers=headers)
-            await resp.content.readany()
-            responses.append(resp)
-        except (aiohttp.ClientError, OSError):
-            refused += 1
-
-    before = rss_bytes(path.pid) if path.pid else 0
-    try:
-        for n in sizes:
-            while len(responses) + refused < n:
-                await asyncio.gather(*(open_one() for _ in range(min(500, n - len(responses) - refused))))
-            await asyncio.sleep(1)
-            after = rss_bytes(path.pid) if path.pid else 0
-            out[str(n)] = {"rss_per_stream_kb": (after - before) / max(1, len(responses)) / 1024 if path.pid else None,
-                           "refused": refused}
-    finally:
-        for r in responses:
-            r.close()
-        await asyncio.sleep(2)
-    return out
-
-
-def merge_rounds(rounds: list[dict]) -> dict:
-    """One scenario's rounds on one path as one result: each figure the median of its rounds (the
-    rounds' own figures kept under ``rounds``), the latency samples of all rounds together."""
-    if len(rounds) == 1:
-        return rounds[0]
-    out: dict = {}
-    for k, v in rounds[0].items():
-        values = [r[k] for r in rounds]
-        if isinstance(v, list):
-            out[k] = sorted(x for r in rounds for x in r[k])
-        elif all(isinstance(x, int | float) and not isinstance(x, bool) for x in values):
-            out[k] = statistics.median(values)
-        else:
-            out[k] = v
-    out["rounds"] = [{k: v for k, v in r.items() if not isinstance(v, list)} for r in rounds]
-    return out
-
-
-def plot(results: dict, png: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(matplotlib not installed: no plot; `make bench` installs it)")
-        return
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.5))
-    colors = {"direct": "#444", "nginx": "#888", "pipe": "#bbb", "flowgate": "#2a7"}
-    for name, r in results.items():
-        color = colors.get(name, "#000")
-        for key, style, label in (("streams", "-", "long streams"), ("latency", "--", "many streams")):
-            if key not in r:
-                continue
-            lat = r[key]["latency_ms"]
-            a.plot(lat, [i / len(lat) for i in range(len(lat))], style, color=color, label=f"{name}, {label}")
-    a.set_xscale("log")
-    a.set_xlabel("one-way line latency (ms)")
-    a.set_ylabel("fraction of lines")
-    a.set_title("latency CDF")
-    a.legend(fontsize=7)
-    proxies = [n for n in results if n != "direct"]
-    bar_colors = [colors.get(n, "#000") for n in proxies]
-    b.bar(proxies, [results[n].get("streams", {}).get("cpu_us_per_line") or 0 for n in proxies], color=bar_colors)
-    b.set_title("proxy CPU per forwarded line (µs)")
-    ran = [n for n in proxies if "short" in results[n]]
-    c.bar(ran, [results[n]["short"]["cpu_us_per_run"] or 0 for n in ran], color=[colors.get(n, "#000") for n in ran])
-    c.axhline(400, color="#c33", linestyle=":", label="target 400 µs")
-    c.legend(fontsize=7)
-    c.set_title("proxy CPU per short run (µs)")
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-
-
-def table(results: dict, args) -> str:
-    """The ratios, and each of issue 6's targets with whether this run met it."""
-    d, ng, fg, pipe = results["direct"], results.get("nginx"), results["flowgate"], results.get("pipe")
-    top = str(max(args.idle))
-
-    def get(r, *keys):
-        for k in keys:
-            if r is None or k not in r:
-                return None
-            r = r[k]
-        return r
-
-    rows = [
-        ("CPU µs per forwarded line", ("streams", "cpu_us_per_line")),
-        ("CPU µs per short run", ("short", "cpu_us_per_run")),
-        ("short runs/s", ("short", "runs_per_s")),
-        (f"line latency p50, {args.streams} streams (ms)", ("streams", "p50_ms")),
-        (f"line latency p99, {args.streams} streams (ms)", ("streams", "p99_ms")),
-        (f"line latency p50, {args.latency_streams} streams (ms)", ("latency", "p50_ms")),
-        (f"line latency p99, {args.latency_streams} streams (ms)", ("latency", "p99_ms")),
-        ("TTFB p50 (ms)", ("streams", "ttfb_p50_ms")),
-        (f"bulk {args.bulk_mb} MB (MB/s)", ("bulk", "mb_per_s")),
-        *((f"RSS per open stream at {n} (kB)", ("idle", str(n), "rss_per_stream_kb")) for n in args.idle),
-    ]
-
-    def fmt(v):
-        return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
-
-    def ratio(v, ref):
-        return f"{v / ref:.2f}×" if v and ref else "-"
-
-    out = ["| metric | direct | nginx | uvloop pipe | flowgate | flowgate / nginx | flowgate / direct |",
-           "|---|---|---|---|---|---|---|"]
-    for label, keys in rows:
-        vd, vn, vp, vf = get(d, *keys), get(ng, *keys), get(pipe, *keys), get(fg, *keys)
-        out.append(f"| {label} | {fmt(vd)} | {fmt(vn)} | {fmt(vp)} | {fmt(vf)} | {ratio(vf, vn)} | {ratio(vf, vd)} |")
-
-    line, nline = get(fg, "streams", "cpu_us_per_line"), get(ng, "streams", "cpu_us_per_line")
-    run = get(fg, "short", "cpu_us_per_run")
-    p99, dp99 = get(fg, "latency", "p99_ms"), get(d, "latency", "p99_ms")
-    rss, refused = get(fg, "idle", top, "rss_per_stream_kb"), get(fg, "idle", top, "refused")
-    bulk, nbulk = get(fg, "bulk", "mb_per_s"), get(ng, "bulk", "mb_per_s")
-    targets = [  # (name, measured?, shown value, met)
-        ("1. CPU per forwarded line ≤ 1.5 × nginx", line and nline,
-         lambda: f"{line / nline:.2f}×", lambda: line <= 1.5 * nline),
-        ("2. CPU per run ≤ 400 µs (SQLite)", run, lambda: f"{run:.0f} µs", lambda: run <= 400),
-        (f"3. added p99 line latency ≤ 1 ms at {args.latency_streams} streams", p99 is not None and dp99 is not None,
-         lambda: f"{p99 - dp99:+.2f} ms", lambda: p99 - dp99 <= 1.0),
-        (f"4. ≤ 15 kB RSS per open stream at {top}, none refused", rss is not None,
-         lambda: f"{rss:.1f} kB, {refused} refused", lambda: rss <= 15 and refused == 0),
-        ("5. bulk throughput ≥ nginx", bulk and nbulk, lambda: f"{bulk / nbulk:.2f}×", lambda: bulk >= nbulk),
-    ]
-    out += ["", "| target | this run | met |", "|---|---|---|"]
-    out += [f"| {name} | {value()} | {'yes' if ok() else 'no'} |" if measured else f"| {name} | not run | - |"
-            for name, measured, value, ok in targets]
-    return "\n".join(out)
-
-
 async def main(args) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1]),) * 2)
     os.sched_setaffinity(0, {0})  # the load generator shares core 0 with the backend
@@ -334,7 +96,8 @@ async def main(args) -> None:
         procs.append(spawn([sys.executable, "-m", "bench.pipe", str(bport), str(pport)], 1))
         paths.append(Path_("pipe", f"http://127.0.0.1:{pport}", procs[-1].pid, "plain"))
     procs.append(start_flowgate(flowgate_config(tmp, gport, bport), 1))
-    paths.append(Path_("flowgate", f"http://127.0.0.1:{gport}", procs[-1].pid, "flowgate"))
+    for name in FLOWGATE:
+        paths.append(Path_(name, f"http://127.0.0.1:{gport}", procs[-1].pid, name.split()[1]))
     try:
         for p in paths:
             wait_port(int(p.base.rsplit(":", 1)[1]))
@@ -343,7 +106,7 @@ async def main(args) -> None:
         conn = aiohttp.TCPConnector(limit=0, force_close=False)
         async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as s:
             for p in paths:  # warm each path (connections, caches) before measuring
-                if p.name != "pipe":
+                if p.name in SCENARIO_PATHS["short"]:
                     await scenario_short(s, p, 200, 50)
             # scenario by scenario, every path in turn, so that no path always runs against a load
             # generator that has aged through the others' scenarios; the generator's own GC is off
@@ -367,9 +130,7 @@ async def main(args) -> None:
                 per_path: dict[str, list[dict]] = {}
                 for r in range(rounds):
                     for p in paths:
-                        if key == "idle" and p.pid is None:
-                            continue  # no proxy process to measure
-                        if p.name == "pipe" and key not in PIPE_SCENARIOS:
+                        if p.name not in SCENARIO_PATHS[key]:
                             continue
                         print(f"[{p.name}] {label}" + (f", round {r + 1}/{rounds}" if rounds > 1 else "") + " ...",
                               flush=True)

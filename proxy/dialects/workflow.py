@@ -2,8 +2,10 @@
 
 ``GET {prefix}api/v1/token?ttl=N`` mints a single-use stream token (key as ``Authorization:
 Bearer`` or ``x-api-key``); ``POST {prefix}api/v1/run/{workflowId}/stream?token=T`` spends it on one
-run streamed as ``text/plain``; ``POST {prefix}api/v1/run/{workflowId}`` runs with a key and
-answers ``{"success": true, "result": "..."}``. Errors are ``{"success": false, "error", "code"}``.
+run streamed as ``text/plain`` (the AI SDK's text stream), or with ``&protocol=ui`` as the AI SDK
+UI message stream (:mod:`proxy.protocols.ui`, what ``useChat``'s default transport reads);
+``POST {prefix}api/v1/run/{workflowId}`` runs with a key and answers ``{"success": true, "result":
+"..."}``. Errors are ``{"success": false, "error", "code"}``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ _CODES = {
 }
 
 TOKEN_PREFIX = "pub_tok_"
+
+# ?protocol= on the stream route -> output format (proxy.protocols.ENCODERS)
+STREAM_PROTOCOLS = {"text": "text", "ui": "ui"}
 
 
 def key_from_headers(request: web.Request) -> str:
@@ -69,6 +74,7 @@ class WorkflowDialect(Dialect):
         else:
             credential, kind = key_from_headers(request), "key"
         env = self.parse_env(request)
+        output = self.parse_protocol(request, route)
         return Run(
             request=request,
             dialect=self.name,
@@ -79,7 +85,21 @@ class WorkflowDialect(Dialect):
             body=b"",  # read by the handler once the run is admitted
             credential=credential,
             credential_kind=kind,
+            output=output,
         )
+
+    @staticmethod
+    def parse_protocol(request: web.Request, route: str) -> str | None:
+        """The stream's format from ``?protocol=`` (``text``, the default, or ``ui``)."""
+        raw = request.query.get("protocol")
+        if raw is None:
+            return None
+        if route != "stream":
+            raise BadRequest("protocol applies to the stream route (/api/v1/run/{id}/stream) only")
+        output = STREAM_PROTOCOLS.get(raw)
+        if output is None:
+            raise BadRequest(f"protocol must be one of {', '.join(STREAM_PROTOCOLS)}")
+        return output
 
     def error_status(self, err: GatewayError) -> int:
         return _CODES.get(err.kind, (err.status, err.kind))[0]

@@ -122,7 +122,7 @@ def _split_everywhere(data: bytes):
     yield [data[i:i + 1] for i in range(len(data))]
 
 
-@pytest.mark.parametrize("output", ["text", "json-array", "langflow"])
+@pytest.mark.parametrize("output", ["text", "json-array", "langflow", "ui"])
 async def test_every_split_writes_and_meters_what_the_python_pump_does(output):
     body = TEXT.encode()
     for chunks in _split_everywhere(body):

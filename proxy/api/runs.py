@@ -158,6 +158,7 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
             return resp
         assert pump is not None and pump.resp is not None
         if outcome != CLIENT_DISCONNECTED:
+            pump.message = dialect.stream_error(outcome, pump.message)
             try:
                 await pump.finish(outcome)
             except ConnectionResetError:

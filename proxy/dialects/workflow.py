@@ -14,7 +14,7 @@ from aiohttp import web
 from orjson import dumps
 
 from ..errors import BadRequest, GatewayError, Unauthorized
-from ..run import Run
+from ..run import BACKEND_ERROR, Run
 from .base import Collected, Dialect
 
 # kind -> (status, code) in this API's vocabulary. A key without scope answers 401 unauthorized,
@@ -107,6 +107,12 @@ class WorkflowDialect(Dialect):
     def error_body(self, err: GatewayError, status: int) -> tuple[bytes, str]:
         code = _CODES.get(err.kind, (status, err.kind))[1]
         return dumps({"success": False, "error": err.detail, "code": code}), "application/json"
+
+    def stream_error(self, outcome: str, message: str) -> str:
+        """A backend's own error text is not shown to a public client (a flow's error may quote its
+        provider's answer, keys and internals included), as the non-streaming route does not show it;
+        the gateway's own reasons (the cap, credits) are."""
+        return "the workflow run failed" if outcome == BACKEND_ERROR else message
 
     def render_result(self, run: Run, collected: Collected) -> web.Response:
         return web.Response(body=dumps({"success": True, "result": collected.text}), content_type="application/json")

@@ -9,6 +9,7 @@ import time
 from itertools import pairwise
 
 import pytest
+from aiohttp import web
 
 from proxy.api.runs import DEADLINE_MESSAGE
 from tests.conftest import SECRET, base_config, langflow_tokens, stream_chunks
@@ -155,7 +156,7 @@ async def test_a_credit_cut_ends_with_an_error_part_and_no_finish(upstream, gate
     cfg["limits"] = {"credit_quantum_tokens": 100}
     client = await gateway(cfg)
     parts = parts_of(await (await ui_run(client, "wf_text", body={})).read())
-    assert parts[-1]["type"] == "error" and parts[-1]["errorText"]
+    assert parts[-1] == {"type": "error", "errorText": "the account ran out of credits"}
     assert "finish" not in [p["type"] for p in parts]
     entries = await settled(client)
     assert entries[0]["outcome"] == "credits_cut"
@@ -169,24 +170,46 @@ def cut_short(frames: list[bytes]):
     return handler
 
 
-@pytest.mark.parametrize("frames,error", [
-    ([b'{"event":"token","data":{"chunk":"par","id":"m1"}}\n\n'], "backend stream ended before its end event"),
-    ([b'{"event":"token","data":{"chunk":"par","id":"m1"}}\n\n',
-      b'{"event":"error","data":{"error":"the model is overloaded"}}\n\n'], "the model is overloaded"),
+RUN_FAILED = "the workflow run failed"
+
+
+@pytest.mark.parametrize("frames", [
+    [b'{"event":"token","data":{"chunk":"par","id":"m1"}}\n\n'],
+    [b'{"event":"token","data":{"chunk":"par","id":"m1"}}\n\n',
+     b'{"event":"error","data":{"error":"OpenAI: Incorrect API key provided: sk-abc***xyz"}}\n\n'],
 ], ids=["cut-short", "error-event"])
-async def test_a_backend_failure_ends_with_an_error_part_and_no_finish(upstream, gateway, frames, error):
+async def test_a_backend_failure_ends_with_an_error_part_and_no_finish(upstream, gateway, frames):
     upstream.handle("/lf", cut_short(frames))
     client = await gateway(base_config(upstream.url))
-    parts = parts_of(await (await ui_run(client, "wf_lf")).read())
+    body = await (await ui_run(client, "wf_lf")).read()
+    parts = parts_of(body)
     assert [p["type"] for p in parts] == ["start", "text-start", "text-delta", "text-end", "error"]
-    assert parts[-1]["errorText"] == error
+    assert parts[-1]["errorText"] == RUN_FAILED
+    assert b"sk-abc" not in body  # the backend's own error text (it may quote its provider) stays inside
+    entries = await settled(client)
+    assert entries[0]["outcome"] == "backend_error"
 
 
 async def test_an_error_before_any_text_has_no_text_part(upstream, gateway):
     upstream.handle("/lf", cut_short([b'{"event":"error","data":{"error":"flow not built"}}\n\n']))
     client = await gateway(base_config(upstream.url))
     parts = parts_of(await (await ui_run(client, "wf_lf")).read())
-    assert parts[1:] == [{"type": "error", "errorText": "flow not built"}]
+    assert parts[1:] == [{"type": "error", "errorText": RUN_FAILED}]
+
+
+async def test_a_backend_connection_lost_mid_stream_ends_with_an_error_part(upstream, gateway):
+    async def dies(request, seen):
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'{"event":"token","data":{"chunk":"par","id":"m1"}}\n\n')
+        await asyncio.sleep(0.1)
+        request.transport.close()  # mid-body, no chunked end
+        return resp
+
+    upstream.handle("/lf", dies)
+    client = await gateway(base_config(upstream.url))
+    parts = parts_of(await (await ui_run(client, "wf_lf")).read())
+    assert [p["type"] for p in parts] == ["start", "text-start", "text-delta", "text-end", "error"]
 
 
 async def test_backend_text_cannot_forge_parts(upstream, gateway):

@@ -9,7 +9,9 @@ To add a backend protocol: write a module with a class implementing :class:`Deco
 A name present in both tables means "same format in and out": the pump then writes the upstream
 bytes as they came and only uses the decoder as a side view for metering.
 
-The events and the two interfaces are in :mod:`proxy.protocols.events` (re-exported here).
+The events and the two interfaces are in :mod:`proxy.protocols.events` (re-exported here). The
+request side of a backend protocol, where it has one, is :mod:`proxy.protocols.chat` (AI SDK chat
+requests mapped onto the backend's own body).
 """
 
 from __future__ import annotations

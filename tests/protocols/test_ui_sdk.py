@@ -153,3 +153,13 @@ async def test_text_stream_chat_transport_sees_a_capped_run_as_a_broken_body(sdk
           f"error {run['sends'][0]['error']!r}")
     assert run["sends"][0]["status"] == "error" and run["sends"][0]["error"] != DEADLINE_MESSAGE
     assert "finish" not in [c["chunk"]["type"] for c in run["chunks"]]
+
+
+async def test_a_spent_token_is_an_error_the_chat_shows(sdk):
+    """A token sent twice (not fetched per message): the second message is refused before any run
+    (401 invalid_token), and useChat reports it as an error instead of an empty answer."""
+    run = (await sdk({"name": "reuse", "transport": "ui", "flow": "wf_lf", "texts": ["one", "two"],
+                      "reuseToken": True}))["reuse"]
+    assert [s["status"] for s in run["sends"]] == ["ready", "error"]
+    assert json.loads(run["sends"][1]["error"])["code"] == "invalid_token"
+    assert [m["role"] for m in run["messages"]] == ["user", "assistant", "user"]

@@ -4,9 +4,10 @@
 //   node harness.mjs '{"base": "http://127.0.0.1:PORT", "key": "...", "runs": [...]}'
 // and checks the JSON this prints on stdout (one object: {"runs": [result, ...]}).
 //
-// Each run: {"name", "transport": "ui" | "text", "flow", "texts": [message, ...]}. Every message
-// gets a fresh single-use stream token from prepareSendMessagesRequest, as the README's useChat
-// setup does (here the harness mints it with the API key; a browser app asks its own server).
+// Each run: {"name", "transport": "ui" | "text", "flow", "texts": [message, ...], "reuseToken"?}.
+// Every message gets a fresh single-use stream token from prepareSendMessagesRequest, as the
+// README's useChat setup does (here the harness mints it with the API key; a browser app asks its
+// own server); with reuseToken the first one is sent again.
 import { AbstractChat, DefaultChatTransport, TextStreamChatTransport } from 'ai';
 
 const config = JSON.parse(process.argv[2]);
@@ -50,18 +51,19 @@ async function streamToken() {
   return (await resp.json()).token;
 }
 
-async function run({ name, transport, flow, texts }) {
+async function run({ name, transport, flow, texts, reuseToken = false }) {
   const chunks = [];
   const requests = [];
   const errors = [];
   const finishes = [];
   const Transport = timed(transport === 'ui' ? DefaultChatTransport : TextStreamChatTransport, chunks);
   const query = transport === 'ui' ? '&protocol=ui' : '';
+  let kept = null; // reuseToken: the mistake a fresh token per message avoids
   const chat = new Chat({
     id: `chat-${name}`,
     transport: new Transport({
       prepareSendMessagesRequest: async ({ id, messages, trigger, messageId }) => {
-        const token = await streamToken();
+        const token = reuseToken ? (kept ??= await streamToken()) : await streamToken();
         requests.push({ token_len: token.length, token_tail: token.slice(-6) });
         return {
           api: `${config.base}/api/v1/run/${flow}/stream?token=${encodeURIComponent(token)}${query}`,

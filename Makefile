@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test lint bench acceptance clean
+.PHONY: install run test sdk lint bench acceptance clean
 
 install: $(VENV)/.installed
 
@@ -17,8 +17,20 @@ $(VENV)/.installed: pyproject.toml setup.py proxy/stream/textpath.pyx proxy/upst
 run: install
 	$(BIN)/flowgate demo
 
-test: install
+test: install sdk
 	$(BIN)/python -m pytest -q
+
+# The Vercel AI SDK harness (tests/sdk: the `ai` package pinned by its lockfile), installed only
+# where node and npm are; without them tests/protocols/test_ui_sdk.py skips and says why.
+SDK := tests/sdk
+sdk:
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+	  if [ ! $(SDK)/node_modules/.flowgate-installed -nt $(SDK)/package-lock.json ]; then \
+	    (cd $(SDK) && npm ci --no-audit --no-fund --loglevel=error) && touch $(SDK)/node_modules/.flowgate-installed; \
+	  fi; \
+	else \
+	  echo "node/npm not found: the AI SDK harness (tests/protocols/test_ui_sdk.py) will be skipped"; \
+	fi
 
 lint: install
 	$(BIN)/ruff check proxy tests
@@ -32,4 +44,4 @@ acceptance: install
 	$(BIN)/python -m bench.acceptance
 
 clean:
-	rm -rf $(VENV) .pytest_cache .flowgate-demo
+	rm -rf $(VENV) .pytest_cache .flowgate-demo $(SDK)/node_modules

@@ -1,5 +1,6 @@
 """CPU of the pump's per-chunk path alone, in-process: one 21-byte line, passed through
-(workflow) and transcoded to a JSON array (profitbase), with the credit check on and the socket
+(workflow), transcoded to a JSON array (profitbase) and to the AI SDK UI message stream (workflow
+with ``?protocol=ui``), with the credit check on and the socket
 write stubbed; through the Python pump (``Pump.body`` + ``Pump.flush``) and through the compiled
 text path (``TextPath.data_received`` with the line in its HTTP chunk framing, as the socket
 delivers it). A hot-cache figure: under load the same code runs colder.
@@ -79,7 +80,8 @@ async def per_chunk_us(output: str, compiled: bool = False, n: int = 200_000) ->
 
 
 async def main() -> None:
-    for output, label in (("text", "passed through (workflow)"), ("json-array", "transcoded (profitbase)")):
+    for output, label in (("text", "passed through (workflow)"), ("json-array", "transcoded (profitbase)"),
+                          ("ui", "transcoded (workflow ?protocol=ui)")):
         print(f"{label}, Python pump: {await per_chunk_us(output):.2f} µs per chunk")
         if TextPath is not None:
             print(f"{label}, compiled text path: {await per_chunk_us(output, compiled=True):.2f} µs per chunk")

@@ -98,6 +98,8 @@ class Run:
     tenant: str | None = None  # profitbase addressing from the URL
     workspace: str | None = None
     by_name: bool = False  # langflow accepts a flow name too
+    output: str | None = None  # the streaming output format the request chose (None: the dialect's own)
+    body_type: str | None = None  # the Content-Type of a body the gateway rewrote for the backend
     # --- resolved by policies ---
     key: KeyConfig | None = None
     key_id: str | None = None

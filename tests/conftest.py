@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -119,6 +120,36 @@ async def never_ending(request: web.Request, seen: Seen, content_type: str = "te
     while True:
         await resp.write(chunk)
         await asyncio.sleep(0.05)
+
+
+def langflow_tokens(count: int = 20, spacing_s: float = 0.05, usage: dict | None = None, forever: bool = False):
+    """A handler streaming Langflow events as Langflow's EventManager writes them: ``count`` token
+    events ("w0 ", "w1 ", ...) ``spacing_s`` apart (20 over ~1 s by default), then the flow's
+    ``add_message`` (with ``usage`` as its properties' usage) and ``end``; ``forever``: tokens
+    without end."""
+
+    def frame(event: str, data: object) -> bytes:
+        return orjson.dumps({"event": event, "data": data}) + b"\n\n"
+
+    async def handler(request: web.Request, seen: Seen) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(frame("add_message", {"id": "u1", "text": "(the user's input)", "sender": "User",
+                                               "sender_name": "User"}))
+        i, words = 0, []
+        while forever or i < count:
+            words.append(f"w{i} ")
+            await resp.write(frame("token", {"chunk": words[-1], "id": "m1", "timestamp": ""}))
+            i += 1
+            await asyncio.sleep(spacing_s)
+        props = {"usage": usage} if usage is not None else {}
+        await resp.write(frame("add_message", {"id": "m1", "text": "".join(words), "sender": "Machine",
+                                               "sender_name": "AI", "properties": props}))
+        await resp.write(frame("end", {"result": {"session_id": "s", "outputs": []}}))
+        await resp.write_eof()
+        return resp
+
+    return handler
 
 
 def base_config(upstream_url: str, **overrides: Any) -> dict:

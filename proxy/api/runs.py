@@ -1,4 +1,5 @@
-"""One run's lifecycle: dialect.parse -> policies.on_request -> body -> forward -> pump -> on_complete.
+"""One run's lifecycle: dialect.parse -> policies.on_request -> body (a chat request mapped for the
+backend) -> forward -> pump -> on_complete.
 
 The dialect parses the head only; the body is read after the whole chain admitted the run, so a
 stranger (no key, a bogus key, an unknown flow) is answered before one byte of its body is read.
@@ -20,10 +21,11 @@ from aiohttp import web
 from .. import metrics as m
 from ..context import GATEWAY, Gateway
 from ..dialects import Collected, Dialect
-from ..errors import BackendTimeout, GatewayError, RequestTimeout, RunFailed
+from ..errors import BackendTimeout, BadRequest, GatewayError, RequestTimeout, RunFailed
 from ..http1.headers import JOB_ID_HEADER
 from ..policies import Policy
 from ..protocols import new_decoder, new_encoder
+from ..protocols.chat import JSON, ChatRequestError, backend_body
 from ..run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, DEADLINE, REJECTED, RUN, Run
 from ..stream.ending import finish
 from ..stream.pump import Pump
@@ -62,6 +64,7 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
                 run.body = await dialect.read_body(request)
         except TimeoutError:
             raise RequestTimeout("the request body did not arrive within the run's maximum duration") from None
+        _map_chat(run)
         structlog.contextvars.bind_contextvars(flow=run.flow_id, key_id=run.key_id, env=run.env.value)
         return await _execute(gw, run, dialect, admitted, cors)
     except GatewayError as err:
@@ -83,6 +86,17 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
             run.request = None  # type: ignore[assignment]
 
 
+def _map_chat(run: Run) -> None:
+    """An AI SDK chat request becomes the backend protocol's own body (proxy.protocols.chat)."""
+    assert run.backend is not None
+    try:
+        mapped = backend_body(run.backend.protocol, run.body)
+    except ChatRequestError as err:
+        raise BadRequest(str(err)) from None
+    if mapped is not None:
+        run.body, run.body_type = mapped, JSON
+
+
 def _error(dialect: Dialect, err: GatewayError, extra: dict[str, str]) -> web.Response:
     resp = dialect.render_error(err)
     resp.headers.update(extra)
@@ -92,9 +106,10 @@ def _error(dialect: Dialect, err: GatewayError, extra: dict[str, str]) -> web.Re
 async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Policy], cors: dict[str, str]):
     assert run.backend is not None and gw.upstreams is not None
     decoder = new_decoder(run.backend.protocol)
-    encoder = new_encoder(dialect.output)
+    output = run.output or dialect.output
+    encoder = new_encoder(output, run)
     chain = gw.chains[run.credential_kind]  # _execute runs only once the whole chain admitted the run
-    passthrough = run.stream and run.backend.protocol == dialect.output
+    passthrough = run.stream and run.backend.protocol == output
     flow = run.flow_id or m.UNKNOWN_FLOW
     m.child(m.RUNS_STARTED, run.dialect, flow).inc()
     run.extra["forwarded"] = True
@@ -148,6 +163,7 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
             return resp
         assert pump is not None and pump.resp is not None
         if outcome != CLIENT_DISCONNECTED:
+            pump.message = dialect.stream_error(outcome, pump.message)
             try:
                 await finish(pump, outcome)
             except ConnectionResetError:

@@ -53,6 +53,11 @@ class Dialect:
         resp.headers["Cache-Control"] = "no-store"
         return resp
 
+    def stream_error(self, outcome: str, message: str) -> str:
+        """The text of the error event that ends a cut stream (``outcome`` as in :mod:`proxy.run`);
+        by default the pump's own message (the gateway's words, or the backend's error event)."""
+        return message
+
     def render_result(self, run: Run, collected: Collected) -> web.Response:
         """The non-streaming response; by default the buffered output of the streaming format."""
         return web.Response(body=collected.body, content_type="application/json")

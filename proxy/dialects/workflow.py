@@ -2,8 +2,10 @@
 
 ``GET {prefix}api/v1/token?ttl=N`` mints a single-use stream token (key as ``Authorization:
 Bearer`` or ``x-api-key``); ``POST {prefix}api/v1/run/{workflowId}/stream?token=T`` spends it on one
-run streamed as ``text/plain``; ``POST {prefix}api/v1/run/{workflowId}`` runs with a key and
-answers ``{"success": true, "result": "..."}``. Errors are ``{"success": false, "error", "code"}``.
+run streamed as ``text/plain`` (the AI SDK's text stream), or with ``&protocol=ui`` as the AI SDK
+UI message stream (:mod:`proxy.protocols.ui`, what ``useChat``'s default transport reads);
+``POST {prefix}api/v1/run/{workflowId}`` runs with a key and answers ``{"success": true, "result":
+"..."}``. Errors are ``{"success": false, "error", "code"}``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from aiohttp import web
 from orjson import dumps
 
 from ..errors import BadRequest, GatewayError, Unauthorized
-from ..run import Run
+from ..run import BACKEND_ERROR, Run
 from .base import Collected, Dialect
 
 # kind -> (status, code) in this API's vocabulary. A key without scope answers 401 unauthorized,
@@ -35,6 +37,9 @@ _CODES = {
 }
 
 TOKEN_PREFIX = "pub_tok_"
+
+# ?protocol= on the stream route -> output format (proxy.protocols.ENCODERS)
+STREAM_PROTOCOLS = {"text": "text", "ui": "ui"}
 
 
 def key_from_headers(request: web.Request) -> str:
@@ -68,8 +73,22 @@ class WorkflowDialect(Dialect):
             credential, kind = token, "token"
         else:
             credential, kind = key_from_headers(request), "key"
+        output = self.parse_protocol(request, route)
         return self.new_run(request, route, request.match_info["workflowId"], stream=route == "stream",
-                            credential=credential, credential_kind=kind)
+                            credential=credential, credential_kind=kind, output=output)
+
+    @staticmethod
+    def parse_protocol(request: web.Request, route: str) -> str | None:
+        """The stream's format from ``?protocol=`` (``text``, the default, or ``ui``)."""
+        raw = request.query.get("protocol")
+        if raw is None:
+            return None
+        if route != "stream":
+            raise BadRequest("protocol applies to the stream route (/api/v1/run/{id}/stream) only")
+        output = STREAM_PROTOCOLS.get(raw)
+        if output is None:
+            raise BadRequest(f"protocol must be one of {', '.join(STREAM_PROTOCOLS)}")
+        return output
 
     def error_status(self, err: GatewayError) -> int:
         return _CODES.get(err.kind, (err.status, err.kind))[0]
@@ -77,6 +96,12 @@ class WorkflowDialect(Dialect):
     def error_body(self, err: GatewayError, status: int) -> tuple[bytes, str]:
         code = _CODES.get(err.kind, (status, err.kind))[1]
         return dumps({"success": False, "error": err.detail, "code": code}), "application/json"
+
+    def stream_error(self, outcome: str, message: str) -> str:
+        """A backend's own error text is not shown to a public client (a flow's error may quote its
+        provider's answer, keys and internals included), as the non-streaming route does not show it;
+        the gateway's own reasons (the cap, credits) are."""
+        return "the workflow run failed" if outcome == BACKEND_ERROR else message
 
     def render_result(self, run: Run, collected: Collected) -> web.Response:
         return web.Response(body=dumps({"success": True, "result": collected.text}), content_type="application/json")

@@ -100,6 +100,7 @@ class Pump:
         """The client response's headers: ``flow-job-id`` is always the gateway's own job id (a
         backend's own id never renames the run: see ``Run.backend_job_id``)."""
         headers = {"Content-Type": self.encoder.content_type, JOB_ID_HEADER: self.run.job_id, **STREAM_HEADERS}
+        headers.update(getattr(self.encoder, "headers", None) or {})  # a format's own (UI stream: its version)
         headers.update(extra_headers)
         return headers
 

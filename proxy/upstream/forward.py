@@ -29,7 +29,9 @@ async def open_upstream(pool: UpstreamPool, run: Run) -> Connection:
     headers = upstream_headers(
         req.headers, backend.headers, peer=req.remote, scheme=req.scheme, host=req.headers.get("Host")
     )
-    if run.body and "Content-Type" not in headers:
+    if run.body_type is not None:  # a body the gateway rewrote (a chat request mapped for the backend)
+        headers["Content-Type"] = run.body_type
+    elif run.body and "Content-Type" not in headers:
         headers["Content-Type"] = "application/octet-stream"
     run.forwarded_mono = time.monotonic()
     failures = m.BACKEND_FAILURES

@@ -55,6 +55,10 @@ def parse_output(fmt: str, data: bytes) -> str:
         return data.decode()
     if fmt == "json-array":
         return "".join(item_text(el) or "" for el in json.loads(data))
+    if fmt == "ui":
+        parts = [json.loads(e[6:]) for e in data.split(b"\n\n") if e and e != b"data: [DONE]"]
+        assert parts[-1]["type"] == "finish" and data.endswith(b"data: [DONE]\n\n")
+        return "".join(p["delta"] for p in parts if p["type"] == "text-delta")
     frames = [json.loads(line) for line in data.split(b"\n") if line.strip()]
     assert frames[-1]["event"] == "end"
     return "".join(f["data"]["chunk"] for f in frames if f["event"] == "token")
@@ -77,6 +81,7 @@ def test_error_events_per_format():
     assert new_encoder("json-array").error("x") is None
     frame = json.loads(new_encoder("langflow").error("cut"))
     assert frame == {"event": "error", "data": {"error": "cut"}}
+    assert new_encoder("ui").error("cut") == b'data: {"type":"error","errorText":"cut"}\n\ndata: [DONE]\n\n'
 
 
 def test_langflow_end_is_written_once():

@@ -5,9 +5,19 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from proxy.store import Account
 
 NOW = time.time()
+
+
+@pytest.fixture(autouse=True)
+def _now() -> None:
+    """NOW is this test's start: the stores read the real clock where a test passes no ``now``
+    (a module-level constant would be minutes old by the time a long suite gets here)."""
+    global NOW
+    NOW = time.time()
 
 
 async def test_token_single_use(store):

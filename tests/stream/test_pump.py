@@ -26,10 +26,12 @@ async def open_stream(client, dialect: str, flow: str):
         return await client.post(PB.format(flow=flow), headers={"x-api-key": SECRET})
     if dialect == "workflow":
         return await client.post(f"/api/v1/run/{flow}/stream?token={await mint(client)}")
+    if dialect == "workflow-ui":  # the AI SDK UI message stream
+        return await client.post(f"/api/v1/run/{flow}/stream?token={await mint(client)}&protocol=ui")
     return await client.post(f"/langflow/api/v1/run/{flow}?stream=true", headers={"x-api-key": SECRET})
 
 
-@pytest.mark.parametrize("dialect", ["profitbase", "workflow", "langflow"])
+@pytest.mark.parametrize("dialect", ["profitbase", "workflow", "langflow", "workflow-ui"])
 async def test_each_chunk_reaches_the_client_before_the_backend_sends_the_next(upstream, gateway, dialect):
     """Lock-step: the backend writes line N+1 only after the client has received line N."""
     received = asyncio.Event()

@@ -122,7 +122,7 @@ def _split_everywhere(data: bytes):
     yield [data[i:i + 1] for i in range(len(data))]
 
 
-@pytest.mark.parametrize("output", ["text", "json-array", "langflow"])
+@pytest.mark.parametrize("output", ["text", "json-array", "langflow", "ui"])
 async def test_every_split_writes_and_meters_what_the_python_pump_does(output):
     body = TEXT.encode()
     for chunks in _split_everywhere(body):
@@ -229,7 +229,7 @@ async def test_an_ended_pump_takes_nothing_more():
     assert _unframe(transport.writes) == [b"ab"] and pump.run.bytes_in == 2
 
 
-@pytest.mark.parametrize("dialect", ["profitbase", "workflow", "langflow"])
+@pytest.mark.parametrize("dialect", ["profitbase", "workflow", "langflow", "workflow-ui"])
 async def test_the_gateway_streams_and_charges_the_same_either_way(upstream, gateway, tmp_path, dialect):
     """Through real sockets with credits on SQLite (a 1-token quantum: the hold grows at every
     token), with the compiled path on and off: same text, same charge."""
@@ -248,6 +248,10 @@ async def test_the_gateway_streams_and_charges_the_same_either_way(upstream, gat
             text = "".join(json.loads(body))
         elif dialect == "workflow":
             text = body.decode()
+        elif dialect == "workflow-ui":
+            parts = [json.loads(e[6:]) for e in body.split(b"\n\n") if e and e != b"data: [DONE]"]
+            assert parts[-1]["type"] == "finish"
+            text = "".join(p["delta"] for p in parts if p["type"] == "text-delta")
         else:
             frames = [json.loads(line) for line in body.split(b"\n") if line.strip()]
             text = "".join(f["data"]["chunk"] for f in frames if f["event"] == "token")
@@ -351,3 +355,19 @@ async def test_counts_reach_the_run_at_the_end_and_nothing_is_taken_after_it():
     pump.detach()
     assert (pump.run.bytes_in, pump.run.bytes_out, pump.run.meter.chars) == (6, 6, 6)
     assert sum(gap.counts) >= 2
+
+
+@pytest.mark.parametrize("flow,compiled", [("wf_text", True), ("wf_lf", True)])
+async def test_the_ui_stream_takes_the_compiled_path_for_a_text_backend(upstream, gateway, monkeypatch, flow, compiled):
+    """``?protocol=ui`` over a text backend, and over Langflow's events (transcoded): the UI
+    encoder's ``encode_text`` frames each piece of text from the compiled path."""
+    made = []
+    fast_path = Pump.fast_path
+    monkeypatch.setattr(Pump, "fast_path", lambda self: made.append(fast_path(self)) or made[-1])
+    upstream.handle("/text", lambda request, seen: stream_chunks(request, ["ab", "cd"], delay=0.01))
+    upstream.handle("/lf", lambda request, seen: stream_chunks(request, [
+        b'{"event":"token","data":{"chunk":"abcd","id":"m"}}\n\n', b'{"event":"end","data":{}}\n\n']))
+    client = await gateway(_config(upstream.url))
+    body = await (await open_stream(client, "workflow-ui", flow)).read()
+    assert body.endswith(b"data: [DONE]\n\n") and b'"type":"finish"' in body
+    assert len(made) == 1 and isinstance(made[0], TextPath) is compiled

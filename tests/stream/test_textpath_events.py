@@ -168,3 +168,31 @@ async def test_the_gateway_streams_langflow_events_and_charges_the_same_either_w
 
 def test_base_config_has_the_langflow_flow():
     assert any(f["id"] == "wf_lf" for f in base_config("http://x")["flows"])
+
+
+@pytest.mark.parametrize("over", [False, True])
+async def test_a_line_that_never_ends_costs_linear_time_and_breaks_off_at_its_limit(over):
+    """A hostile backend's endless event line, in 1 KiB pieces: held without being copied per
+    piece, on both paths (a token of half the limit), and past the limit the run's backend error."""
+    import time
+
+    from proxy.protocols._lines import MAX_LINE_BYTES
+
+    size = MAX_LINE_BYTES + 1024 if over else MAX_LINE_BYTES // 2
+    piece = b"x" * 1024
+    opened = frame("token", {"chunk": "a", "id": "m"}) + b'{"event":"token","data":{"chunk":"'
+    closed = b'"}}\n\n' + frame("token", {"chunk": "b", "id": "m"}) + frame("end", {"result": {}})
+    chunks = [frame("vertices_sorted", {}), opened, *[piece] * (size // len(piece)), closed]
+    results = []
+    for compiled in (True, False):
+        pump, transport = _pump("text")
+        started = time.monotonic()
+        _run(pump, chunks, compiled=compiled)
+        assert time.monotonic() - started < 2, compiled
+        results.append((pump.done.result(), pump.message, pump.run.meter.chars, pump.run.bytes_in,  # type: ignore[union-attr]
+                        pump.run.bytes_out, len(_text("text", transport.writes)), pump.decoder.pending))
+    assert results[0] == results[1]
+    if over:
+        assert results[0][:3] == ("backend_error", f"a backend event line is over {MAX_LINE_BYTES} bytes", 1)
+    else:
+        assert results[0][0] == "completed" and results[0][2] == size + 2

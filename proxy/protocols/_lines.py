@@ -1,29 +1,81 @@
-"""Line splitting shared by the line-framed decoders (Langflow events, ndjson, SSE, AI SDK)."""
+"""Line splitting shared by the line-framed decoders (Langflow events, ndjson, SSE, AI SDK).
+
+A line is bounded (:data:`MAX_LINE_BYTES`) and read in linear time: the pieces of a line that
+spans many reads are kept as they came and joined once, when its newline arrives (joining them at
+every read would copy the line once per read: a backend sending one endless line in small pieces
+would cost the gateway quadratic CPU and unbounded memory)."""
 
 from __future__ import annotations
 
+from .events import Error
 
-class LineBuffer:
-    """Splits a byte stream into complete lines (``\\n``; a trailing ``\\r`` is dropped)."""
+# The longest line a backend may send (its pieces are held until the newline). Langflow's `end`
+# event carries the whole run result, the longest line any protocol here sends in practice.
+MAX_LINE_BYTES = 16 << 20
 
-    __slots__ = ("buf",)
+
+class LineTooLong(ValueError):
+    """A line is over MAX_LINE_BYTES: the stream is the backend's error."""
 
     def __init__(self) -> None:
-        self.buf = b""  # an incomplete last line (the compiled text path reads and sets it too)
+        super().__init__(f"a backend event line is over {MAX_LINE_BYTES} bytes")
+
+
+class LineBuffer:
+    """Splits a byte stream into complete lines (``\\n``; a trailing ``\\r`` is dropped).
+
+    ``buf`` is the incomplete last line's first piece and ``parts`` its later pieces (None: none),
+    none of which holds a newline; ``buf`` is empty only when nothing is pending. The compiled
+    text path reads them too: :meth:`hold` a piece without a newline, :meth:`joined` once one
+    arrives."""
+
+    __slots__ = ("buf", "parts", "size")
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.parts: list[bytes] | None = None
+        self.size = 0  # bytes pending
 
     def feed(self, data: bytes) -> list[bytes]:
-        if self.buf:
-            data = self.buf + data
         end = data.rfind(b"\n")
         if end < 0:
-            self.buf = data
+            self.hold(data)
             return []
+        if self.buf:
+            data = self.joined(data)
+            end = data.rfind(b"\n")
         self.buf = data[end + 1:]
+        self.size = len(self.buf)
         lines = data[:end].split(b"\n")
         return [line[:-1] if line.endswith(b"\r") else line for line in lines]
 
+    def hold(self, data: bytes) -> None:
+        """A piece without a newline; raises :class:`LineTooLong` (and keeps nothing) past the limit."""
+        if not data:
+            return
+        self.size += len(data)
+        if self.size > MAX_LINE_BYTES:
+            self.buf, self.parts, self.size = b"", None, 0
+            raise LineTooLong
+        if not self.buf:
+            self.buf = data
+        elif self.parts is None:
+            self.parts = [data]
+        else:
+            self.parts.append(data)
+
+    def joined(self, data: bytes) -> bytes:
+        """What is pending, then ``data`` (which holds a newline), in one copy; nothing is pending after."""
+        parts, buf = self.parts, self.buf
+        self.buf, self.parts, self.size = b"", None, 0
+        if parts is None:
+            return buf + data
+        parts.insert(0, buf)
+        parts.append(data)
+        return b"".join(parts)
+
     def rest(self) -> bytes:
-        rest, self.buf = self.buf, b""
+        rest = self.joined(b"") if self.buf else b""
         return rest[:-1] if rest.endswith(b"\r") else rest
 
     @property
@@ -45,7 +97,11 @@ class LineDecoder:
 
     def feed(self, data: bytes) -> list:
         out: list = []
-        for line in self._lines.feed(data):
+        try:
+            lines = self._lines.feed(data)
+        except LineTooLong as exc:
+            return [Error(str(exc))]
+        for line in lines:
             self._line(line, out)
         return out
 

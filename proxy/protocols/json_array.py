@@ -13,6 +13,7 @@ import re
 
 import orjson
 
+from ._lines import MAX_LINE_BYTES
 from .events import End, Error, Event, Item, Token
 from .ndjson import element_events
 
@@ -21,13 +22,14 @@ _IN_STRING = re.compile(rb'["\\]')
 _WS = b" \t\r\n"
 
 _BEFORE, _INSIDE, _DONE, _BROKEN = range(4)
+MAX_ELEMENT_BYTES = MAX_LINE_BYTES  # the longest element a backend may send (held until it ends)
 
 
 class JsonArrayDecoder:
     __slots__ = ("_buf", "_pos", "_start", "_depth", "_in_str", "_state")
 
     def __init__(self) -> None:
-        self._buf = b""
+        self._buf = bytearray()  # what is read of the element (or the space) that spans reads
         self._pos = 0  # scan position in _buf
         self._start: int | None = None  # start of the element being read
         self._depth = 0  # nesting inside the current element
@@ -42,7 +44,13 @@ class JsonArrayDecoder:
         if self._state >= _DONE:
             return []
         out: list[Event] = []
-        buf = self._buf + data if self._buf else data
+        if self._buf:  # an element that spans reads: extended in place (a copy per read would be quadratic)
+            buf = self._buf
+            buf += data
+            if len(buf) > MAX_ELEMENT_BYTES:
+                return self._broken(out, f"a backend JSON element is over {MAX_ELEMENT_BYTES} bytes")
+        else:
+            buf = data
         i, n = self._pos, len(buf)
         while i < n:
             if self._state == _BEFORE:
@@ -107,7 +115,10 @@ class JsonArrayDecoder:
                     out.append(End(None))
                     break
         cut = self._start if self._start is not None else i
-        self._buf = buf[cut:]
+        if buf is self._buf:
+            del buf[:cut]
+        elif cut < n:
+            self._buf += buf[cut:]  # (it was empty)
         self._pos = i - cut
         if self._start is not None:
             self._start = 0
@@ -124,7 +135,8 @@ class JsonArrayDecoder:
 
     def _broken(self, out: list[Event], message: str) -> list[Event]:
         self._state = _BROKEN
-        self._buf = b""
+        self._buf = bytearray()
+        self._start = None
         out.append(Error(message))
         return out
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from ._lines import LineBuffer
+from ._lines import LineBuffer, LineTooLong
 from .events import End, Error, Event, Item, Token, Usage, item_text, usage_from
 
 
@@ -58,10 +58,20 @@ class LangflowDecoder:
 
     def feed(self, data: bytes) -> list[Event]:
         out: list[Event] = []
-        for line in self.lines.feed(data):
+        try:
+            lines = self.lines.feed(data)
+        except LineTooLong as exc:
+            self.too_long(exc, out)
+            return out
+        for line in lines:
             if line:
                 self._line(line, out)
         return out
+
+    def too_long(self, exc: LineTooLong, out: list[Event]) -> None:
+        """A line over the limit (nothing of it is kept): the stream is the backend's error."""
+        self._finished = True
+        out.append(Error(str(exc)))
 
     def close(self) -> list[Event]:
         out: list[Event] = []

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import orjson
 
-from ._lines import LineDecoder
+from ._lines import MAX_LINE_BYTES, LineDecoder
 from .events import End, Error, Event, Item, Token, usage_from
 
 
 class SseDecoder(LineDecoder):
-    __slots__ = ("_event", "_data")
+    __slots__ = ("_event", "_data", "_size")
 
     def __init__(self) -> None:
         super().__init__()
         self._event = ""
         self._data: list[str] = []
+        self._size = 0  # the data lines' bytes: one event is bounded as one line is
 
     def close(self) -> list[Event]:
         out = super().close()
@@ -40,6 +41,11 @@ class SseDecoder(LineDecoder):
         if value.startswith(b" "):
             value = value[1:]
         if name == b"data":
+            self._size += len(value)
+            if self._size > MAX_LINE_BYTES:  # data lines without the blank line that ends them
+                self._data, self._size = [], 0
+                out.append(Error(f"a backend event is over {MAX_LINE_BYTES} bytes"))
+                return
             self._data.append(value.decode("utf-8", "replace"))
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
@@ -49,7 +55,7 @@ class SseDecoder(LineDecoder):
             self._event = ""
             return
         data, event = "\n".join(self._data), self._event
-        self._data, self._event = [], ""
+        self._data, self._event, self._size = [], "", 0
         if data == "[DONE]":
             out.append(End(None))
             return

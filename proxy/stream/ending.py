@@ -13,7 +13,11 @@ from .pump import Pump
 
 
 async def finish(pump: Pump, outcome: str) -> None:
-    """End the client's stream as ``outcome`` requires."""
+    """End the client's stream as ``outcome`` requires. The pump is stopped first: a run cut by
+    its deadline still has a backend that sends, and what it sends while the end is written (the
+    aiohttp front awaits a drain after the chunked terminator) must never follow that end on the
+    client's connection."""
+    pump.detach()
     sink = pump.sink
     if sink is None or pump.resp is None:
         return

@@ -15,7 +15,9 @@ does, with the message's count in the decoder's ``emitted`` kept as
 :meth:`LangflowDecoder.frame <proxy.protocols.langflow.LangflowDecoder.frame>` keeps it. Every
 other event (a message, usage, the end, an error, a line that is not JSON) goes to that decoder
 and its events to the pump (``Pump.decoded_events``). The incomplete last line stays in the
-decoder's ``lines.buf``, as its own ``feed`` leaves it, so the pump can take over at any byte.
+decoder's ``lines`` (its pieces held as they came, joined once the line ends, at most
+``MAX_LINE_BYTES``: :mod:`proxy.protocols._lines`), as its own ``feed`` leaves it, so the pump can
+take over at any byte.
 
 Where it sits: it is the run's body consumer in the pump's place (:meth:`Pump.fast_path
 <proxy.stream.pump.Pump.fast_path>` makes one), and receives body pieces exactly as the pump
@@ -59,6 +61,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from proxy.http1.chunks cimport one_chunk
 
 from proxy.http1.chunks import JOIN_BELOW
+from proxy.protocols._lines import LineTooLong
 from proxy.protocols.langflow import LangflowDecoder
 from proxy.protocols.text import TextDecoder
 
@@ -235,12 +238,23 @@ cdef class TextPath:
     cdef int _events(self, bytes data, double now) except -1:
         """Langflow's events: the complete lines of what arrived, each read here or handed over."""
         lines = self.lines
-        cdef bytes buf = lines.buf
-        if buf:
-            data = buf + data
         cdef const char *p = PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data), start = 0, end, stop
         cdef const char *nl
+        if memchr(p, c'\n', n) == NULL:  # no line ends here: held as it came (joined once, when one does)
+            try:
+                lines.hold(data)
+            except LineTooLong as exc:
+                events = []
+                self.decoder.too_long(exc, events)
+                self.hand_over()
+                self.pump.decoded_events(events)
+                self.limits()
+            return 0
+        if lines.buf:
+            data = lines.joined(data)
+            p = PyBytes_AS_STRING(data)
+            n = PyBytes_GET_SIZE(data)
         pump = self.pump
         while start < n:
             nl = <const char *>memchr(p + start, c'\n', n - start)
@@ -259,6 +273,7 @@ cdef class TextPath:
                     return 0
             start = end + 1
         lines.buf = data[start:] if start < n else b""
+        lines.size = n - start
         return 0
 
     cdef int _line(self, bytes line, double now) except -1:

@@ -47,3 +47,28 @@ def test_user_echo_and_junk_lines_are_ignored():
     assert d.pending is False
     d.feed(b'{"event": "tok')
     assert d.pending is True
+
+
+def test_a_line_that_never_ends_is_read_in_linear_time_and_cut_at_its_limit():
+    """A hostile backend's event line without a newline: its pieces are kept, not re-copied per
+    piece (half the limit in 1 KiB pieces: milliseconds, not tens of seconds of copying), and
+    past MAX_LINE_BYTES the stream is a backend error and nothing more is kept."""
+    import time
+
+    from proxy.protocols._lines import MAX_LINE_BYTES
+
+    d = new_decoder("langflow")
+    assert d.feed(frames(("token", {"chunk": "a", "id": "m"})) + b'{"event": "token", "data": {"chunk": "') \
+        == [Token("a")]
+    piece, half = b"x" * 1024, MAX_LINE_BYTES // 2
+    started = time.monotonic()
+    for _ in range(half // len(piece)):
+        assert d.feed(piece) == []
+    assert time.monotonic() - started < 0.5
+    assert d.feed(b'", "id": "m"}}\n\n') == [Token("x" * half)]
+    assert not d.pending
+    evs: list = []
+    for _ in range(MAX_LINE_BYTES // len(piece) + 1):
+        evs += d.feed(piece)
+    assert evs == [Error(f"a backend event line is over {MAX_LINE_BYTES} bytes")] and not d.pending
+    assert d.close() == []  # the stream ended with that error: no second one

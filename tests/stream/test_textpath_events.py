@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from types import SimpleNamespace
 
+import aiohttp
 import orjson
 import pytest
 
@@ -22,6 +24,7 @@ from tests.conftest import base_config, stream_chunks
 from tests.policies.test_credits import settled
 from tests.stream.test_pump import open_stream
 from tests.stream.test_textpath import TextPath, _config, _Conn, _split_everywhere, _Transport, _unframe, _Upstream
+from tests.upstream.hostile import CHUNKED_HEAD, backend_fixture  # noqa: F401 - the `backend` fixture
 
 
 def frame(event: str, data, *, compact: bool = False, crlf: bool = False) -> bytes:
@@ -168,3 +171,122 @@ async def test_the_gateway_streams_langflow_events_and_charges_the_same_either_w
 
 def test_base_config_has_the_langflow_flow():
     assert any(f["id"] == "wf_lf" for f in base_config("http://x")["flows"])
+
+
+@pytest.mark.parametrize("over", [False, True])
+async def test_a_line_that_never_ends_costs_linear_time_and_breaks_off_at_its_limit(over):
+    """A hostile backend's endless event line, in 1 KiB pieces: held without being copied per
+    piece, on both paths (a token of half the limit), and past the limit the run's backend error."""
+    import time
+
+    from proxy.protocols._lines import MAX_LINE_BYTES
+
+    size = MAX_LINE_BYTES + 1024 if over else MAX_LINE_BYTES // 2
+    piece = b"x" * 1024
+    opened = frame("token", {"chunk": "a", "id": "m"}) + b'{"event":"token","data":{"chunk":"'
+    closed = b'"}}\n\n' + frame("token", {"chunk": "b", "id": "m"}) + frame("end", {"result": {}})
+    chunks = [frame("vertices_sorted", {}), opened, *[piece] * (size // len(piece)), closed]
+    results = []
+    for compiled in (True, False):
+        pump, transport = _pump("text")
+        started = time.monotonic()
+        _run(pump, chunks, compiled=compiled)
+        assert time.monotonic() - started < 2, compiled
+        results.append((pump.done.result(), pump.message, pump.run.meter.chars, pump.run.bytes_in,  # type: ignore[union-attr]
+                        pump.run.bytes_out, len(_text("text", transport.writes)), pump.decoder.pending))
+    assert results[0] == results[1]
+    if over:
+        assert results[0][:3] == ("backend_error", f"a backend event line is over {MAX_LINE_BYTES} bytes", 1)
+    else:
+        assert results[0][0] == "completed" and results[0][2] == size + 2
+
+
+def _token(chunk, **data) -> bytes:
+    return frame("token", {"chunk": chunk, **data})
+
+
+HOSTILE_EVENTS = {
+    "invalid UTF-8 and escapes": _token("ab", id="m") + b'{"event": "token", "data": {"chunk": "\xff\xfe"}}\n\n'
+    + b'{"event":"token","data":{"chunk":"\\u00e9\\ud83d\\ude00","id":"m"}}\n\n'
+    + b'{"event":"token","data":{"chunk":"\\ud800x","id":"m"}}\n\n' + _token("c", id="m"),
+    "lines of only CR": _token("a", id="m") + b"\r\n\r\r\n\r" + _token("b", id="m"),
+    "odd token shapes": _token("a", id="m", x=[1]) + frame("token", {"chunk": ["a"]}) + _token("q")
+    + _token("r", id={"a": 1}) + _token("s", id=None) + b'{"event":["token"],"data":{"chunk":"t"}}\n\n[1]\n\nnull\n\n',
+    "an error after tokens": _token("ab", id="m") + _token("cd", id="m") + frame("error", {"error": "boom"})
+    + _token("zz", id="m"),
+    "end, then more": _token("ab", id="m") + frame("end", {"result": {}}) + _token("cd", id="m") + b"junk",
+    "a last line without a newline": _token("ab", id="m") + b'{"event":"token","data":{"chunk":"tail"}}',
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_EVENTS))
+@pytest.mark.parametrize("output", ["text", "json-array"])
+async def test_hostile_event_streams_read_as_the_python_pump_reads_them_at_every_split(case, output):
+    for chunks in _split_everywhere(HOSTILE_EVENTS[case]):
+        chunks = [frame("vertices_sorted", {}), *chunks]  # (the first piece is the pump's on either path)
+        seen = []
+        for compiled in (True, False):
+            pump, transport = _pump(output)
+            _run(pump, chunks, compiled=compiled)
+            outcome = pump.done.result()  # type: ignore[union-attr]
+            seen.append((outcome, pump.message, pump.run.meter.chars, pump.run.bytes_in, pump.run.bytes_out,
+                         _text(output, transport.writes), pump.decoder.emitted if outcome == "completed" else None))
+        assert seen[0] == seen[1], chunks
+
+
+@pytest.mark.parametrize("stop_at", [1, 3, 6])
+async def test_a_run_stopped_mid_read_ends_at_the_same_token_on_either_path(stop_at):
+    """A hook that stops the run (credits cut) at a token with more lines after it in the same
+    read: at every split the same outcome, text, metering and bytes (quiet limits honest)."""
+    from proxy.policies.base import StopRun
+
+    def hook(run, ev):
+        if run.meter.chars >= stop_at:
+            raise StopRun("credits_exhausted", "out of credits")
+
+    events = b"".join(_token(c, id="m") for c in "abcdef") + frame("end", {"result": {}})
+    for chunks in _split_everywhere(events):
+        chunks = [frame("vertices_sorted", {}), *chunks]
+        seen = []
+        for compiled in (True, False):
+            pump, transport = _pump("text", [hook], [lambda run: (stop_at - 1, math.inf)])
+            _run(pump, chunks, compiled=compiled)
+            seen.append((pump.done.result(), pump.run.meter.chars, pump.run.bytes_in,  # type: ignore[union-attr]
+                         pump.run.bytes_out, _text("text", transport.writes)))
+        assert seen[0] == seen[1] and seen[0][0] == "credits_exhausted", chunks
+
+
+def _endless_tokens(n: int) -> list:
+    piece = frame("token", {"chunk": "abcd", "id": "m"})
+    return [CHUNKED_HEAD + b"%x\r\n%s\r\n" % (len(piece), piece)] + [
+        p for _ in range(n) for p in (0.02, b"%x\r\n%s\r\n" % (len(piece), piece))]
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+@pytest.mark.parametrize("dialect", ["workflow", "profitbase"])
+async def test_an_endless_event_stream_ends_at_the_run_cap_and_is_charged_for_what_was_read(backend, gateway, tmp_path,
+                                                                                             compiled, dialect):
+    b = await backend(lambda n: _endless_tokens(1000))
+    cfg = _config(b.url, compiled, store=f"sqlite:///{tmp_path / 'fg.db'}")
+    cfg["limits"] = {"credit_quantum_tokens": 1}
+    cfg["flows"][1]["max_duration_s"] = 0.5
+    client = await gateway(cfg)
+    started = time.monotonic()
+    resp = await open_stream(client, dialect, "wf_lf")
+    with pytest.raises(aiohttp.ClientPayloadError):  # text and JSON array: no clean end
+        await asyncio.wait_for(resp.read(), 5)
+    assert time.monotonic() - started < 2
+    await asyncio.wait_for(b.reset.wait(), 5)  # the backend connection was dropped
+    entry = (await settled(client))[0]
+    assert entry["outcome"] == "deadline" and entry["credits"] == entry["output_tokens"] > 0
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+async def test_a_client_leaving_an_event_stream_drops_the_backend(backend, gateway, tmp_path, compiled):
+    b = await backend(lambda n: _endless_tokens(1000))
+    client = await gateway(_config(b.url, compiled, store=f"sqlite:///{tmp_path / 'fg.db'}"))
+    resp = await open_stream(client, "workflow", "wf_lf")
+    assert await resp.content.readany()
+    resp.close()
+    await asyncio.wait_for(b.reset.wait(), 5)
+    assert (await settled(client))[0]["outcome"] == "client_disconnected"

@@ -10,6 +10,7 @@ from tests.upstream.hostile import (  # noqa: F401 - backend_fixture: the `backe
     CHUNKED_HEAD,
     PATHS,
     backend_fixture,
+    compiled_fixture,
     config,
 )
 

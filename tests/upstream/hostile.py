@@ -15,7 +15,19 @@ CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encodin
 HELLO_CHUNKED = CHUNKED_HEAD + b"5\r\nhello\r\n0\r\n\r\n"
 HELLO_LENGTH = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
 SMUGGLED = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8\r\n\r\nSMUGGLED"
-PATHS = pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "parser"])
+LLHTTP = "llhttp"
+# the compiled text path (a chunked body read by ChunkedBody), the Python pump (ChunkedBody too), and
+# the Python pump where the compiled modules were not built (llhttp reads a chunked body itself);
+# a module using it imports ``compiled_fixture`` too
+PATHS = pytest.mark.parametrize("compiled", [True, False, LLHTTP], ids=["compiled", "python", "llhttp"],
+                                indirect=True)
+
+
+@pytest.fixture(name="compiled")
+def compiled_fixture(request, monkeypatch):
+    if request.param == LLHTTP:
+        monkeypatch.setattr("proxy.upstream.connection.ChunkedBody", None)
+    return request.param
 
 
 class Backend:
@@ -73,7 +85,7 @@ async def backend_fixture():
 
 def config(url: str, compiled: bool = True, server: dict | None = None, **backend) -> dict:
     cfg = base_config(url)
-    cfg["server"] = {**cfg["server"], "compiled_text_path": compiled, **(server or {})}
+    cfg["server"] = {**cfg["server"], "compiled_text_path": compiled is True, **(server or {})}
     cfg["backends"]["text"].update(backend)
     cfg["accounts"]["acme"]["initial_credits"] = 10**9  # big bodies: credits never cut them first
     return cfg

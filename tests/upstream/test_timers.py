@@ -15,6 +15,7 @@ from tests.upstream.hostile import (  # noqa: F401 - backend_fixture: the `backe
     Backend,
     Sink,
     backend_fixture,
+    compiled_fixture,
     config,
     run,
     stream_text,

@@ -151,3 +151,10 @@ def test_a_lone_surrogate_the_browser_sent_is_still_a_chat():
     assert out is not None
     assert json.loads(out) == {"input_value": "owls \ufffd", "session_id": "c\ufffd",
                                "input_type": "chat", "output_type": "chat"}
+
+
+def test_a_body_orjson_refuses_for_another_reason_is_not_parsed_again(monkeypatch):
+    import proxy.protocols.chat as chat_module
+    monkeypatch.setattr(chat_module.json, "loads", lambda body: pytest.fail("parsed a second time"))
+    for body in [b'{"messages": [' + b'1,' * 1000 + b'x]}', b'{"messages":' + b'[' * 5000 + b']' * 5000 + b'}']:
+        assert backend_body("langflow", body) is None

@@ -64,7 +64,8 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
                 run.body = await dialect.read_body(request)
         except TimeoutError:
             raise RequestTimeout("the request body did not arrive within the run's maximum duration") from None
-        _map_chat(run)
+        if dialect.maps_chat:
+            _map_chat(run)
         structlog.contextvars.bind_contextvars(flow=run.flow_id, key_id=run.key_id, env=run.env.value)
         return await _execute(gw, run, dialect, admitted, cors)
     except GatewayError as err:

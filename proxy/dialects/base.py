@@ -30,6 +30,9 @@ class Dialect:
     name: ClassVar[str]
     output: ClassVar[str]  # output format (encoder name) of its streaming routes
     cors_routes: ClassVar[frozenset[str]] = frozenset()  # routes answered with CORS headers
+    # an AI SDK chat request body is mapped onto the backend protocol's own (proxy.protocols.chat);
+    # the other dialects' bodies go to the backend as sent (profitbase's contract; Langflow's API)
+    maps_chat: ClassVar[bool] = False
 
     def __init__(self, max_body_bytes: int, body_timeout_s: float = 30.0) -> None:
         self.max_body_bytes = max_body_bytes

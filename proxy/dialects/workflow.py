@@ -64,6 +64,7 @@ class WorkflowDialect(Dialect):
     name = "workflow"
     output = "text"
     cors_routes = frozenset({"stream", "preflight"})
+    maps_chat = True  # useChat's {id, messages} onto a Langflow backend's input_value
 
     async def parse(self, request: web.Request, route: str) -> Run:
         if route == "stream":

@@ -20,6 +20,8 @@ To map chats for another backend protocol, write a function ``(Chat) -> dict`` a
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -60,13 +62,37 @@ def backend_body(protocol: str, body: bytes) -> bytes | None:
         return None  # the common case costs no JSON parse
     try:
         obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None  # not JSON: not a chat request, the backend judges it
+    except orjson.JSONDecodeError as err:  # not JSON: not a chat request, the backend judges it
+        obj = _lenient_json(body) if "surrogate" in str(err) else None
     if not isinstance(obj, dict) or "messages" not in obj:
         return None
     if any(key in obj for key in NATIVE_KEYS.get(protocol, ())):
         return None
-    return orjson.dumps(mapper(parse_chat(obj)))
+    chat = parse_chat(obj)
+    try:
+        return orjson.dumps(mapper(chat))
+    except orjson.JSONEncodeError:  # a lone surrogate (only _lenient_json lets one in)
+        return orjson.dumps(mapper(Chat(_whole(chat.chat_id), _whole(chat.text))))  # type: ignore[arg-type]
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lenient_json(body: bytes) -> Any:
+    """The body by the stdlib's parser, or None. A browser's ``JSON.stringify`` writes a string's
+    lone surrogate (half an emoji cut off) as a ``\\udXXX`` escape, which JSON's grammar allows
+    and orjson refuses; such a chat is still the user's chat. Only for what orjson refused for a
+    surrogate: any other refusal is final, without a second (~10x slower) parse of up to
+    ``max_body_bytes``."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _whole(s: str | None) -> str | None:
+    """``s`` with each lone surrogate replaced by U+FFFD (what a UTF-8 body can carry)."""
+    return None if s is None else _LONE_SURROGATE.sub("\ufffd", s)
 
 
 def parse_chat(obj: dict[str, Any]) -> Chat:

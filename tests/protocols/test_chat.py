@@ -126,3 +126,35 @@ async def test_a_malformed_chat_is_400_and_reaches_no_backend(client, upstream):
     body = await failure(resp, 400, "bad_request")
     assert "user message" in body["error"]
     assert upstream.requests == []
+
+
+async def test_only_the_workflow_dialect_maps_chats_the_others_forward_the_body_as_sent(client, upstream):
+    """Profitbase passes its body to the backend as is, and the langflow dialect speaks Langflow's
+    own API: neither rewrites, nor refuses, a body that happens to have ``messages``."""
+    pb = f"/api/v1/tenants/t1/workspaces/w1/flows/wf_lf/run-streaming?api_key={SECRET}"
+    lf = "/langflow/api/v1/run/wf_lf?stream=true"
+    for url, body, headers in [(pb, b'{"messages": "a profitbase flow input"}', {}),
+                               (pb, chat(user("hi")), {}),
+                               (lf, b'{"messages": []}', {"x-api-key": SECRET})]:
+        resp = await client.post(url, data=body, headers=headers)
+        assert resp.status == 200, await resp.text()
+        await resp.read()
+        assert upstream.last.body == body
+
+
+def test_a_lone_surrogate_the_browser_sent_is_still_a_chat():
+    """JavaScript strings may hold a lone surrogate (half an emoji cut off) and ``JSON.stringify``
+    writes it as ``\\ud83e``: still the user's chat (the half becomes U+FFFD), never forwarded
+    unmapped (a Langflow flow would run without ``input_value``)."""
+    body = b'{"id":"c\\udc00","messages":[{"role":"user","parts":[{"type":"text","text":"owls \\ud83e"}]}]}'
+    out = backend_body("langflow", body)
+    assert out is not None
+    assert json.loads(out) == {"input_value": "owls \ufffd", "session_id": "c\ufffd",
+                               "input_type": "chat", "output_type": "chat"}
+
+
+def test_a_body_orjson_refuses_for_another_reason_is_not_parsed_again(monkeypatch):
+    import proxy.protocols.chat as chat_module
+    monkeypatch.setattr(chat_module.json, "loads", lambda body: pytest.fail("parsed a second time"))
+    for body in [b'{"messages": [' + b'1,' * 1000 + b'x]}', b'{"messages":' + b'[' * 5000 + b']' * 5000 + b'}']:
+        assert backend_body("langflow", body) is None

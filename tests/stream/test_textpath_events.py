@@ -76,6 +76,10 @@ def _run(pump: Pump, chunks, *, compiled: bool) -> None:
 
 def _text(output: str, writes: list[bytes]) -> str:
     body = b"".join(_unframe(writes))
+    if output == "ui":  # SSE parts (no prologue nor finish here: the handler writes those)
+        parts = [json.loads(event.removeprefix(b"data: ")) for event in body.split(b"\n\n") if event]
+        assert parts[0] == {"type": "text-start", "id": "text-0"}
+        return "".join(p["delta"] for p in parts[1:])
     return body.decode() if output == "text" else "".join(json.loads(b"[" + body + b"]"))  # (no prologue here)
 
 
@@ -86,7 +90,7 @@ async def test_the_compiled_path_takes_langflow_events_transcoded_only():
     assert not TextPath.takes(new_decoder("ndjson"), False)
 
 
-@pytest.mark.parametrize("output", ["text", "json-array"])
+@pytest.mark.parametrize("output", ["text", "json-array", "ui"])
 async def test_every_split_of_an_event_stream_reads_as_the_python_pump_reads_it(output):
     for chunks in _split_everywhere(EVENTS):
         fast, fast_t = _pump(output)
@@ -100,6 +104,7 @@ async def test_every_split_of_an_event_stream_reads_as_the_python_pump_reads_it(
         assert (fast.run.bytes_in, fast.run.bytes_out) == (slow.run.bytes_in, slow.run.bytes_out), chunks
         assert fast.decoder.emitted == slow.decoder.emitted == {"m1": len("Grüße, 世界! tokens…and more"), "7": 1}
         assert _text(output, fast_t.writes) == _text(output, slow_t.writes) == GENERATED, chunks
+        assert b"".join(_unframe(fast_t.writes)) == b"".join(_unframe(slow_t.writes)), chunks
 
 
 async def test_token_events_take_no_python_hook_below_the_quiet_limit():
@@ -152,7 +157,7 @@ async def test_an_error_event_ends_the_run_as_a_backend_error():
 LF_CHUNKS = [EVENTS[i:i + 37] for i in range(0, len(EVENTS), 37)]
 
 
-@pytest.mark.parametrize("dialect", ["profitbase", "workflow"])
+@pytest.mark.parametrize("dialect", ["profitbase", "workflow", "workflow-ui"])
 async def test_the_gateway_streams_langflow_events_and_charges_the_same_either_way(upstream, gateway, tmp_path,
                                                                                    dialect):
     upstream.handle("/lf", lambda request, seen: stream_chunks(request, LF_CHUNKS, delay=0.002))
@@ -163,7 +168,13 @@ async def test_the_gateway_streams_langflow_events_and_charges_the_same_either_w
         client = await gateway(cfg)
         resp = await open_stream(client, dialect, "wf_lf")
         body = await resp.read()
-        text = "".join(json.loads(body)) if dialect == "profitbase" else body.decode()
+        if dialect == "workflow-ui":
+            assert body.endswith(b"\n\ndata: [DONE]\n\n")
+            parts = [json.loads(e[6:]) for e in body.split(b"\n\n")[:-2]]
+            text = "".join(p["delta"] for p in parts if p["type"] == "text-delta")
+            assert parts[-1]["messageMetadata"]["usage"] == {"inputTokens": 3, "outputTokens": 9, "totalTokens": 12}
+        else:
+            text = "".join(json.loads(body)) if dialect == "profitbase" else body.decode()
         entry = (await settled(client))[0]
         results.append((text, entry["credits"], entry["output_tokens"], entry["outcome"]))
     assert results[0] == results[1] == (GENERATED, 9, 9, "completed")

@@ -84,34 +84,40 @@ class LineBuffer:
 
 
 class LineDecoder:
-    """Base of a line-framed decoder: implement ``_line(line, out)`` (append the line's events to
-    ``out``); extend ``close`` for what the end of the stream means in your protocol."""
+    """Base of a line-framed decoder: implement ``line(line, out)`` (append the line's events to
+    ``out``); extend ``close`` for what the end of the stream means in your protocol. ``lines``
+    is shared with the compiled text path where it reads the protocol (AI SDK parts)."""
 
-    __slots__ = ("_lines",)
+    __slots__ = ("lines",)
 
     def __init__(self) -> None:
-        self._lines = LineBuffer()
+        self.lines = LineBuffer()
 
-    def _line(self, line: bytes, out: list) -> None:
+    def line(self, line: bytes, out: list) -> None:
         raise NotImplementedError
+
+    def too_long(self, exc: LineTooLong, out: list) -> None:
+        """A line over the limit (nothing of it is kept): the stream is the backend's error."""
+        out.append(Error(str(exc)))
 
     def feed(self, data: bytes) -> list:
         out: list = []
         try:
-            lines = self._lines.feed(data)
+            lines = self.lines.feed(data)
         except LineTooLong as exc:
-            return [Error(str(exc))]
+            self.too_long(exc, out)
+            return out
         for line in lines:
-            self._line(line, out)
+            self.line(line, out)
         return out
 
     def close(self) -> list:
         out: list = []
-        rest = self._lines.rest()
+        rest = self.lines.rest()
         if rest:
-            self._line(rest, out)
+            self.line(rest, out)
         return out
 
     @property
     def pending(self) -> bool:
-        return self._lines.pending
+        return self.lines.pending

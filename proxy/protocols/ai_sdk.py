@@ -31,7 +31,7 @@ class AiSdkDecoder(LineDecoder):
         super().__init__()
         self._finished = False
 
-    def _line(self, line: bytes, out: list[Event]) -> None:
+    def line(self, line: bytes, out: list[Event]) -> None:
         kind, sep, raw = line.partition(b":")
         if not sep or not kind:
             return  # blank or not a part: nothing to meter

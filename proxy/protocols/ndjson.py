@@ -30,7 +30,7 @@ def element_events(obj: object, out: list[Event]) -> None:
 class NdjsonDecoder(LineDecoder):
     __slots__ = ()
 
-    def _line(self, line: bytes, out: list[Event]) -> None:
+    def line(self, line: bytes, out: list[Event]) -> None:
         if not line.strip():
             return
         try:

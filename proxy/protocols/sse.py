@@ -29,9 +29,9 @@ class SseDecoder(LineDecoder):
 
     @property
     def pending(self) -> bool:
-        return self._lines.pending or bool(self._data)
+        return self.lines.pending or bool(self._data)
 
-    def _line(self, line: bytes, out: list[Event]) -> None:
+    def line(self, line: bytes, out: list[Event]) -> None:
         if not line:
             self._dispatch(out)
             return

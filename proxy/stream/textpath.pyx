@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""The per-chunk path of a text body, or of Langflow's events, compiled (Cython).
+"""The per-chunk path of a text body, of Langflow's events or of an AI SDK data stream, compiled (Cython).
 
 Why: a forwarded line costs the kernel the same under any proxy, and what flowgate adds on top is
 the interpreter: ~10 Python frames and a handful of objects per chunk (an event, a list, a hook
@@ -17,7 +17,9 @@ other event (a message, usage, the end, an error, a line that is not JSON) goes 
 and its events to the pump (``Pump.decoded_events``). The incomplete last line stays in the
 decoder's ``lines`` (its pieces held as they came, joined once the line ends, at most
 ``MAX_LINE_BYTES``: :mod:`proxy.protocols._lines`), as its own ``feed`` leaves it, so the pump can
-take over at any byte.
+take over at any byte. An AI SDK data stream (``ai-sdk``, transcoded) is read the same way: its
+text parts (``0:"text"``) here, as :meth:`AiSdkDecoder.line
+<proxy.protocols.ai_sdk.AiSdkDecoder.line>` reads them, every other part by that decoder.
 
 Where it sits: it is the run's body consumer in the pump's place (:meth:`Pump.fast_path
 <proxy.stream.pump.Pump.fast_path>` makes one), and receives body pieces exactly as the pump
@@ -62,6 +64,7 @@ from proxy.http1.chunks cimport one_chunk
 
 from proxy.http1.chunks import JOIN_BELOW
 from proxy.protocols._lines import LineTooLong
+from proxy.protocols.ai_sdk import AiSdkDecoder
 from proxy.protocols.langflow import LangflowDecoder
 from proxy.protocols.text import TextDecoder
 
@@ -70,7 +73,7 @@ from orjson import JSONDecodeError, loads
 cdef Py_ssize_t SMALL = JOIN_BELOW  # below it a piece and its framing are one write (proxy.http1.chunks)
 cdef long long NO_LIMIT = 1 << 62
 cdef enum:
-    TEXT, LANGFLOW  # the backend protocols read here
+    TEXT, LANGFLOW, AI_SDK  # the backend protocols read here
 
 
 cdef inline double _monotonic() noexcept nogil:  # time.monotonic()'s clock
@@ -114,8 +117,9 @@ cdef class TextPath:
 
     @staticmethod
     def takes(decoder, bint passthrough):
-        """Whether this path reads what ``decoder`` reads: text, and Langflow's events transcoded."""
-        return type(decoder) is TextDecoder or (type(decoder) is LangflowDecoder and not passthrough)
+        """Whether this path reads what ``decoder`` reads: text; Langflow's events and the AI SDK's
+        data stream, transcoded."""
+        return type(decoder) is TextDecoder or (type(decoder) in (LangflowDecoder, AiSdkDecoder) and not passthrough)
 
     def __init__(self, pump, sink, list quiet, encode_text):
         """``pump``: the run's pump (its sink is ``sink``, a ClientSink; its decoder one that
@@ -129,9 +133,10 @@ cdef class TextPath:
             self.kind = TEXT
             self.decode = pump.decoder.text
         else:
-            self.kind = LANGFLOW
+            self.kind = LANGFLOW if type(self.decoder) is LangflowDecoder else AI_SDK
             self.lines = pump.decoder.lines
-            self.emitted = pump.decoder.emitted
+            if self.kind == LANGFLOW:
+                self.emitted = pump.decoder.emitted
         self.out = sink.out
         self.transport = sink.transport
         self.chunked = sink.chunked
@@ -198,7 +203,7 @@ cdef class TextPath:
             self.d_in += PyBytes_GET_SIZE(data)
             if pump.held is not None:  # pieces wait behind a hook: in arrival order, the pump's
                 return self._to_pump(data)
-            if self.kind == LANGFLOW:
+            if self.kind != TEXT:
                 return self._events(data, now)
             if self.passthrough and not self.decoder.rest and _ascii(data):
                 text, k = None, PyBytes_GET_SIZE(data)  # passed through: the count is all metering needs
@@ -236,7 +241,7 @@ cdef class TextPath:
         return False
 
     cdef int _events(self, bytes data, double now) except -1:
-        """Langflow's events: the complete lines of what arrived, each read here or handed over."""
+        """A line-framed body: the complete lines of what arrived, each read here or handed over."""
         lines = self.lines
         cdef const char *p = PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data), start = 0, end, stop
@@ -263,7 +268,10 @@ cdef class TextPath:
             end = nl - p
             stop = end - 1 if end > start and p[end - 1] == c'\r' else end
             if stop > start:
-                self._line(data[start:stop], now)
+                if self.kind == LANGFLOW:
+                    self._event(data[start:stop], now)
+                else:
+                    self._part(data[start:stop], now)
                 if pump.ended or pump.held is not None:  # the run ended, or a hook awaits: the rest is the pump's
                     lines.buf = b""
                     if end + 1 < n and not pump.ended:
@@ -276,9 +284,29 @@ cdef class TextPath:
         lines.size = n - start
         return 0
 
-    cdef int _line(self, bytes line, double now) except -1:
-        """One event line: a ``token`` event here (as ``LangflowDecoder.frame`` reads it), any
-        other to the decoder and its events to the pump."""
+    cdef int _part(self, bytes line, double now) except -1:
+        """One AI SDK part: a text part (``0:"text"``) here, as ``AiSdkDecoder.line`` reads it;
+        any other to the decoder and its events to the pump."""
+        cdef const char *p = PyBytes_AS_STRING(line)
+        if PyBytes_GET_SIZE(line) >= 2 and p[0] == c'0' and p[1] == c':':
+            try:
+                value = loads(memoryview(line)[2:])
+            except JSONDecodeError:
+                return 0  # skipped, as the decoder skips it
+            if type(value) is str and value:
+                self._text(b"", value, PyUnicode_GET_LENGTH(value), now)
+            return 0
+        events = []
+        self.decoder.line(line, events)
+        if events:
+            self.hand_over()
+            self.pump.decoded_events(events)
+            self.limits()
+        return 0
+
+    cdef int _event(self, bytes line, double now) except -1:
+        """One Langflow event line: a ``token`` event here (as ``LangflowDecoder.frame`` reads
+        it), any other to the decoder and its events to the pump."""
         try:
             frame = loads(line)
         except JSONDecodeError:

@@ -50,11 +50,11 @@ EVENTS = b"".join([
 GENERATED = "Grüße, 世界! tokens…" + "x" + "and more"
 
 
-def _pump(output: str, hooks=(), quiet=()):
+def _pump(output: str, hooks=(), quiet=(), protocol: str = "langflow"):
     run = Run(request=None, dialect="workflow", route="stream", flow_ref="wf", env=Env.Production,  # type: ignore[arg-type]
               stream=True, body=b"")
     run.flow = SimpleNamespace(id="wf")  # type: ignore[assignment]
-    pump = Pump(run, _Upstream(), new_decoder("langflow"), new_encoder(output), False,  # type: ignore[arg-type]
+    pump = Pump(run, _Upstream(), new_decoder(protocol), new_encoder(output, run), False,  # type: ignore[arg-type]
                 Chain.of_hooks(list(hooks), list(quiet)))
     transport = _Transport()
     pump.sink = ClientSink(transport, True, _Conn())
@@ -301,3 +301,36 @@ async def test_a_client_leaving_an_event_stream_drops_the_backend(backend, gatew
     resp.close()
     await asyncio.wait_for(b.reset.wait(), 5)
     assert (await settled(client))[0]["outcome"] == "client_disconnected"
+
+
+# --- the AI SDK's data stream (``ai-sdk``): its text parts read in C, every other part by the decoder ---
+
+AI_SDK = b"".join([
+    b'f:{"messageId":"msg-1"}\n',
+    b'0:"Gr\\u00fc\\u00dfe"\n',
+    b'0:", \xe4\xb8\x96\xe7\x95\x8c"\r\n',
+    b'0:""\n',  # nothing generated
+    b'0:42\n',  # not text
+    b'0:not json\n',
+    b'2:[{"step":1}]\n',  # data: an item, no text of its own
+    b'garbage without a colon\n',
+    b'0:"! tokens\xe2\x80\xa6"\n',
+    b'e:{"finishReason":"stop","usage":{"promptTokens":3,"completionTokens":9}}\n',
+    b'd:{"finishReason":"stop","usage":{"promptTokens":3,"completionTokens":9}}\n',
+])
+
+
+@pytest.mark.parametrize("output", ["text", "json-array"])
+async def test_every_split_of_an_ai_sdk_stream_reads_as_the_python_pump_reads_it(output):
+    for chunks in _split_everywhere(AI_SDK):
+        fast, fast_t = _pump(output, protocol="ai-sdk")
+        assert isinstance(fast.fast, TextPath)
+        _run(fast, chunks, compiled=True)
+        slow, slow_t = _pump(output, protocol="ai-sdk")
+        _run(slow, chunks, compiled=False)
+        for pump in (fast, slow):
+            assert pump.done.result() == "completed", chunks  # type: ignore[union-attr]
+        assert fast.run.meter == slow.run.meter, chunks
+        assert fast.run.meter.chars == len("Grüße, 世界! tokens…") and fast.run.meter.reported_output == 9
+        assert (fast.run.bytes_in, fast.run.bytes_out) == (slow.run.bytes_in, slow.run.bytes_out), chunks
+        assert b"".join(_unframe(fast_t.writes)) == b"".join(_unframe(slow_t.writes)), chunks

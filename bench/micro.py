@@ -1,9 +1,10 @@
-"""CPU of the pump's per-chunk path alone, in-process: one 21-byte line, passed through
-(workflow), transcoded to a JSON array (profitbase) and to the AI SDK UI message stream (workflow
-with ``?protocol=ui``), with the credit check on and the socket
-write stubbed; through the Python pump (``Pump.body`` + ``Pump.flush``) and through the compiled
-text path (``TextPath.data_received`` with the line in its HTTP chunk framing, as the socket
-delivers it). A hot-cache figure: under load the same code runs colder.
+"""CPU of the pump's per-chunk path alone, in-process: one 21-byte line from a text backend,
+passed through (workflow), transcoded to a JSON array (profitbase) and to the AI SDK UI message
+stream (workflow with ``?protocol=ui``), and the same line as a Langflow ``token`` event
+transcoded to the workflow route's text; with the credit check on and the socket write stubbed;
+through the Python pump (``Pump.body`` + ``Pump.flush``) and through the compiled path (the
+chunked-body reader's ``data_received`` with the piece in its HTTP chunk framing, as the socket
+delivers it, then ``TextPath``). A hot-cache figure: under load the same code runs colder.
 
 Run: python -m bench.micro
 """
@@ -11,6 +12,7 @@ Run: python -m bench.micro
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from types import SimpleNamespace
 
@@ -21,8 +23,11 @@ from proxy.protocols import new_decoder, new_encoder
 from proxy.run import Run
 from proxy.stream.pump import Pump, TextPath
 from proxy.stream.sinks import ClientSink
+from proxy.upstream.connection import ChunkedBody
 
 LINE = b"L12:123456789012345;\n"
+EVENT = json.dumps({"event": "token", "data": {"chunk": LINE.decode(), "id": "msg-1",
+                                               "timestamp": "2026-12-01T00:00:00.000000Z"}}).encode() + b"\n\n"
 
 
 class _Upstream:
@@ -45,16 +50,18 @@ class _Transport:
 class _Conn:
     transport = SimpleNamespace(set_protocol=lambda protocol: None)
     parser = SimpleNamespace(should_keep_alive=lambda: True)
+    failed = None
 
 
-async def per_chunk_us(output: str, compiled: bool = False, n: int = 200_000) -> float:
+async def per_chunk_us(output: str, compiled: bool = False, n: int = 200_000, protocol: str = "text") -> float:
+    line = LINE if protocol == "text" else EVENT
     run = Run(request=None, dialect="workflow", route="stream", flow_ref="wf", env=Env.Production,  # type: ignore[arg-type]
               stream=True, body=b"")
     run.flow = SimpleNamespace(id="wf_lines")  # type: ignore[assignment]
     run.extra["credits"] = RunHold("acct", 1000, 1000, 10**9, False, 0.0, covered=10**9,
                                 last_checkpoint=time.monotonic() + 1e9)
     credits = Credits(None, None)  # type: ignore[arg-type]
-    pump = Pump(run, _Upstream(), new_decoder("text"), new_encoder(output), output == "text",  # type: ignore[arg-type]
+    pump = Pump(run, _Upstream(), new_decoder(protocol), new_encoder(output, run), output == protocol,  # type: ignore[arg-type]
                 Chain.of_hooks([credits.on_event], [credits.quiet]))
     sink = object.__new__(ClientSink)
     sink.transport, sink.chunked, sink.out = _Transport(), True, []
@@ -64,9 +71,8 @@ async def per_chunk_us(output: str, compiled: bool = False, n: int = 200_000) ->
     if compiled:
         fast = pump.fast_path()
         assert fast is not None
-        pump.body(LINE)  # the first chunk is the pump's
-        fast.take_body(_Conn(), [])
-        framed, receive = b"%x\r\n%b\r\n" % (len(LINE), LINE), fast.data_received
+        fast.body(line)  # the first chunk is the pump's
+        framed, receive = b"%x\r\n%b\r\n" % (len(line), line), ChunkedBody(_Conn(), fast, []).data_received
         started = time.perf_counter()
         for _ in range(n):
             receive(framed)
@@ -74,17 +80,20 @@ async def per_chunk_us(output: str, compiled: bool = False, n: int = 200_000) ->
     body, flush = pump.body, pump.flush
     started = time.perf_counter()
     for _ in range(n):
-        body(LINE)
+        body(line)
         flush()
     return (time.perf_counter() - started) / n * 1e6
 
 
 async def main() -> None:
-    for output, label in (("text", "passed through (workflow)"), ("json-array", "transcoded (profitbase)"),
-                          ("ui", "transcoded (workflow ?protocol=ui)")):
-        print(f"{label}, Python pump: {await per_chunk_us(output):.2f} µs per chunk")
+    for protocol, output, label in (("text", "text", "passed through (workflow)"),
+                                    ("text", "json-array", "transcoded (profitbase)"),
+                                    ("text", "ui", "transcoded (workflow ?protocol=ui)"),
+                                    ("langflow", "text", "Langflow event to text (workflow)")):
+        print(f"{label}, Python pump: {await per_chunk_us(output, protocol=protocol):.2f} µs per chunk")
         if TextPath is not None:
-            print(f"{label}, compiled text path: {await per_chunk_us(output, compiled=True):.2f} µs per chunk")
+            us = await per_chunk_us(output, compiled=True, protocol=protocol)
+            print(f"{label}, compiled path: {us:.2f} µs per chunk")
 
 
 if __name__ == "__main__":

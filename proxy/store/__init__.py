@@ -89,6 +89,15 @@ def open_store(url: str, *, instrument: bool = True) -> Store:
         if not path:
             raise ValueError("sqlite store URL needs a path: sqlite:///relative.db or sqlite:////abs.db")
         store = SqliteStore(path)
+    elif parsed.scheme in ("redis+cluster", "rediss+cluster"):
+        from .redis_cluster import RedisClusterStore
+
+        prefix = parse_qs(parsed.query).get("prefix", ["fg"])[0]
+        store = RedisClusterStore(url.split("?", 1)[0], prefix=prefix)
+    elif parsed.scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresStore
+
+        store = PostgresStore(url)
     elif parsed.scheme in ("redis", "rediss"):
         from .redis import RedisStore
 

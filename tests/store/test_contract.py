@@ -1,4 +1,5 @@
-"""The store contract: every implementation behaves the same (memory, SQLite, Redis)."""
+"""The store contract: every implementation behaves the same (memory, SQLite, Redis, Redis Cluster,
+PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -208,5 +209,7 @@ async def _forget_account(store, account: str) -> None:
         del store.accounts[account]
     elif hasattr(store, "db"):  # sqlite
         await store.db.write(lambda db: db.execute("DELETE FROM accounts WHERE account = ?", (account,)))
-    else:  # redis
+    elif hasattr(store, "schema"):  # postgres
+        await store._run(lambda conn: conn.execute("DELETE FROM accounts WHERE account = $1", account))
+    else:  # redis, redis cluster
         await store._r.delete(store._acct(account))

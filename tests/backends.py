@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -155,3 +157,135 @@ def store_url(kind: str, tmp_path: Path) -> Iterator[str]:
         postgres_execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
     else:
         raise ValueError(kind)
+
+
+# --- throwaway servers (never the shared ones), for tests that stop and restart them -----------
+
+def free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def cluster_ports(n: int) -> list[int]:
+    """``n`` free ports whose cluster bus ports (port + 10000) are free too."""
+    import random
+    import socket
+
+    ports: list[int] = []
+    while len(ports) < n:
+        port = random.randrange(20000, 45000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def _wait(check, what: str, timeout: float = 15.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not come up")
+
+
+class ThrowawayCluster:
+    """A 3-master Redis Cluster of its own on free ports; ``stop()`` kills every node, ``start()``
+    brings them back (their cluster config survives in ``dir``, their data does not)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.ports = cluster_ports(3)
+        self.procs: list = []
+        self.formed = False
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def start(self) -> None:
+        import subprocess
+
+        import redis
+
+        self.procs = [subprocess.Popen(
+            ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{p}.conf", "--cluster-node-timeout", "1000",
+             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for p in self.ports]
+
+        def up(port: int) -> bool:
+            try:
+                return bool(redis.Redis(port=port, socket_connect_timeout=0.2).ping())
+            except redis.RedisError:
+                return False
+
+        for p in self.ports:
+            _wait(lambda p=p: up(p), f"redis-server on {p}")
+        if not self.formed:
+            subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                            "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=30)
+            self.formed = True
+
+        def ok() -> bool:
+            return all(b"cluster_state:ok" in redis.Redis(port=p).execute_command("CLUSTER", "INFO")
+                       for p in self.ports)
+
+        _wait(ok, "the throwaway cluster")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+        for proc in self.procs:
+            proc.wait()
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL server of its own (initdb in ``dir``, a free port, trust auth on loopback);
+    ``stop()`` is an immediate shutdown (as a crash), ``start()`` recovers it from its WAL."""
+
+    def __init__(self, directory: Path) -> None:
+        import glob
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        initdb = bins[-1] if bins else shutil.which("initdb")
+        if initdb is None:
+            _missing("PostgreSQL's initdb is not installed", "REQUIRE_POSTGRES")
+        self.bin = Path(initdb).parent
+        # its own directory under /tmp (pytest's tmp_path is not open to the postgres user)
+        self.dir = Path(tempfile.mkdtemp(prefix="flowgate-pg-")) / "pgdata"
+        self.port = free_ports(1)[0]
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self._run(str(self.bin / "initdb"), "-D", str(self.dir), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _run(self, *argv: str) -> None:
+        import subprocess
+
+        if self.as_postgres:
+            shutil.chown(self.dir.parent, "postgres")
+        subprocess.run([*self.as_postgres, *argv], check=True, capture_output=True, timeout=60)
+
+    def start(self) -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.dir), "-w", "-l", str(self.dir.parent / "pg.log"),
+                  "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+
+    def stop(self) -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.dir), "-m", "immediate", "-w", "stop")
+
+    def remove(self) -> None:
+        if (self.dir / "postmaster.pid").exists():
+            self.stop()
+        shutil.rmtree(self.dir.parent, ignore_errors=True)

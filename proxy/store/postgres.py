@@ -25,7 +25,8 @@ import structlog
 
 from ..errors import StoreUnavailable
 from .base import USAGE_KEEP, Account, Hold, RateResult, account_seeded, ledger_entry, usage_sample, usage_values
-from .postgres_schema import migrate, parse_url
+from .postgres_schema import migrate
+from .urls import parse_pg_url
 
 log = structlog.get_logger("flowgate.store")
 
@@ -91,7 +92,7 @@ async def _open(conn, job_id: str, account: str, want: int, expires_at: float, m
 
 class PostgresStore:
     def __init__(self, url: str) -> None:
-        self.dsn, self.schema = parse_url(url)
+        self.dsn, self.schema = parse_pg_url(url)
         self._pool: asyncpg.Pool | None = None
         self._migrated = False
         self._migrating = asyncio.Lock()

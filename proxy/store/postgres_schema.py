@@ -1,4 +1,4 @@
-"""The PostgreSQL store's tables, created and migrated by the gateway at start, and its URL.
+"""The PostgreSQL store's tables, created and migrated by the gateway at start.
 
 Everything lives in one PostgreSQL schema (``flowgate`` unless the URL says ``?schema=name``), so
 an operator reads it with plain SQL, e.g. what each account was charged today::
@@ -12,9 +12,6 @@ together migrate once. A database newer than this gateway is refused (never writ
 """
 
 from __future__ import annotations
-
-import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 # the advisory-lock key namespace of migrations (any constant; per-account locks hash their names)
 MIGRATION_LOCK = 0x666C6F77  # "flow"
@@ -46,27 +43,6 @@ MIGRATIONS: list[str] = [
                         output_tokens bigint NOT NULL, PRIMARY KEY (account, flow, seq));
     """,
 ]
-
-SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-
-def parse_url(url: str) -> tuple[str, str]:
-    """(the DSN for the driver, the schema name) of a ``postgresql://`` store URL."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = "flowgate"
-    rest = []
-    for name, value in query:
-        if name == "schema":
-            schema = value
-        else:
-            rest.append((name, value))
-    if not SCHEMA_NAME.match(schema):
-        raise ValueError(f"postgresql store: schema {schema!r} must be lower-case letters, digits and _")
-    if not parts.hostname and "host" not in dict(rest):
-        raise ValueError("postgresql store URL needs a host: postgresql://user:password@host:5432/db")
-    return urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest))), schema
-
 
 async def migrate(conn, schema: str) -> int:
     """Bring ``schema`` to the newest version (one transaction); returns the version."""

@@ -14,7 +14,6 @@ for TLS); any seed nodes will do, the rest are discovered.
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import unquote, urlsplit
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -23,31 +22,7 @@ from redis.exceptions import ClusterError, RedisClusterException, RedisError, Re
 
 from ..errors import StoreUnavailable
 from .redis import POOL_SIZE, POOL_WAIT_S, RedisStore, log
-
-SCHEMES = ("redis+cluster", "rediss+cluster")
-
-
-def parse_seeds(url: str) -> tuple[list[tuple[str, int]], dict]:
-    """(seed nodes, client options) of a ``redis+cluster://`` URL; ValueError names what is wrong."""
-    parts = urlsplit(url)
-    if parts.scheme not in SCHEMES:
-        raise ValueError(f"a Redis Cluster URL starts with redis+cluster:// (got {url!r})")
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    seeds = []
-    for item in hosts.split(","):
-        host, sep, port = item.strip().rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"redis+cluster:// seed {item!r} is not host:port")
-        seeds.append((host, int(port)))
-    if parts.path not in ("", "/", "/0"):
-        raise ValueError("a Redis Cluster has only database 0: drop the /db from the URL")
-    options: dict = {"ssl": parts.scheme == "rediss+cluster"}
-    if userinfo:
-        user, _, password = userinfo.partition(":")
-        options["username"] = unquote(user) or None
-        options["password"] = unquote(password) or None
-    return seeds, options
+from .urls import parse_seeds
 
 
 class RedisClusterStore(RedisStore):
@@ -72,7 +47,11 @@ class RedisClusterStore(RedisStore):
             raise StoreUnavailable("redis cluster: no free connection") from None
         try:
             if getattr(self._r, "_initialize", True):
-                await self._initialize()
+                try:
+                    await self._initialize()
+                except BaseException:
+                    coro.close()  # never started
+                    raise
             return await coro
         except (ClusterError, RedisClusterException) as exc:  # CLUSTERDOWN, no slot map, no node answered
             raise StoreUnavailable(f"redis cluster: {type(exc).__name__}") from None

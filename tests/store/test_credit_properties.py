@@ -211,7 +211,8 @@ class RedisClusterBackend(RedisBackend):
     def __init__(self) -> None:
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-        from proxy.store.redis_cluster import RedisClusterStore, parse_seeds
+        from proxy.store.redis_cluster import RedisClusterStore
+        from proxy.store.urls import parse_seeds
 
         self.prefix = f"fgprop{uuid.uuid4().hex[:12]}"
         url = redis_cluster_url()

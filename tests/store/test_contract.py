@@ -6,9 +6,19 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from proxy.store import Account
 
 NOW = time.time()
+
+
+@pytest.fixture(autouse=True)
+def _now() -> None:
+    """NOW is each test's own start: the module is imported when the suite is collected, minutes
+    before its tests run, and a token or window dated then would have expired (in Redis, for real)."""
+    global NOW
+    NOW = time.time()
 
 
 async def test_token_single_use(store):

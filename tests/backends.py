@@ -205,12 +205,14 @@ def _wait(check, what: str, timeout: float = 15.0) -> None:
 
 
 class ThrowawayCluster:
-    """A 3-master Redis Cluster of its own on free ports; ``stop()`` kills every node, ``start()``
-    brings them back (their cluster config survives in ``dir``, their data does not)."""
+    """A 3-master Redis Cluster of its own on free ports (with ``replicas`` replicas per master);
+    ``stop()`` kills every node, ``start()`` brings them back (their cluster config survives in
+    ``dir``, their data does not)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, replicas: int = 0) -> None:
         self.dir = directory
-        self.ports = cluster_ports(3)
+        self.replicas = replicas  # per master
+        self.ports = cluster_ports(3 * (1 + replicas))
         self.procs: list = []
         self.formed = False
         self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
@@ -236,7 +238,8 @@ class ThrowawayCluster:
             _wait(lambda p=p: up(p), f"redis-server on {p}")
         if not self.formed:
             subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-                            "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=30)
+                            "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                           check=True, capture_output=True, timeout=30)
             self.formed = True
 
         def ok() -> bool:
@@ -244,6 +247,15 @@ class ThrowawayCluster:
                        for p in self.ports)
 
         _wait(ok, "the throwaway cluster")
+
+        def replicas_online() -> bool:
+            masters = [p for p in self.ports if redis.Redis(port=p).info("replication")["role"] == "master"]
+            return all(redis.Redis(port=p).info("replication").get("connected_slaves", 0) >= self.replicas
+                       and all(redis.Redis(port=p).info("replication").get(f"slave{i}", {}).get("state") == "online"
+                               for i in range(self.replicas))
+                       for p in masters)
+
+        _wait(replicas_online, "the throwaway cluster's replicas", timeout=30)
 
     def stop(self) -> None:
         for proc in self.procs:

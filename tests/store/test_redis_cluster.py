@@ -10,7 +10,8 @@ import time
 
 from redis.crc import key_slot
 
-from proxy.store import open_store
+from proxy.errors import StoreUnavailable
+from proxy.store import Account, open_store
 from proxy.store.redis_cluster import RedisClusterStore
 from tests.backends import ThrowawayCluster, cluster_client, redis_cluster_url, require_redis_cluster
 
@@ -82,6 +83,54 @@ async def test_a_slot_moved_to_another_master_mid_use_loses_nothing(tmp_path):
         assert granted > 0
         assert (acct.balance, acct.held, acct.spent) == (1000 + granted - 40, 0, 40)
         assert [e["job_id"] for e in await store.ledger(SLOT_0_ACCOUNT)] == ["j1"]
+    finally:
+        await store.close()
+        cluster.stop()
+
+
+async def test_a_master_killed_fails_over_to_its_replica_and_the_store_follows(tmp_path):
+    """3 masters, each with a replica: SIGKILL the master of an account's slot; the replica is
+    promoted, the client reads the new slot map, and the account is as it was (replicated)."""
+    import os
+    import signal
+
+    import redis
+
+    require_redis_cluster()
+    cluster = ThrowawayCluster(tmp_path, replicas=1)
+    cluster.start()
+    store = open_store(cluster.url)
+    try:
+        await store.start()
+        await store.seed_account(SLOT_0_ACCOUNT, 1000)
+        assert await store.open_hold("j1", SLOT_0_ACCOUNT, 100, time.time() + 60, {"flow": "f"}) == 100
+        master = next(port for port, (_, owns) in _node_ids(cluster.ports[0]).items() if owns)
+        assert redis.Redis(port=master).execute_command("WAIT", 1, 2000) == 1  # the replica has it all
+        victim = cluster.procs[cluster.ports.index(master)]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        began = time.monotonic()
+        refused = 0
+        while True:  # 503s while the cluster notices (node timeout 1 s) and promotes the replica
+            try:
+                acct = await store.get_account(SLOT_0_ACCOUNT)
+                break
+            except StoreUnavailable:
+                refused += 1
+                assert time.monotonic() - began < 20, "no failover"
+                await asyncio.sleep(0.2)
+        assert acct == Account(1000, 100, 0)
+        settled = await store.settle("j1", SLOT_0_ACCOUNT, 30, {"outcome": "completed"})
+        assert settled is not None and settled["credits"] == 30
+        assert await store.get_account(SLOT_0_ACCOUNT) == Account(970, 0, 30)
+        for _ in range(50):  # readyz: every master (the promoted replica now) answers
+            try:
+                await store.ping()
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("ping never recovered after the failover")
     finally:
         await store.close()
         cluster.stop()

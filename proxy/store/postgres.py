@@ -11,7 +11,9 @@ and concurrency slots are locked per bucket the same way. The tables and their m
 
 An unreachable database raises :class:`~proxy.errors.StoreUnavailable` (503, fail closed) within
 about a second (connect timeout); the pool reconnects by itself. A database that is down when the
-gateway starts is migrated on first use.
+gateway starts is migrated on first use; a schema dropped under a running gateway is created again
+on the next call (its accounts come back at their initial credits, as after a restart on an empty
+store, each logging ``account_seeded``).
 """
 
 from __future__ import annotations
@@ -136,6 +138,10 @@ class PostgresStore:
                     return await fn(conn)
         except OUTAGE as exc:
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}") from None
+        except asyncpg.UndefinedTableError as exc:  # someone dropped our schema: made again on the next call
+            log.error("postgres_schema_missing", error=str(exc))
+            self._migrated = False
+            raise StoreUnavailable("postgresql: the schema is missing") from None
         except asyncpg.PostgresError as exc:  # a query bug or a damaged schema, not an outage: say so loudly
             log.error("postgres_error", error=type(exc).__name__, detail=str(exc))
             raise StoreUnavailable(f"postgresql: {type(exc).__name__}") from None

@@ -72,14 +72,20 @@ async def test_the_readme_queries_read_the_ledger_and_balances(pg_url):
         await s.close()
 
 
-async def test_dropped_tables_are_a_loud_503_not_a_crash(pg_url, capfd):
+async def test_a_dropped_table_is_a_loud_503_and_a_dropped_schema_is_made_again(pg_url, capfd):
     s = open_store(pg_url)
     await s.start()
     try:
+        await s.seed_account("acme", 10)
         postgres_execute(f"DROP TABLE {_schema(pg_url)}.accounts")
         with pytest.raises(StoreUnavailable):
             await s.get_account("acme")
-        assert "postgres_error" in capfd.readouterr().err
+        assert "postgres_schema_missing" in capfd.readouterr().err
+        with pytest.raises(StoreUnavailable):  # still missing: every call says so
+            await s.get_account("acme")
+        postgres_execute(f"DROP SCHEMA {_schema(pg_url)} CASCADE")
+        assert await s.grant("acme", 5, initial=10) == 15  # the schema is made again; acme re-created
+        assert "account_seeded" in capfd.readouterr().err
     finally:
         await s.close()
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import socket
 import subprocess
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +26,8 @@ from proxy.config import parse_config
 from proxy.context import GATEWAY
 from proxy.front import GatewayRunner
 from proxy.logging import configure_logging
+from tests.backends import SHARED, redis_url, require_redis  # noqa: F401  (re-exported for the tests)
+from tests.backends import store_url as backend_url
 
 SECRET = "fg_test_secret_acme_1"
 OTHER_SECRET = "fg_test_secret_other_1"
@@ -241,38 +241,11 @@ def json_logs():
     configure_logging("info", json=True)
 
 
-def redis_url() -> str:
-    return os.environ.get("FLOWGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-
-def require_redis() -> None:
-    """Skip (with the reason) when Redis is not reachable; fail instead under REQUIRE_REDIS=1."""
-    import redis
-
-    try:
-        redis.Redis.from_url(redis_url(), socket_connect_timeout=1).ping()
-    except redis.RedisError as exc:
-        reason = f"Redis not reachable at {redis_url()} ({exc}): start redis-server to run these"
-        if os.environ.get("REQUIRE_REDIS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=SHARED)
 def store_url(request, tmp_path):
-    """A shared store's URL: a SQLite file, or real Redis under a key prefix of its own (removed after)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'shared.db'}"
-        return
-    require_redis()
-    prefix = f"fgtest{uuid.uuid4().hex[:10]}"
-    url = f"{redis_url()}?prefix={prefix}"
-    yield url
-    import redis
-
-    r = redis.Redis.from_url(redis_url())
-    for key in r.scan_iter(f"{prefix}*"):
-        r.delete(key)
+    """A shared store's URL (SQLite file, Redis, Redis Cluster, PostgreSQL), in a namespace of its own."""
+    with backend_url(request.param, tmp_path) as url:
+        yield url
 
 
 async def all_or_first_failure(coros) -> None:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from proxy.config import parse_config
+from tests.backends import postgres_execute
 from tests.conftest import base_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,14 +49,15 @@ def test_keys_new_prints_the_secret_once_and_a_loadable_entry():
     assert parse_config(raw).keys[0].owner == "acme"
 
 
-def test_credits_grant_show_and_ledger_on_sqlite(tmp_path):
+def test_credits_grant_show_and_ledger(tmp_path, store_url):
+    """On every shared store (SQLite, Redis, Redis Cluster, PostgreSQL)."""
     import asyncio
     import json
     import time
 
     from proxy.store import open_store
 
-    raw = base_config("http://127.0.0.1:9", store=f"sqlite:///{tmp_path / 'fg.db'}")
+    raw = base_config("http://127.0.0.1:9", store=store_url)
     cfg = tmp_path / "fg.yaml"
     cfg.write_text(yaml.safe_dump(raw))
 
@@ -85,6 +87,11 @@ def test_credits_grant_show_and_ledger_on_sqlite(tmp_path):
     assert "job_1" in text.stdout and "credits=42" in text.stdout
     unknown = flowgate("credits", "show", "nobody", "--config", str(cfg))
     assert unknown.returncode != 0 and "not an account" in unknown.stderr
+    if store_url.startswith("postgresql://"):  # the ledger is a plain table an operator queries
+        schema = store_url.rsplit("schema=", 1)[1]
+        rows = postgres_execute(f"SELECT account, job_id, credits, outcome, flow, ended <= now() AS past "
+                                f"FROM {schema}.ledger")
+        assert [tuple(r) for r in rows] == [("acme", "job_1", 42, "completed", "wf_text", True)]
 
 
 @pytest.mark.parametrize("amount", ["0", "-5", "1.5", "lots"])

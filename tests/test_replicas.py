@@ -1,4 +1,5 @@
-"""Several gateway processes sharing one store (SQLite file, Redis): what must hold across replicas.
+"""Several gateway processes sharing one store (SQLite file, Redis, Redis Cluster, PostgreSQL): what
+must hold across replicas (three gateways on the cluster, two on the others).
 
 Each test starts real `flowgate serve` processes on free ports in front of a fake upstream served
 by the test itself, and talks to them over real sockets.
@@ -64,7 +65,9 @@ class Replica:
 async def replicas(tmp_path, store_url):
     started: list[Replica] = []
 
-    async def start(cfg: dict, n: int = 2) -> list[Replica]:
+    async def start(cfg: dict, n: int | None = None) -> list[Replica]:
+        # three gateways on the 3-master Redis Cluster, two on the others
+        n = n if n is not None else (3 if store_url.startswith("redis+cluster://") else 2)
         cfg = {**cfg, "store": store_url}
         reps = [Replica(cfg, tmp_path, f"r{i}") for i in range(n)]
         started.extend(reps)
@@ -75,6 +78,10 @@ async def replicas(tmp_path, store_url):
     yield start
     for r in started:
         r.stop()
+
+
+def _kind(store_url: str) -> str:
+    return store_url.split(":", 1)[0]
 
 
 async def serve_upstream(handler) -> tuple[web.AppRunner, str]:
@@ -97,23 +104,25 @@ async def hundred_tokens(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def test_one_token_spent_by_1000_concurrent_requests_across_two_replicas(replicas):
+async def test_one_token_spent_by_1000_concurrent_requests_across_the_replicas(replicas, store_url):
     runner, url = await serve_upstream(hundred_tokens)
     try:
-        r1, r2 = await replicas(base_config(url))
+        reps = await replicas(base_config(url))
         conn = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as s:
-            async with s.get(r1.url + "/api/v1/token", headers={"x-api-key": SECRET}) as resp:
+            async with s.get(reps[0].url + "/api/v1/token", headers={"x-api-key": SECRET}) as resp:
                 token = (await resp.json())["token"]
 
             async def spend(i: int) -> int:
-                base = (r1, r2)[i % 2].url
+                base = reps[i % len(reps)].url
                 async with s.post(f"{base}/api/v1/run/wf_text/stream?token={token}") as resp:
                     await resp.read()
                     return resp.status
 
             statuses = await asyncio.gather(*(spend(i) for i in range(1000)))
         counts = {code: statuses.count(code) for code in set(statuses)}
+        print(f"\nFIGURES one token, 1000 concurrent spends over {len(reps)} gateways on {_kind(store_url)}: "
+              f"{dict(sorted(counts.items()))}")
         assert counts == {200: 1, 401: 999}
     finally:
         await runner.cleanup()
@@ -138,11 +147,11 @@ async def test_200_concurrent_runs_never_overspend(replicas, store_url, mode):
         cfg["accounts"]["acme"]["initial_credits"] = 5000
         cfg["limits"] = {"credit_quantum_tokens": quantum}
         cfg["flows"][0]["on_credits_exhausted"] = mode
-        r1, r2 = await replicas(cfg)
+        reps = tuple(await replicas(cfg))
         async with _session() as s:
-            statuses = [status for status, _ in await asyncio.gather(*(_run(s, (r1, r2), i) for i in range(200)))]
+            statuses = [status for status, _ in await asyncio.gather(*(_run(s, reps, i) for i in range(200)))]
             assert set(statuses) <= {200, 402}
-            after, _ = await _run(s, (r1,), 0)
+            after, _ = await _run(s, reps[:1], 0)
         store = open_store(store_url)
         await store.start()
         try:
@@ -156,6 +165,9 @@ async def test_200_concurrent_runs_never_overspend(replicas, store_url, mode):
         finally:
             await store.close()
         spent = sum(e["credits"] for e in ledger)
+        print(f"\nFIGURES 200 concurrent metered runs ({mode}) over {len(reps)} gateways on {_kind(store_url)}: "
+              f"{statuses.count(200)} x 200, {statuses.count(402)} x 402; balance {acct.balance} = 5000 - ledger sum "
+              f"{spent} ({len(ledger)} entries); held {acct.held}")
         assert acct.held == 0
         assert acct.balance == 5000 - spent
         assert len({e["job_id"] for e in ledger}) == len(ledger)
@@ -188,10 +200,10 @@ async def test_holds_sized_from_recent_runs_strand_no_credits(replicas, store_ur
     try:
         cfg = base_config(url)
         cfg["accounts"]["acme"]["initial_credits"] = 5000
-        r1, r2 = await replicas(cfg)
+        reps = tuple(await replicas(cfg))
         async with _session() as s:
-            assert [(await _run(s, (r1, r2), i))[0] for i in range(5)] == [200] * 5
-            results = await asyncio.gather(*(_run(s, (r1, r2), i) for i in range(200)))
+            assert [(await _run(s, reps, i))[0] for i in range(5)] == [200] * 5
+            results = await asyncio.gather(*(_run(s, reps, i) for i in range(200)))
         statuses = [status for status, _ in results]
         assert set(statuses) <= {200, 402}
         assert all(len(json.loads(body)["result"]) == 400 for status, body in results if status == 200)
@@ -230,7 +242,7 @@ async def test_a_killed_replica_hold_is_settled_once_by_another(replicas, store_
         cfg = base_config(url)
         cfg["limits"] = {"credit_quantum_tokens": 10, "hold_grace_s": 1}
         cfg["flows"][0]["max_duration_s"] = 3
-        r1, r2 = await replicas(cfg)
+        r1, r2 = (await replicas(cfg))[:2]
         async with aiohttp.ClientSession() as s:
             async with s.post(f"{r1.url}/api/v1/run/wf_text/stream?token="
                               + (await (await s.get(r1.url + "/api/v1/token",

@@ -21,6 +21,7 @@ from pydantic import (
 
 from ..env import ENV_ACCEPTED, Env
 from ..protocols import BACKEND_PROTOCOLS
+from ..store.urls import check_store_url
 
 MAX_DURATION_CAP_S = 300.0
 
@@ -293,7 +294,10 @@ class KeyConfig(_Model):
 class Config(_Model):
     server: ServerConfig = Field(default_factory=ServerConfig)
     store: str = Field(
-        "sqlite:///var/lib/flowgate/flowgate.db", description="State store URL: sqlite:///path, redis://host:port/db, memory://"
+        "sqlite:///var/lib/flowgate/flowgate.db",
+        description="State store URL: sqlite:///path (one machine), redis://host:port/db, "
+        "redis+cluster://host:port[,host:port...] (many replicas), postgresql://user:password@host:port/db "
+        "(many replicas, a durable ledger in SQL; ?schema=name, default flowgate), memory:// (tests)",
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     cors: CorsConfig = Field(default_factory=CorsConfig)
@@ -313,8 +317,7 @@ class Config(_Model):
     @field_validator("store")
     @classmethod
     def _store_url(cls, v: str) -> str:
-        if not re.match(r"^(memory://|sqlite:///.+|redis://|rediss://)", v):
-            raise ValueError("must be sqlite:///path, redis://host:port/db or memory://")
+        check_store_url(v)  # ValueError: what is wrong with it
         return v
 
     @model_validator(mode="after")

@@ -1,11 +1,14 @@
 """The state store: every piece of mutable state behind one small async protocol.
 
-Three implementations, chosen by the ``store:`` URL, pass one contract suite
+Five implementations, chosen by the ``store:`` URL, pass one contract suite
 (``tests/store/test_contract.py``): ``memory://`` (tests; a real implementation), ``sqlite:///path``
-(embedded default: WAL, several processes may share the file) and ``redis://host:port/db``
-(replicas share it; every check-and-change is one Lua script; keys carry hash tags).
+(embedded default: WAL, several processes may share the file), ``redis://host:port/db`` (replicas
+share it; every check-and-change is one Lua script; keys carry hash tags),
+``redis+cluster://host:port[,host:port...]`` (the same scripts on a Redis Cluster: each script's
+keys in one slot) and ``postgresql://user:password@host:port/db`` (replicas share it; every
+check-and-change is one statement or one transaction; the ledger a plain SQL table).
 
-Adding a fourth: implement :class:`Store` so that every method marked ATOMIC is a single
+Adding another: implement :class:`Store` so that every method marked ATOMIC is a single
 check-and-change for all processes sharing the backend, raise
 :class:`~proxy.errors.StoreUnavailable` (never a raw driver error) when the backend cannot be
 reached, add the URL scheme to :func:`open_store`, and add it to the contract suite's fixture.
@@ -41,8 +44,9 @@ from urllib.parse import parse_qs, urlparse
 from .. import metrics as m
 from ..errors import StoreUnavailable
 from .base import USAGE_KEEP, Account, Hold, RateResult, Store
+from .urls import check_store_url
 
-__all__ = ["USAGE_KEEP", "Account", "Hold", "RateResult", "Store", "Instrumented", "open_store"]
+__all__ = ["USAGE_KEEP", "Account", "Hold", "RateResult", "Store", "Instrumented", "check_store_url", "open_store"]
 
 
 class Instrumented:
@@ -77,23 +81,26 @@ class Instrumented:
 
 def open_store(url: str, *, instrument: bool = True) -> Store:
     """The store for a ``store:`` URL (not started: call ``await store.start()``)."""
-    parsed = urlparse(url)
-    if url.startswith("memory://"):
+    scheme = check_store_url(url)
+    prefix = parse_qs(urlparse(url).query).get("prefix", ["fg"])[0]
+    if scheme == "memory":
         from .memory import MemoryStore
 
         store: Store = MemoryStore()
-    elif parsed.scheme == "sqlite":
+    elif scheme == "sqlite":
         from .sqlite import SqliteStore
 
-        path = url[len("sqlite:///"):]
-        if not path:
-            raise ValueError("sqlite store URL needs a path: sqlite:///relative.db or sqlite:////abs.db")
-        store = SqliteStore(path)
-    elif parsed.scheme in ("redis", "rediss"):
+        store = SqliteStore(url[len("sqlite:///"):])
+    elif scheme in ("redis+cluster", "rediss+cluster"):
+        from .redis_cluster import RedisClusterStore
+
+        store = RedisClusterStore(url.split("?", 1)[0], prefix=prefix)
+    elif scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresStore
+
+        store = PostgresStore(url)
+    else:
         from .redis import RedisStore
 
-        prefix = parse_qs(parsed.query).get("prefix", ["fg"])[0]
         store = RedisStore(url.split("?", 1)[0], prefix=prefix)
-    else:
-        raise ValueError(f"unknown store URL {url!r}")
     return Instrumented(store) if instrument else store  # type: ignore[return-value]

@@ -184,9 +184,19 @@ def _f(x: float) -> str:
 
 
 class RedisStore:
-    def __init__(self, url: str, prefix: str = "fg") -> None:
+    def __init__(self, url: str, prefix: str = "fg", client=None) -> None:
         self.url = url
         self.p = prefix
+        self._r = self._client(url) if client is None else client
+        reg = self._r.register_script
+        self._put_token, self._consume = reg(PUT_TOKEN), reg(CONSUME_TOKEN)
+        self._rate, self._slot = reg(RATE_HIT), reg(SLOT_ACQUIRE)
+        self._seed, self._grant = reg(SEED), reg(GRANT)
+        self._open, self._grow, self._checkpoint, self._settle = (
+            reg(OPEN_HOLD), reg(GROW_HOLD), reg(CHECKPOINT), reg(SETTLE))
+
+    @staticmethod
+    def _client(url: str) -> aioredis.Redis:
         # A bounded pool: each command takes microseconds, so a few dozen connections serve
         # thousands of concurrent runs, and a burst waits for a connection instead of opening
         # hundreds at once (which is what times out under load).
@@ -195,13 +205,7 @@ class RedisStore:
             socket_connect_timeout=0.5, retry_on_timeout=False, retry=Retry(NoBackoff(), 1),
             health_check_interval=30,
         )
-        self._r = aioredis.Redis(connection_pool=pool)
-        reg = self._r.register_script
-        self._put_token, self._consume = reg(PUT_TOKEN), reg(CONSUME_TOKEN)
-        self._rate, self._slot = reg(RATE_HIT), reg(SLOT_ACQUIRE)
-        self._seed, self._grant = reg(SEED), reg(GRANT)
-        self._open, self._grow, self._checkpoint, self._settle = (
-            reg(OPEN_HOLD), reg(GROW_HOLD), reg(CHECKPOINT), reg(SETTLE))
+        return aioredis.Redis(connection_pool=pool)
 
     # --- key layout (hash tags keep one account's keys in one cluster slot)
     def _acct(self, a: str) -> str:

@@ -26,6 +26,7 @@ Invariants, during the runs and at the end:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -44,9 +45,12 @@ from proxy.policies.credits import Credits, credits_for, sweep_expired_holds
 from proxy.policies.hold_size import HoldSizer
 from proxy.protocols import Token, Usage
 from proxy.run import CREDITS_CUT, Meter, Run, new_job_id
+from proxy.store import open_store
 from proxy.store.memory import MemoryStore
 from proxy.store.sqlite import SqliteStore
-from tests.conftest import all_or_first_failure, base_config, redis_url, require_redis
+from tests.backends import ALL, require_backend
+from tests.backends import store_url as backend_url
+from tests.conftest import all_or_first_failure, base_config
 
 ACCT = "acme"
 FAR = 1e12  # a sweep's "now" after every hold expired
@@ -88,33 +92,28 @@ def config_for(sc: dict):
 
 
 async def open_clients(kind: str, tmp_path):
-    """Two store clients of one backend, and what closes them."""
+    """Two store clients of one backend (as two processes have), and what closes them."""
     if kind == "memory":
         store = MemoryStore()
-        return (store, store), None
+        return (store, store), contextlib.nullcontext()
     if kind == "sqlite":
         path = str(tmp_path / f"policy-{uuid.uuid4().hex[:10]}.db")
         clients = (SqliteStore(path), SqliteStore(path))
         for c in clients:
             await c.start()
-        return clients, None
-    from proxy.store.redis import RedisStore
+        return clients, contextlib.nullcontext()
+    namespace = backend_url(kind, tmp_path)
+    url = namespace.__enter__()
+    clients = (open_store(url, instrument=False), open_store(url, instrument=False))
+    for c in clients:
+        await c.start()
+    return clients, namespace
 
-    prefix = f"fgpolprop{uuid.uuid4().hex[:12]}"
-    return (RedisStore(redis_url(), prefix=prefix), RedisStore(redis_url(), prefix=prefix)), prefix
 
-
-async def close_clients(clients, prefix: str | None) -> None:
+async def close_clients(clients, namespace) -> None:
     for c in {id(c): c for c in clients}.values():
         await c.close()
-    if prefix:
-        import redis.asyncio as aioredis
-
-        r = aioredis.Redis.from_url(redis_url())
-        keys = [k async for k in r.scan_iter(f"{prefix}*")]
-        if keys:
-            await r.delete(*keys)
-        await r.aclose()
+    namespace.__exit__(None, None, None)  # its keys or schema removed
 
 
 def gateway(config, store):
@@ -207,7 +206,7 @@ async def scenario_run(kind: str, tmp_path, sc: dict) -> None:
     flow = config.flow("wf_text")
     quantum = max(1, credits_for(sc["quantum_tokens"], sc["per_1k"]))
     totals = Totals(sc["initial"], quantum, sc["mode"] == "allow")
-    clients, prefix = await open_clients(kind, tmp_path)
+    clients, namespace = await open_clients(kind, tmp_path)
     try:
         if sc["seeded"]:
             for c in clients:  # both processes start: set-if-absent
@@ -295,16 +294,15 @@ async def scenario_run(kind: str, tmp_path, sc: dict) -> None:
         if acct.balance < 0:
             event("allow: the balance went negative")
     finally:
-        await close_clients(clients, prefix)
+        await close_clients(clients, namespace)
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+@pytest.mark.parametrize("kind", ALL)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
           phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink])
 @given(sc=scenario)
 def test_two_gateways_never_overspend(kind, tmp_path, sc):
-    if kind == "redis":
-        require_redis()
+    require_backend(kind)
     asyncio.run(scenario_run(kind, tmp_path, sc))
 
 

@@ -1,4 +1,5 @@
-"""The store contract: every implementation behaves the same (memory, SQLite, Redis)."""
+"""The store contract: every implementation behaves the same (memory, SQLite, Redis, Redis Cluster,
+PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ NOW = time.time()
 
 @pytest.fixture(autouse=True)
 def _now() -> None:
-    """NOW is this test's start: the stores read the real clock where a test passes no ``now``
-    (a module-level constant would be minutes old by the time a long suite gets here)."""
+    """NOW is each test's own start: the module is imported when the suite is collected, minutes
+    before its tests run, and a token or window dated then would have expired (in Redis, for real)."""
     global NOW
     NOW = time.time()
 
@@ -218,5 +219,7 @@ async def _forget_account(store, account: str) -> None:
         del store.accounts[account]
     elif hasattr(store, "db"):  # sqlite
         await store.db.write(lambda db: db.execute("DELETE FROM accounts WHERE account = ?", (account,)))
-    else:  # redis
+    elif hasattr(store, "schema"):  # postgres
+        await store._run(lambda conn: conn.execute("DELETE FROM accounts WHERE account = $1", account))
+    else:  # redis, redis cluster
         await store._r.delete(store._acct(account))

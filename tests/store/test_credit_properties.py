@@ -1,7 +1,9 @@
-"""Property-based tests of the credit protocol on every store (memory, SQLite, Redis).
+"""Property-based tests of the credit protocol on every store (memory, SQLite, Redis, Redis Cluster,
+PostgreSQL).
 
 Two independent clients of one backend (two ``SqliteStore`` objects on one file, each with its own
-connections as two processes would have; two ``RedisStore`` objects; the one ``MemoryStore``
+connections as two processes would have; two ``RedisStore``, ``RedisClusterStore`` or
+``PostgresStore`` objects; the one ``MemoryStore``
 shared) run random operation lists concurrently (``asyncio.gather``, random ``sleep(0)`` yields
 between operations, so they interleave at the await points): open_hold, grow_hold, checkpoint,
 settle (by the run's owner), sweep (``expired_holds`` + ``settle(charge=None)``, by either
@@ -37,7 +39,8 @@ from hypothesis import strategies as st
 from proxy.store import Account
 from proxy.store.memory import MemoryStore
 from proxy.store.sqlite import SqliteStore
-from tests.conftest import all_or_first_failure, redis_url, require_redis
+from tests.backends import ALL, postgres_url, redis_cluster_url, redis_url, require_backend
+from tests.conftest import all_or_first_failure
 
 ACCT = "acme"
 JOBS_PER_CLIENT = 4
@@ -202,6 +205,67 @@ class RedisBackend(Backend):
         await self.r.aclose()
 
 
+class RedisClusterBackend(RedisBackend):
+    """Two cluster clients; the snapshot script runs on the master that owns the account's slot."""
+
+    def __init__(self) -> None:
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        from proxy.store.redis_cluster import RedisClusterStore
+        from proxy.store.urls import parse_seeds
+
+        self.prefix = f"fgprop{uuid.uuid4().hex[:12]}"
+        url = redis_cluster_url()
+        self.clients = (RedisClusterStore(url, prefix=self.prefix), RedisClusterStore(url, prefix=self.prefix))
+        self.r = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in parse_seeds(url)[0]])
+        self.acct_key = self.clients[0]._acct(ACCT)
+        self.index_key = self.clients[0]._index(ACCT)
+        self.hold_pattern = self.clients[0]._hold(ACCT, "*")
+
+    async def close(self) -> None:
+        for c in self.clients:
+            await c.close()
+        async for key in self.r.scan_iter(f"{self.prefix}*", target_nodes=self.r.PRIMARIES):
+            await self.r.delete(key)
+        await self.r.aclose()
+
+
+class PostgresBackend(Backend):
+    def __init__(self) -> None:
+        from proxy.store.postgres import PostgresStore
+
+        self.schema = f"fgprop{uuid.uuid4().hex[:12]}"
+        url = f"{postgres_url()}?schema={self.schema}"
+        self.clients = (PostgresStore(url), PostgresStore(url))
+        self.reader = None
+
+    async def start(self) -> None:
+        import asyncpg
+
+        for c in self.clients:
+            await c.start()
+        # a pool: the clients check the invariants concurrently, and a connection runs one query at a time
+        self.reader = await asyncpg.create_pool(postgres_url(), min_size=1, max_size=4,
+                                                server_settings={"search_path": self.schema})
+
+    async def snapshot(self) -> Snap:
+        # one statement: one read snapshot of committed state
+        row = await self.reader.fetchrow(
+            "SELECT (SELECT balance FROM accounts WHERE account = $1), (SELECT held FROM accounts WHERE account = $1),"
+            " (SELECT spent FROM accounts WHERE account = $1), count(*), coalesce(sum(amount), 0)::bigint,"
+            " coalesce(min(amount), 0) FROM holds WHERE account = $1", ACCT)
+        if row[0] is None:
+            return Snap(self.initial, 0, 0, *row[3:])
+        return Snap(*row)
+
+    async def close(self) -> None:
+        for c in self.clients:
+            await c.close()
+        if self.reader is not None:
+            await self.reader.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+            await self.reader.close()
+
+
 async def open_backend(kind: str, tmp_path) -> Backend:
     if kind == "memory":
         return MemoryBackend()
@@ -209,7 +273,11 @@ async def open_backend(kind: str, tmp_path) -> Backend:
         b = SqliteBackend(str(tmp_path / f"credits-{uuid.uuid4().hex[:10]}.db"))
         await b.start()
         return b
-    return RedisBackend()
+    if kind == "postgres":
+        b = PostgresBackend()
+        await b.start()
+        return b
+    return RedisClusterBackend() if kind == "redis-cluster" else RedisBackend()
 
 
 # --- the model: what each client saw ----------------------------------------------------------
@@ -422,11 +490,10 @@ async def scenario_run(kind: str, tmp_path, sc: dict) -> None:
         await backend.close()
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+@pytest.mark.parametrize("kind", ALL)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
           phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink])  # (explain: slow, no help here)
 @given(sc=scenario)
 def test_two_clients_keep_the_credit_invariants(kind, tmp_path, sc):
-    if kind == "redis":
-        require_redis()
+    require_backend(kind)
     asyncio.run(scenario_run(kind, tmp_path, sc))

@@ -47,6 +47,9 @@ async def test_store_down_answers_503_fast_and_recovers(upstream, gateway, capfd
             assert elapsed < 1.0, (path, elapsed)
         assert (await client.get("/readyz")).status == 503
         assert upstream.requests == []  # nothing admitted unchecked
+        # the moment it went is logged once (not once per refused request)
+        down = [line for line in capfd.readouterr().err.splitlines() if "store_unreachable" in line]
+        assert len(down) == 1 and '"level":"warning"' in down[0]
 
         proc = start_redis(port)
         for _ in range(50):  # recovers without a gateway restart
@@ -55,15 +58,17 @@ async def test_store_down_answers_503_fast_and_recovers(upstream, gateway, capfd
             await asyncio.sleep(0.1)
         # this throwaway Redis keeps nothing on disk: its accounts are gone. The next admission
         # re-creates the account from initial_credits (as a gateway restart would), with one warning.
-        capfd.readouterr()
+        assert "store_reachable" in capfd.readouterr().err  # and the moment it came back
         resp = await client.get("/api/v1/token", headers={"x-api-key": SECRET})
         assert resp.status == 200
         resp = await client.post(f"/api/v1/run/wf_text/stream?token={(await resp.json())['token']}")
         assert resp.status == 200 and await resp.text() == "hi"
         resp = await client.post("/api/v1/run/wf_text", headers={"x-api-key": SECRET})
         assert resp.status == 200
-        seeded = [line for line in capfd.readouterr().err.splitlines() if "account_seeded" in line]
+        err = capfd.readouterr().err
+        seeded = [line for line in err.splitlines() if "account_seeded" in line]
         assert len(seeded) == 1 and '"account":"acme"' in seeded[0]
+
         store = client.app[GATEWAY].store
         for _ in range(50):
             if len(await store.ledger("acme")) == 2:

@@ -27,7 +27,7 @@ async def get_job(request: web.Request) -> web.Response:
         secret = header if header is not None else query
         if not secret:
             raise Unauthorized("an API key with the Execute policy is required")
-        key = authenticate(gw.config, secret)
+        key = await authenticate(gw.keys, secret)
         entry = await gw.store.ledger_entry(key.owner, request.match_info["jobId"])
         if entry is None:  # unknown, or another owner's: the same answer
             raise NotFound("job not found")

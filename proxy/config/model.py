@@ -250,8 +250,9 @@ class KeyConfig(_Model):
     id: str = Field(description="Shown in logs and metrics; the secret never is.", pattern=r"^[A-Za-z0-9_.\-]{1,128}$")
     sha256: str = Field(description="Hex SHA-256 of the secret (the secret itself is never stored).")
     owner: str = Field(description="Account the key belongs to; it can run only this owner's flows.")
-    policies: list[Literal["Execute"]] = Field(
-        default_factory=lambda: ["Execute"], description="Execute runs flows and mints stream tokens."
+    policies: list[Literal["Execute", "Admin"]] = Field(
+        default_factory=lambda: ["Execute"], description="Execute runs flows and mints stream tokens; Admin uses "
+        "the admin API (/admin/v1: keys, credits, ledgers of every account)."
     )
     tenant: str | None = Field(None, description="Optional scope: only flows of this tenant.")
     workspace: str | None = Field(None, description="Optional scope: only flows of this workspace.")

@@ -13,7 +13,7 @@ import yaml
 from proxy.config import parse_config
 from tests.conftest import base_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def flowgate(*args: str) -> subprocess.CompletedProcess:

@@ -17,6 +17,7 @@ from aiohttp import web
 from . import metrics as m
 from .api.admin import add_admin_routes
 from .api.jobs import get_job
+from .api.openapi import add_openapi_route
 from .api.ops import healthz, metrics_view, preflight_view, readyz
 from .api.runs import handle_run
 from .api.tokens import mint_token
@@ -81,6 +82,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/healthz", healthz, name="ops:healthz")
     app.router.add_get("/readyz", readyz, name="ops:readyz")
     app.router.add_get("/metrics", metrics_view, name="ops:metrics")
+    add_openapi_route(app)
     m.init_series([f.id for f in config.flows], list(config.dialects), list(config.backends))
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_upstream_ctx)

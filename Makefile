@@ -14,8 +14,12 @@ $(VENV)/.installed: pyproject.toml setup.py proxy/stream/textpath.pyx proxy/upst
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# make run PORT=8081 BACKEND_PORT=9002: the gateway's and the demo backend's ports
+PORT ?= 8080
+BACKEND_PORT ?= 9001
+
 run: install
-	$(BIN)/flowgate demo
+	$(BIN)/flowgate demo --port $(PORT) --backend-port $(BACKEND_PORT)
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -32,4 +36,4 @@ acceptance: install
 	$(BIN)/python -m bench.acceptance
 
 clean:
-	rm -rf $(VENV) .pytest_cache .flowgate-demo
+	rm -rf $(VENV) .pytest_cache .flowgate-demo .hypothesis

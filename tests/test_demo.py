@@ -77,3 +77,9 @@ def test_the_demo_backend_is_quiet_when_a_client_goes_away(tmp_path):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=15)
     assert "Traceback" not in err and err.strip() == "", err
+
+
+def test_make_run_takes_the_ports():
+    done = subprocess.run(["make", "-n", "run", "PORT=8181", "BACKEND_PORT=9191"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert "flowgate demo --port 8181 --backend-port 9191" in done.stdout

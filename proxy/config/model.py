@@ -294,7 +294,9 @@ class KeyConfig(_Model):
 class Config(_Model):
     server: ServerConfig = Field(default_factory=ServerConfig)
     store: str = Field(
-        "sqlite:///var/lib/flowgate/flowgate.db", description="State store URL: sqlite:///path, redis://host:port/db, memory://"
+        "sqlite:////var/lib/flowgate/flowgate.db",
+        description="State store URL: sqlite:////absolute/path.db (sqlite:///relative.db is relative to the working "
+        "directory), redis://host:port/db, memory://",
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     cors: CorsConfig = Field(default_factory=CorsConfig)

@@ -8,7 +8,8 @@ of them and the store's ``keys_version`` it was read at:
   the records are read again only when the version moved); :meth:`KeyRing.watch` does this in the
   background every ``FRESH_S / 2``, so a request does not normally wait for the store;
 - a secret the copy does not know is checked against the store's version at once (a key made on
-  another replica a moment ago works at once); concurrent checks share one read;
+  another replica a moment ago works at once); concurrent checks share one read, and the same
+  unknown secret presented again is answered from memory while the copy is current;
 - a revoked key is gone from every process within ``FRESH_S`` plus one store round trip (the
   contract: within a second); an expired key is refused by its ``expires_at`` without any store
   read at all.
@@ -38,6 +39,7 @@ from ..errors import StoreUnavailable
 from ..store import Store
 
 FRESH_S = 0.5
+MAX_MISSES = 10_000
 
 log = structlog.get_logger("flowgate.keys")
 
@@ -80,6 +82,9 @@ class KeyRing:
         self._checked = float("-inf")  # monotonic time of the last successful version read
         self._sync: asyncio.Future | None = None
         self._sync_started = float("-inf")
+        # what was not found at which version: the same unknown secret again, while this copy is
+        # current, needs no store read (a new key has a new secret, never one presented before)
+        self._misses: dict[tuple[str, str], int] = {}
 
     # --- lookups on the request path
     async def by_hash(self, digest: str) -> KeyConfig | None:
@@ -108,9 +113,13 @@ class KeyRing:
             await self.sync(after=asked)
             synced = True
         found = self._find(by, ref)
-        if found is None and not synced:
+        if found is None and not synced and self._misses.get((by, ref)) != self._version:
             await self.sync(after=asked)  # made elsewhere a moment ago?
             found = self._find(by, ref)
+        if found is None:
+            if len(self._misses) >= MAX_MISSES:
+                self._misses.clear()
+            self._misses[(by, ref)] = self._version
         return found if found is not None and found.live(time.time()) else None
 
     # --- what the admin API lists

@@ -78,7 +78,8 @@ def create_app(config: Config) -> web.Application:
     app[FRONT_ROUTES] = front_routes  # the public API: served by flowgate's own front protocol
 
     app.router.add_get("/api/v1/jobs/{jobId}", get_job, name="jobs:get")
-    add_admin_routes(app)
+    if config.server.admin_port is None:
+        add_admin_routes(app)
     app.router.add_get("/healthz", healthz, name="ops:healthz")
     app.router.add_get("/readyz", readyz, name="ops:readyz")
     app.router.add_get("/metrics", metrics_view, name="ops:metrics")
@@ -99,6 +100,19 @@ async def _keys_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def create_admin_app(main: web.Application) -> web.Application:
+    """The admin API alone (``server.admin_port``), on the main app's gateway (store, keys), with its
+    own /openapi.json; the main app's resources (store, key watcher) are started by the main app."""
+    config = main[GATEWAY].config
+    app = web.Application(client_max_size=config.server.max_body_bytes + 1,
+                          middlewares=[make_access_middleware(config.server.access_log), unknown_routes])
+    app[GATEWAY] = main[GATEWAY]
+    app[FRONT_ROUTES] = []
+    add_admin_routes(app)
+    add_openapi_route(app)
+    return app
 
 
 async def _balances_ctx(app: web.Application) -> AsyncIterator[None]:

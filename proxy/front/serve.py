@@ -57,7 +57,7 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None) 
     from aiohttp import web
 
     from ..api.ops import metrics_view
-    from ..app import create_app
+    from ..app import create_admin_app, create_app
     from ..context import GATEWAY
     from . import FRONT_ROUTES, GatewayRunner
 
@@ -85,6 +85,19 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None) 
         try:
             await listen(web.TCPSite(mrunner, config.server.host, config.server.metrics_port), config.server.host,
                          config.server.metrics_port, "the metrics listener")
+        except CannotListen:
+            for r in reversed(runners):
+                await r.cleanup()
+            raise
+    if config.server.admin_port is not None:
+        arunner = GatewayRunner(create_admin_app(app), access_log=None,
+                                keepalive_timeout=config.server.client_keepalive_timeout_s)
+        await arunner.setup()
+        runners.append(arunner)
+        admin_host = config.server.admin_host or config.server.host
+        try:
+            await listen(web.TCPSite(arunner, admin_host, config.server.admin_port), admin_host,
+                         config.server.admin_port, "the admin listener")
         except CannotListen:
             for r in reversed(runners):
                 await r.cleanup()

@@ -87,3 +87,34 @@ async def test_a_flood_of_unknown_keys_shares_store_reads(replicas):  # noqa: F8
             assert await _run(s, r1.url, SECRET) == 200
     finally:
         await runner.cleanup()
+
+
+async def test_the_admin_api_on_its_own_port(tmp_path):
+    """server.admin_port: /admin/v1 is served there only (the public listener answers 404), with its
+    own /openapi.json; the keys it makes work on the public listener at once."""
+    from tests.conftest import free_port
+    from tests.test_replicas import Replica
+
+    runner, url = await serve_upstream(hundred_tokens)
+    admin_port = free_port()
+    cfg = admin_config(url, store=f"sqlite:///{tmp_path / 'fg.db'}")
+    cfg["server"] = {"admin_port": admin_port, "admin_host": "127.0.0.1"}
+    rep = Replica(cfg, tmp_path, "admin")
+    public, admin = rep.url, f"http://127.0.0.1:{admin_port}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            await rep.ready(s)
+            async with s.get(public + "/admin/v1/keys", headers=ADMIN) as resp:
+                assert resp.status == 404
+            async with s.post(admin + "/admin/v1/keys", headers=ADMIN, json={"owner": "acme"}) as resp:
+                assert resp.status == 201
+                made = await resp.json()
+            assert await _run(s, public, made["secret"]) == 200
+            async with s.get(admin + "/openapi.json") as resp:
+                assert "/admin/v1/keys" in (await resp.json())["paths"]
+            async with s.get(public + "/openapi.json") as resp:
+                paths = (await resp.json())["paths"]
+                assert "/admin/v1/keys" not in paths and "/api/v1/token" in paths
+    finally:
+        rep.stop()
+        await runner.cleanup()

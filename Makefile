@@ -14,8 +14,12 @@ $(VENV)/.installed: pyproject.toml setup.py proxy/stream/textpath.pyx proxy/upst
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# make run PORT=8081 BACKEND_PORT=9002: the gateway's and the demo backend's ports
+PORT ?= 8080
+BACKEND_PORT ?= 9001
+
 run: install
-	$(BIN)/flowgate demo
+	$(BIN)/flowgate demo --port $(PORT) --backend-port $(BACKEND_PORT)
 
 test: install sdk
 	$(BIN)/python -m pytest -q
@@ -44,4 +48,4 @@ acceptance: install
 	$(BIN)/python -m bench.acceptance
 
 clean:
-	rm -rf $(VENV) .pytest_cache .flowgate-demo $(SDK)/node_modules
+	rm -rf $(VENV) .pytest_cache .flowgate-demo .hypothesis $(SDK)/node_modules

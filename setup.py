@@ -2,7 +2,7 @@
 proxy/upstream/chunked.pyx, and the chunk framing proxy/http1/chunks.py (plain Python, compiled
 so the text path calls it from C) (metadata is in pyproject.toml). They are optional: without a C compiler the
 build goes on without them and every chunk takes the Python pump, which is the same behaviour,
-slower (README: "The compiled text path")."""
+slower (docs/internals.md: "The compiled text path")."""
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup

@@ -15,7 +15,9 @@ import structlog
 from aiohttp import web
 
 from . import metrics as m
+from .api.admin import add_admin_routes
 from .api.jobs import get_job
+from .api.openapi import add_openapi_route
 from .api.ops import healthz, metrics_view, preflight_view, readyz
 from .api.runs import handle_run
 from .api.tokens import mint_token
@@ -30,6 +32,7 @@ from .logging import make_access_middleware
 from .policies import build_chain
 from .policies.credits import sweep_expired_holds
 from .policies.hold_size import HoldSizer
+from .policies.keys import KeyRing
 from .store import open_store
 from .upstream import UpstreamPool
 
@@ -55,7 +58,9 @@ def create_app(config: Config) -> web.Application:
     gw = Gateway(config=config, store=open_store(config.store))
     gw.hold_sizer = HoldSizer(gw.store, config.limits)
     gw.balances = Balances(gw.store, {name: acct.initial_credits for name, acct in config.accounts.items()})
-    gw.chains = {kind: build_chain(config, gw.store, gw.hold_sizer, gw.balances, kind) for kind in ("key", "token")}
+    gw.keys = KeyRing(config, gw.store)
+    gw.chains = {kind: build_chain(config, gw.store, gw.keys, gw.hold_sizer, gw.balances, kind)
+                 for kind in ("key", "token")}
     app[GATEWAY] = gw
 
     front_routes: list[web.AbstractRoute] = []
@@ -73,14 +78,40 @@ def create_app(config: Config) -> web.Application:
     app[FRONT_ROUTES] = front_routes  # the public API: served by flowgate's own front protocol
 
     app.router.add_get("/api/v1/jobs/{jobId}", get_job, name="jobs:get")
+    if config.server.admin_port is None:
+        add_admin_routes(app)
     app.router.add_get("/healthz", healthz, name="ops:healthz")
     app.router.add_get("/readyz", readyz, name="ops:readyz")
     app.router.add_get("/metrics", metrics_view, name="ops:metrics")
+    add_openapi_route(app)
     m.init_series([f.id for f in config.flows], list(config.dialects), list(config.backends))
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_sweeper_ctx)
     app.cleanup_ctx.append(_balances_ctx)
+    app.cleanup_ctx.append(_keys_ctx)
+    return app
+
+
+async def _keys_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Keeps this process's copy of the admin API's keys current (see :mod:`proxy.policies.keys`)."""
+    task = asyncio.create_task(app[GATEWAY].keys.watch())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def create_admin_app(main: web.Application) -> web.Application:
+    """The admin API alone (``server.admin_port``), on the main app's gateway (store, keys), with its
+    own /openapi.json; the main app's resources (store, key watcher) are started by the main app."""
+    config = main[GATEWAY].config
+    app = web.Application(client_max_size=config.server.max_body_bytes + 1,
+                          middlewares=[make_access_middleware(config.server.access_log), unknown_routes])
+    app[GATEWAY] = main[GATEWAY]
+    app[FRONT_ROUTES] = []
+    add_admin_routes(app)
+    add_openapi_route(app)
     return app
 
 

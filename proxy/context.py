@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .policies import Chain
     from .policies.hold_size import HoldSizer
+    from .policies.keys import KeyRing
     from .store import Store
     from .upstream import UpstreamPool
 
@@ -24,6 +25,7 @@ class Gateway:
     chains: dict[str, Chain] = field(default_factory=dict)  # the policy chain per credential kind
     hold_sizer: HoldSizer | None = None  # first credit holds per flow (shared by the chains)
     balances: Balances | None = None  # the account balance gauge
+    keys: KeyRing | None = None  # config keys and the admin API's
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

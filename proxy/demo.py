@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import uuid
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import yaml
 from aiohttp import web
 
 from .config import parse_config
-from .front.serve import install_uvloop, serve_forever
+from .front.serve import CannotListen, install_uvloop, listen, serve_forever
 from .policies.api_key import key_entry, new_secret
 
 ANSWER = (
@@ -43,6 +44,18 @@ def _topic(body: bytes) -> str:
 def _tokens(text: str) -> list[str]:
     words = text.split(" ")
     return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+
+
+def quiet_on_disconnect(handler):
+    """A client that goes away mid-answer ends the handler quietly (no traceback per disconnect)."""
+
+    async def view(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):  # aiohttp's own reset error too
+            return web.Response(status=499)  # never sent: the connection is gone; aiohttp only needs an answer
+
+    return view
 
 
 async def demo_text(request: web.Request) -> web.StreamResponse:
@@ -87,9 +100,40 @@ async def demo_langflow(request: web.Request) -> web.StreamResponse:
 
 def demo_backend_app() -> web.Application:
     app = web.Application()
-    app.router.add_post("/stream", demo_text)
-    app.router.add_post("/api/v1/run/{flow}", demo_langflow)
+    app.router.add_post("/stream", quiet_on_disconnect(demo_text))
+    app.router.add_post("/api/v1/run/{flow}", quiet_on_disconnect(demo_langflow))
+    app.router.add_get("/healthz", _ok)
     return app
+
+
+async def _ok(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def run_demo_backend(host: str, port: int) -> int:
+    """Only the demo backend, until SIGINT/SIGTERM (the compose kit's ``demo-backend`` service)."""
+    import signal
+
+    async def main() -> None:
+        runner = web.AppRunner(demo_backend_app(), access_log=None)
+        await runner.setup()
+        await listen(web.TCPSite(runner, host, port), host, port, "the demo backend")
+        print(f"flowgate demo backend on http://{host}:{port} (POST /stream, POST /api/v1/run/{{flow}})",
+              flush=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(main())
+    except CannotListen as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
 
 
 def demo_config(workdir: Path, port: int, backend_port: int, secret: str) -> dict:
@@ -149,7 +193,12 @@ def run_demo(port: int, backend_port: int, workdir: str) -> int:
     async def main() -> None:
         runner = web.AppRunner(demo_backend_app(), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", backend_port).start()
+        try:
+            await listen(web.TCPSite(runner, "127.0.0.1", backend_port), "127.0.0.1", backend_port,
+                         "the demo backend")
+        except CannotListen:
+            await runner.cleanup()
+            raise
         ready: asyncio.Future = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(serve_forever(config, ready=ready))
         await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)
@@ -171,6 +220,10 @@ def run_demo(port: int, backend_port: int, workdir: str) -> int:
         loop.run_until_complete(main())
     except KeyboardInterrupt:
         pass
+    except CannotListen as exc:
+        print(f"{exc}\n(`make run PORT=... BACKEND_PORT=...` or `flowgate demo --port ... --backend-port ...` "
+              "choose others)", file=sys.stderr)
+        return 1
     finally:
         loop.close()
     return 0

@@ -172,6 +172,8 @@ def make_access_middleware(enabled: bool):
                 if run is not None:
                     fields.update(
                         dialect=run.dialect,
+                        key_id=run.key_id,
+                        backend=run.target.backend if run.target is not None else None,
                         outcome=run.outcome,
                         reason=run.reason,
                         bytes_in=run.bytes_in,
@@ -179,6 +181,8 @@ def make_access_middleware(enabled: bool):
                         input_tokens=run.meter.input_tokens,
                         output_tokens=run.meter.output_tokens,
                     )
+                    if "backend_error" in run.extra:  # a 502/504/500: what the backend did (never a secret)
+                        fields["backend_error"] = run.extra["backend_error"]
                 access_log.info("access", **fields)
 
     return access

@@ -55,3 +55,31 @@ def test_demo_curl_lines_work_as_printed(tmp_path):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_the_demo_backend_is_quiet_when_a_client_goes_away(tmp_path):
+    """A client that disconnects mid-answer: no traceback from the demo backend (it happens on every
+    cancelled run)."""
+    import socket
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "demo-backend", "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "demo backend on" in proc.stdout.readline()
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(b"POST /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+                assert s.recv(100).startswith(b"HTTP/1.1 200")
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    assert "Traceback" not in err and err.strip() == "", err
+
+
+def test_make_run_takes_the_ports():
+    done = subprocess.run(["make", "-n", "run", "PORT=8181", "BACKEND_PORT=9191"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert "flowgate demo --port 8181 --backend-port 9191" in done.stdout

@@ -106,3 +106,27 @@ def test_aiohttp_and_asyncio_records_are_one_short_line_without_the_request(capl
     assert "aiohttp.server: ValueError (details redacted)" in err
     assert len(caplog.records) == 2  # the access record is dropped
     assert all(r.exc_info is None and not r.args for r in caplog.records)
+
+
+async def test_access_lines_name_the_key_and_the_backends_failure(upstream, gateway, capfd):
+    """Token mints and refused runs (403) name the key id; a 502 names the backend and what went wrong."""
+    import orjson
+
+    from tests.conftest import NOEXEC_SECRET, free_port
+
+    cfg = base_config(upstream.url)
+    cfg["backends"]["text"]["url"] = f"http://127.0.0.1:{free_port()}"  # nobody listens
+    client = await gateway(cfg)
+    capfd.readouterr()
+    assert (await client.get("/api/v1/token", headers={"x-api-key": SECRET})).status == 200
+    pb = "/api/v1/tenants/t1/workspaces/w1/flows/wf_text/run"
+    assert (await client.post(pb, headers={"x-api-key": NOEXEC_SECRET})).status == 403
+    assert (await client.post(pb, headers={"x-api-key": "fg_unknown"})).status == 401
+    assert (await client.post(pb, headers={"x-api-key": SECRET})).status == 502
+    lines = [orjson.loads(line) for line in capfd.readouterr().err.splitlines() if '"access"' in line]
+    mint, forbidden, unknown, failed = lines[-4:]
+    assert mint["key_id"] == "key_acme" and mint["status"] == 200
+    assert forbidden["key_id"] == "key_noexec" and forbidden["status"] == 403
+    assert unknown["status"] == 401 and unknown.get("key_id") is None
+    assert failed["status"] == 502 and failed["backend"] == "text"
+    assert "Connect" in failed["backend_error"] or "refused" in failed["backend_error"].lower()

@@ -69,6 +69,9 @@ async def test_store_down_answers_503_fast_and_recovers(upstream, gateway, capfd
             assert elapsed < 1.0, (path, elapsed)
         assert (await client.get("/readyz")).status == 503
         assert upstream.requests == []  # nothing admitted unchecked
+        # the moment it went is logged once (not once per refused request)
+        down = [line for line in capfd.readouterr().err.splitlines() if "store_unreachable" in line]
+        assert len(down) == 1 and '"level":"warning"' in down[0]
 
         server.start()
         for _ in range(100):  # recovers without a gateway restart
@@ -78,7 +81,7 @@ async def test_store_down_answers_503_fast_and_recovers(upstream, gateway, capfd
         # a server that keeps nothing on disk lost its accounts: the next admission re-creates the
         # account from initial_credits (as a gateway restart would), with one warning. PostgreSQL
         # recovered its data from its WAL: the account is as it was.
-        capfd.readouterr()
+        assert "store_reachable" in capfd.readouterr().err  # and the moment it came back
         resp = await client.get("/api/v1/token", headers={"x-api-key": SECRET})
         assert resp.status == 200
         resp = await client.post(f"/api/v1/run/wf_text/stream?token={(await resp.json())['token']}")

@@ -140,6 +140,7 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
             outcome = DEADLINE
             if pump is None or (run.stream and pump.resp is None):
                 m.child(m.BACKEND_FAILURES, run.target.backend if run.target else "", "timeout").inc()
+                run.extra["backend_error"] = "no answer before the run's maximum duration"
                 raise BackendTimeout("the run reached its maximum duration before the backend answered") from None
             pump.message = DEADLINE_MESSAGE
         except ConnectionResetError:  # the client went away while the response was prepared
@@ -147,6 +148,9 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
         run.outcome = outcome
         if outcome == BACKEND_ERROR:
             run.reason = run.reason or "backend_broken"
+            kind = getattr(upstream, "kind", None)
+            run.extra.setdefault("backend_error", f"the body broke off ({kind})" if kind else
+                                 "the body broke off, or the backend sent an error event")
             m.child(m.BACKEND_FAILURES, run.target.backend if run.target else "", "broken").inc()
         if not run.stream:
             assert pump is not None and collected_by is not None

@@ -77,5 +77,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{p}: not valid YAML: {exc}"]) from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context = getattr(exc, "context", None)
+        raise ConfigError([f"{p}: not valid YAML{where}: {what}" + (f" ({context})" if context else "")]) from None
+    if raw is None:
+        raise ConfigError([f"{p}: the file is empty (or only comments): there is nothing to serve; "
+                           "start from config/flowgate.example.yaml"])
     return parse_config(raw)

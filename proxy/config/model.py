@@ -38,6 +38,13 @@ class ServerConfig(_Model):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Serve /metrics on this separate port too (for sidecars)."
     )
+    admin_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve the admin API (/admin/v1) on this port only, not on `port` "
+        "(keep it off the public listener); null = on `port`."
+    )
+    admin_host: str | None = Field(
+        None, description="Address of the admin listener (e.g. 127.0.0.1 or a private interface); default: `host`."
+    )
     access_log: bool = Field(True, description="Write one JSON access line per request.")
     shutdown_timeout_s: float = Field(
         10.0, ge=0, description="On SIGTERM, how long open streams may go on before they are cut."
@@ -95,6 +102,20 @@ class ServerConfig(_Model):
         10 * 1024 * 1024, gt=0, description="Largest backend body a non-streaming run (`.../run`) buffers; beyond it "
         "the gateway stops reading, drops the backend connection and answers 502."
     )
+
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServerConfig:
+        ports = [("port", self.port), ("metrics_port", self.metrics_port), ("admin_port", self.admin_port)]
+        seen: dict[int, str] = {}
+        for name, value in ports:
+            if value:  # (0: any free port, never a clash)
+                if value in seen and (name != "admin_port" or (self.admin_host or self.host) == self.host):
+                    raise ValueError(f"{name} is the same as {seen[value]} ({value})")
+                seen.setdefault(value, name)
+        if self.admin_host is not None and self.admin_port is None:
+            raise ValueError("admin_host needs admin_port (the admin API is on the main listener otherwise)")
+        return self
 
 
 class LimitsConfig(_Model):
@@ -251,8 +272,9 @@ class KeyConfig(_Model):
     id: str = Field(description="Shown in logs and metrics; the secret never is.", pattern=r"^[A-Za-z0-9_.\-]{1,128}$")
     sha256: str = Field(description="Hex SHA-256 of the secret (the secret itself is never stored).")
     owner: str = Field(description="Account the key belongs to; it can run only this owner's flows.")
-    policies: list[Literal["Execute"]] = Field(
-        default_factory=lambda: ["Execute"], description="Execute runs flows and mints stream tokens."
+    policies: list[Literal["Execute", "Admin"]] = Field(
+        default_factory=lambda: ["Execute"], description="Execute runs flows and mints stream tokens; Admin uses "
+        "the admin API (/admin/v1: keys, credits, ledgers of every account)."
     )
     tenant: str | None = Field(None, description="Optional scope: only flows of this tenant.")
     workspace: str | None = Field(None, description="Optional scope: only flows of this workspace.")
@@ -294,10 +316,11 @@ class KeyConfig(_Model):
 class Config(_Model):
     server: ServerConfig = Field(default_factory=ServerConfig)
     store: str = Field(
-        "sqlite:///var/lib/flowgate/flowgate.db",
-        description="State store URL: sqlite:///path (one machine), redis://host:port/db, "
-        "redis+cluster://host:port[,host:port...] (many replicas), postgresql://user:password@host:port/db "
-        "(many replicas, a durable ledger in SQL; ?schema=name, default flowgate), memory:// (tests)",
+        "sqlite:////var/lib/flowgate/flowgate.db",
+        description="State store URL: sqlite:////absolute/path.db (one machine; sqlite:///relative.db is relative "
+        "to the working directory), redis://host:port/db, redis+cluster://host:port[,host:port...] (many "
+        "replicas), postgresql://user:password@host:port/db (many replicas, a durable ledger in SQL; ?schema=name, "
+        "default flowgate), memory:// (tests)",
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     cors: CorsConfig = Field(default_factory=CorsConfig)

@@ -99,9 +99,9 @@ def interpolate(node: Any, path: str, problems: list[str]) -> Any:
 
         def sub(m: re.Match[str]) -> str:
             value = os.environ.get(m.group(1))
+            if m.group(2) is not None and not value:  # as the shell's ${VAR:-default}: unset or empty
+                return m.group(2)
             if value is None:
-                if m.group(2) is not None:
-                    return m.group(2)
                 problems.append(f"{path}: environment variable {m.group(1)} is not set")
                 return ""
             return value

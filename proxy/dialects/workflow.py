@@ -42,7 +42,7 @@ TOKEN_PREFIX = "pub_tok_"
 STREAM_PROTOCOLS = {"text": "text", "ui": "ui"}
 
 
-def key_from_headers(request: web.Request) -> str:
+def key_from_headers(request: web.Request, policy: str = "Execute") -> str:
     """The API key from ``Authorization: Bearer`` or ``x-api-key`` (exactly one of them)."""
     auth = request.headers.get("Authorization")
     header_key = request.headers.get("x-api-key")
@@ -56,7 +56,7 @@ def key_from_headers(request: web.Request) -> str:
         raise BadRequest("send the API key as a Bearer token or in x-api-key, not both")
     key = bearer if bearer is not None else header_key
     if not key:
-        raise Unauthorized("an API key with the Execute policy is required")
+        raise Unauthorized(f"an API key with the {policy} policy is required")
     return key
 
 

@@ -9,11 +9,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..config import Config
+
+
+class CannotListen(OSError):
+    """A listener could not be opened; ``str()`` is one line that says where and why."""
+
+    def __init__(self, exc: OSError, host: str, port: int, what: str = "the gateway") -> None:
+        super().__init__(exc.errno, exc.strerror)
+        self.host, self.port, self.what = host, port, what
+        if exc.errno == errno.EADDRINUSE:
+            self.why = "the address is already in use (another process listens there: stop it or pick another port)"
+        elif exc.errno == errno.EACCES:
+            self.why = "permission denied (ports below 1024 need privileges: pick a port above 1023)"
+        elif exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            self.why = "no such address on this machine (check server.host)"
+        else:
+            self.why = exc.strerror or str(exc)
+
+    def __str__(self) -> str:
+        return f"flowgate: {self.what} cannot listen on {self.host}:{self.port}: {self.why}"
+
+
+async def listen(site, host: str, port: int, what: str = "the gateway") -> None:
+    """``site.start()``, its OSError turned into :class:`CannotListen`."""
+    try:
+        await site.start()
+    except OSError as exc:
+        raise CannotListen(exc, host, port, what) from None
 
 
 def install_uvloop() -> asyncio.AbstractEventLoop:
@@ -29,7 +57,7 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None) 
     from aiohttp import web
 
     from ..api.ops import metrics_view
-    from ..app import create_app
+    from ..app import create_admin_app, create_app
     from ..context import GATEWAY
     from . import FRONT_ROUTES, GatewayRunner
 
@@ -40,7 +68,11 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None) 
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, backlog=config.server.backlog,
                        reuse_address=True)
-    await site.start()
+    try:
+        await listen(site, config.server.host, config.server.port)
+    except CannotListen:
+        await runner.cleanup()
+        raise
     runners = [runner]
     if config.server.metrics_port is not None:
         # served as the main listener is (timers, connection cap, error answers that quote nothing)
@@ -49,8 +81,27 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None) 
         mapp[GATEWAY], mapp[FRONT_ROUTES] = app[GATEWAY], []
         mrunner = GatewayRunner(mapp, access_log=None, keepalive_timeout=config.server.client_keepalive_timeout_s)
         await mrunner.setup()
-        await web.TCPSite(mrunner, config.server.host, config.server.metrics_port).start()
         runners.append(mrunner)
+        try:
+            await listen(web.TCPSite(mrunner, config.server.host, config.server.metrics_port), config.server.host,
+                         config.server.metrics_port, "the metrics listener")
+        except CannotListen:
+            for r in reversed(runners):
+                await r.cleanup()
+            raise
+    if config.server.admin_port is not None:
+        arunner = GatewayRunner(create_admin_app(app), access_log=None,
+                                keepalive_timeout=config.server.client_keepalive_timeout_s)
+        await arunner.setup()
+        runners.append(arunner)
+        admin_host = config.server.admin_host or config.server.host
+        try:
+            await listen(web.TCPSite(arunner, admin_host, config.server.admin_port), admin_host,
+                         config.server.admin_port, "the admin listener")
+        except CannotListen:
+            for r in reversed(runners):
+                await r.cleanup()
+            raise
     import structlog
 
     structlog.get_logger("flowgate").info(

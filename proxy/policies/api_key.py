@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-
 from ..config import Config, KeyConfig
 from ..errors import Forbidden, Unauthorized
 from ..run import Run
+from ..store import Store
 from .base import Policy
+from .keys import KeyRing, key_digest, new_secret
 
-
-def key_digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def new_secret() -> str:
-    """A fresh API-key secret (shown once; only its SHA-256 is kept)."""
-    return "fg_" + secrets.token_urlsafe(32)
+__all__ = ["ApiKey", "authenticate", "identify", "key_digest", "key_entry", "new_secret", "require"]
 
 
 def key_entry(secret: str, key_id: str, owner: str, policies: list[str], tenant: str | None,
@@ -33,14 +25,24 @@ def key_entry(secret: str, key_id: str, owner: str, policies: list[str], tenant:
     return entry
 
 
-def authenticate(config: Config, secret: str) -> KeyConfig:
-    """The key for a presented secret: 401 when unknown, 403 without the Execute policy."""
-    key = config.key_for_hash(key_digest(secret))
+async def identify(keys: KeyRing, secret: str) -> KeyConfig:
+    """The live key for a presented secret (config or store): 401 when there is none."""
+    key = await keys.by_hash(key_digest(secret))
     if key is None:
         raise Unauthorized("invalid API key")
-    if "Execute" not in key.policies:
-        raise Forbidden("the API key lacks the Execute policy")
     return key
+
+
+def require(key: KeyConfig, policy: str) -> KeyConfig:
+    """``key`` when it holds ``policy``, else 403."""
+    if policy not in key.policies:
+        raise Forbidden(f"the API key lacks the {policy} policy")
+    return key
+
+
+async def authenticate(keys: KeyRing, secret: str, policy: str = "Execute") -> KeyConfig:
+    """The key for a presented secret: 401 when unknown (or expired, or revoked), 403 without ``policy``."""
+    return require(await identify(keys, secret), policy)
 
 
 class ApiKey(Policy):
@@ -51,6 +53,12 @@ class ApiKey(Policy):
 
     name = "api_key"
 
+    def __init__(self, config: Config, store: Store, keys: KeyRing) -> None:
+        super().__init__(config, store)
+        self.keys = keys
+
     async def on_request(self, run: Run) -> None:
-        key = authenticate(self.config, run.credential or "")
-        run.key, run.key_id, run.owner = key, key.id, key.owner
+        key = await identify(self.keys, run.credential or "")
+        run.key_id = key.id  # named in the access line of a 403 too
+        require(key, "Execute")
+        run.key, run.owner = key, key.owner

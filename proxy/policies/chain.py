@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ..run import Run
     from ..store import Store
     from .hold_size import HoldSizer
+    from .keys import KeyRing
 
 log = structlog.get_logger("flowgate.run")
 
@@ -82,11 +83,11 @@ class Chain:
                 log.exception("on_complete_failed", policy=policy.name)
 
 
-def build_chain(config: Config, store: Store, sizer: HoldSizer | None, balances: Balances | None,
+def build_chain(config: Config, store: Store, keys: KeyRing, sizer: HoldSizer | None, balances: Balances | None,
                 credential: str) -> Chain:
     """The policy chain for runs authenticated by ``credential`` ("key" or "token")."""
     return Chain([
-        StreamToken(config, store) if credential == "token" else ApiKey(config, store),
+        StreamToken(config, store, keys) if credential == "token" else ApiKey(config, store, keys),
         Routing(config, store),
         RateLimit(config, store),
         Credits(config, store, sizer, balances),

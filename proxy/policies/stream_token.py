@@ -14,9 +14,12 @@ import re
 import secrets
 
 from .. import metrics as m
+from ..config import Config
 from ..errors import InvalidToken
 from ..run import Run
+from ..store import Store
 from .base import Policy
+from .keys import KeyRing
 
 TOKEN_PREFIX = "pub_tok_"
 TOKEN_RE = re.compile(r"pub_tok_[A-Za-z0-9_-]{32}")
@@ -47,6 +50,10 @@ class StreamToken(Policy):
 
     name = "stream_token"
 
+    def __init__(self, config: Config, store: Store, keys: KeyRing) -> None:
+        super().__init__(config, store)
+        self.keys = keys
+
     async def on_request(self, run: Run) -> None:
         token = run.credential or ""
         if TOKEN_RE.fullmatch(token) is None:
@@ -55,9 +62,9 @@ class StreamToken(Policy):
         if status != "ok" or record is None:
             self._refuse(run, status)
         m.STREAM_TOKENS_CONSUMED.inc()
-        key = self.config.key_by_id(record.get("key_id") or "")
-        run.key = key
         run.key_id = record.get("key_id")
+        key = await self.keys.by_id(run.key_id or "")  # revoked or expired since the mint: refused
+        run.key = key
         run.owner = record.get("owner")
         run.bound_flow = record.get("flow_id")
         if key is None or key.owner != run.owner:

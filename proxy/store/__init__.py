@@ -34,12 +34,22 @@ Semantics, shared by all implementations:
   ``grant``, ``settle``) creates a missing one with ``initial`` (what ``seed_account`` would
   have given it: a store that lost its data behaves as after a restart) and logs one warning
   (:func:`account_seeded`); ``get_account`` reports a missing account as ``initial``.
+- Keys made through the admin API (a record per key: :func:`~.base.key_record`'s fields, the
+  secret's SHA-256, never the secret). ``put_key`` (ATOMIC) adds one and answers ``"ok"``, or
+  ``"id_taken"`` / ``"hash_taken"`` and changes nothing; ``delete_key`` (ATOMIC) removes one by id
+  (False when there is none); ``list_keys`` answers every record, oldest first. ``keys_version``
+  is a counter that every ``put_key`` and ``delete_key`` that changed something increases in the
+  same atomic step (starts at 0): a process that read the version and then the records knows it
+  has them all as long as the version has not moved. Expiry is the reader's business
+  (``expires_at``, epoch seconds or None); an expired key stays listed until it is deleted.
 """
 
 from __future__ import annotations
 
 import time
 from urllib.parse import parse_qs, urlparse
+
+import structlog
 
 from .. import metrics as m
 from ..errors import StoreUnavailable
@@ -48,32 +58,45 @@ from .urls import check_store_url
 
 __all__ = ["USAGE_KEEP", "Account", "Hold", "RateResult", "Store", "Instrumented", "check_store_url", "open_store"]
 
+log = structlog.get_logger("flowgate.store")
+
 
 class Instrumented:
     """Wraps a store: every call is timed into ``flowgate_store_operation_seconds`` and failures
-    counted into ``flowgate_store_errors_total``, labelled by operation name (a bounded set)."""
+    counted into ``flowgate_store_errors_total``, labelled by operation name (a bounded set).
+
+    The moment the store stops answering is logged once (``store_unreachable``, warning, with the
+    operation and the error's class), and the moment it answers again (``store_reachable``)."""
 
     _OPS = frozenset(name for name in Store.__dict__ if not name.startswith("_"))
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
+        self.reachable = True
         for name in self._OPS:
             setattr(self, name, self._wrap(name, getattr(inner, name)))
 
-    @staticmethod
-    def _wrap(name: str, fn):
+    def _wrap(self, name: str, fn):
         seconds = m.STORE_SECONDS.labels(name)
         errors = m.STORE_ERRORS.labels(name)
 
         async def call(*args, **kwargs):
             started = time.perf_counter()
             try:
-                return await fn(*args, **kwargs)
-            except StoreUnavailable:
+                result = await fn(*args, **kwargs)
+            except StoreUnavailable as exc:
                 errors.inc()
+                if self.reachable:
+                    self.reachable = False
+                    log.warning("store_unreachable", operation=name, error=exc.detail,
+                                detail="runs and store keys fail closed (503) until it answers again")
                 raise
             finally:
                 seconds.observe(time.perf_counter() - started)
+            if not self.reachable:
+                self.reachable = True
+                log.info("store_reachable", operation=name)
+            return result
 
         call.__name__ = name
         return call

@@ -69,6 +69,11 @@ class Store(Protocol):
 
     async def ledger_entry(self, account: str, job_id: str) -> dict | None: ...
 
+    async def put_key(self, record: dict) -> str: ...
+    async def delete_key(self, key_id: str) -> bool: ...
+    async def list_keys(self) -> list[dict]: ...
+    async def keys_version(self) -> int: ...
+
 
 USAGE_KEEP = 100  # recent completed runs kept per flow (``limits.credit_hold_window_runs`` is at most this)
 
@@ -103,6 +108,19 @@ def usage_values(raw) -> list[int]:
             continue
         if 0 <= number <= MAX_SAMPLE:
             out.append(number)
+    return out
+
+
+KEY_FIELDS = ("id", "sha256", "owner", "policies", "tenant", "workspace", "envs", "rate_limit", "created_at",
+              "expires_at")
+
+
+def key_record(record: dict) -> dict:
+    """A key record as every store keeps it: the known fields only (a JSON object; ``id`` and
+    ``sha256`` are strings)."""
+    out = {name: record.get(name) for name in KEY_FIELDS}
+    if not isinstance(out["id"], str) or not isinstance(out["sha256"], str):
+        raise ValueError("a key record needs a string id and sha256")
     return out
 
 

@@ -7,7 +7,17 @@ import copy
 import time
 from collections import deque
 
-from .base import USAGE_KEEP, Account, Hold, RateResult, account_seeded, ledger_entry, usage_sample, usage_values
+from .base import (
+    USAGE_KEEP,
+    Account,
+    Hold,
+    RateResult,
+    account_seeded,
+    key_record,
+    ledger_entry,
+    usage_sample,
+    usage_values,
+)
 
 
 class MemoryStore:
@@ -20,6 +30,8 @@ class MemoryStore:
         self.settled: set[str] = set()
         self.ledgers: dict[str, list[dict]] = {}
         self.usage: dict[tuple[str, str], deque[int]] = {}
+        self.keys: dict[str, dict] = {}  # id -> record, in insertion order
+        self.version = 0
 
     async def start(self) -> None:
         return None
@@ -168,3 +180,26 @@ class MemoryStore:
             if entry["job_id"] == job_id:
                 return copy.deepcopy(entry)
         return None
+
+    # --- keys made through the admin API
+    async def put_key(self, record: dict) -> str:
+        record = key_record(record)
+        if record["id"] in self.keys:
+            return "id_taken"
+        if any(r["sha256"] == record["sha256"] for r in self.keys.values()):
+            return "hash_taken"
+        self.keys[record["id"]] = record
+        self.version += 1
+        return "ok"
+
+    async def delete_key(self, key_id: str) -> bool:
+        if self.keys.pop(key_id, None) is None:
+            return False
+        self.version += 1
+        return True
+
+    async def list_keys(self) -> list[dict]:
+        return copy.deepcopy(list(self.keys.values()))
+
+    async def keys_version(self) -> int:
+        return self.version

@@ -26,7 +26,17 @@ import orjson
 import structlog
 
 from ..errors import StoreUnavailable
-from .base import USAGE_KEEP, Account, Hold, RateResult, account_seeded, ledger_entry, usage_sample, usage_values
+from .base import (
+    USAGE_KEEP,
+    Account,
+    Hold,
+    RateResult,
+    account_seeded,
+    key_record,
+    ledger_entry,
+    usage_sample,
+    usage_values,
+)
 from .postgres_schema import migrate
 from .urls import parse_pg_url
 
@@ -39,7 +49,7 @@ COMMAND_TIMEOUT_S = 5.0
 PURGE_EVERY = 1000
 
 # advisory-lock namespaces (the first key of pg_advisory_xact_lock(int, int); the second is hashtext(name))
-LOCK_ACCOUNT, LOCK_SLOTS, LOCK_WINDOW = 1, 2, 3
+LOCK_ACCOUNT, LOCK_SLOTS, LOCK_WINDOW, LOCK_KEYS = 1, 2, 3, 4
 
 # what an outage looks like (anything else from the server is a bug: logged loudly, still a 503)
 OUTAGE = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
@@ -348,3 +358,43 @@ class PostgresStore:
         raw = await self._run(lambda conn: conn.fetchval(
             "SELECT entry FROM ledger WHERE job_id = $1 AND account = $2", job_id, account), transaction=False)
         return orjson.loads(raw) if raw else None
+
+    # --- keys made through the admin API (the version moves in the same transaction as the change)
+    @staticmethod
+    async def _bump(conn) -> None:
+        await conn.execute("INSERT INTO counters (name, value) VALUES ('keys', 1) "
+                           "ON CONFLICT (name) DO UPDATE SET value = counters.value + 1")
+
+    async def put_key(self, record: dict) -> str:
+        record = key_record(record)
+
+        async def fn(conn) -> str:
+            await _lock(conn, LOCK_KEYS, "keys")  # the id and hash checks and the insert, one at a time
+            if await conn.fetchval("SELECT 1 FROM api_keys WHERE id = $1", record["id"]):
+                return "id_taken"
+            if await conn.fetchval("SELECT 1 FROM api_keys WHERE sha256 = $1", record["sha256"]):
+                return "hash_taken"
+            await conn.execute("INSERT INTO api_keys (id, sha256, record) VALUES ($1, $2, $3)",
+                               record["id"], record["sha256"], _json(record))
+            await self._bump(conn)
+            return "ok"
+
+        return await self._run(fn)
+
+    async def delete_key(self, key_id: str) -> bool:
+        async def fn(conn) -> bool:
+            if await conn.fetchval("DELETE FROM api_keys WHERE id = $1 RETURNING 1", key_id) is None:
+                return False
+            await self._bump(conn)
+            return True
+
+        return await self._run(fn)
+
+    async def list_keys(self) -> list[dict]:
+        rows = await self._run(lambda conn: conn.fetch("SELECT record FROM api_keys ORDER BY seq"), transaction=False)
+        return [orjson.loads(r[0]) for r in rows]
+
+    async def keys_version(self) -> int:
+        value = await self._run(lambda conn: conn.fetchval("SELECT value FROM counters WHERE name = 'keys'"),
+                                transaction=False)
+        return int(value) if value is not None else 0

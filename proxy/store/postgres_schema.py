@@ -42,6 +42,13 @@ MIGRATIONS: list[str] = [
     CREATE TABLE usage (account text NOT NULL, flow text NOT NULL, seq bigint GENERATED ALWAYS AS IDENTITY,
                         output_tokens bigint NOT NULL, PRIMARY KEY (account, flow, seq));
     """,
+    # 2: keys made through the admin API (the secret's SHA-256, never the secret) and the counter
+    # that every change of them moves (replicas re-read the keys when it moved)
+    """
+    CREATE TABLE api_keys (id text PRIMARY KEY, sha256 text NOT NULL UNIQUE,
+                           seq bigint GENERATED ALWAYS AS IDENTITY, record jsonb NOT NULL);
+    CREATE TABLE counters (name text PRIMARY KEY, value bigint NOT NULL);
+    """,
 ]
 
 async def migrate(conn, schema: str) -> int:

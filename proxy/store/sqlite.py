@@ -12,7 +12,17 @@ import time
 
 import orjson
 
-from .base import USAGE_KEEP, Account, Hold, RateResult, account_seeded, ledger_entry, usage_sample, usage_values
+from .base import (
+    USAGE_KEEP,
+    Account,
+    Hold,
+    RateResult,
+    account_seeded,
+    key_record,
+    ledger_entry,
+    usage_sample,
+    usage_values,
+)
 from .sqlite_db import LoopDatabase
 
 # WITHOUT ROWID: each table is stored in its primary key's B-tree, so a write dirties one page
@@ -38,6 +48,9 @@ CREATE INDEX IF NOT EXISTS ledger_account ON ledger (account, ended_at);
 CREATE TABLE IF NOT EXISTS usage (account TEXT NOT NULL, flow TEXT NOT NULL, ended_at REAL NOT NULL,
                                   job_id TEXT NOT NULL, output_tokens INTEGER NOT NULL,
                                   PRIMARY KEY (account, flow, ended_at, job_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS api_keys (id TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, seq INTEGER NOT NULL,
+                                     record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
 
 PURGE_EVERY = 1000
@@ -286,3 +299,42 @@ class SqliteStore:
         row = await self._call(lambda db: db.execute(
             "SELECT entry FROM ledger WHERE job_id = ? AND account = ?", (job_id, account)).fetchone())
         return orjson.loads(row[0]) if row else None
+
+    # --- keys made through the admin API (the version moves in the same transaction as the change)
+    @staticmethod
+    def _bump(db: sqlite3.Connection) -> int:
+        return db.execute("INSERT INTO counters (name, value) VALUES ('keys', 1) ON CONFLICT (name) DO UPDATE "
+                          "SET value = value + 1 RETURNING value").fetchone()[0]
+
+    async def put_key(self, record: dict) -> str:
+        record = key_record(record)
+        data = orjson.dumps(record)
+
+        def fn(db: sqlite3.Connection) -> str:
+            if db.execute("SELECT 1 FROM api_keys WHERE id = ?", (record["id"],)).fetchone():
+                return "id_taken"
+            if db.execute("SELECT 1 FROM api_keys WHERE sha256 = ?", (record["sha256"],)).fetchone():
+                return "hash_taken"
+            seq = self._bump(db)
+            db.execute("INSERT INTO api_keys (id, sha256, seq, record) VALUES (?, ?, ?, ?)",
+                       (record["id"], record["sha256"], seq, data))
+            return "ok"
+
+        return await self._write(fn)
+
+    async def delete_key(self, key_id: str) -> bool:
+        def fn(db: sqlite3.Connection) -> bool:
+            if db.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)).rowcount == 0:
+                return False
+            self._bump(db)
+            return True
+
+        return await self._write(fn)
+
+    async def list_keys(self) -> list[dict]:
+        rows = await self._call(lambda db: db.execute("SELECT record FROM api_keys ORDER BY seq").fetchall())
+        return [orjson.loads(r[0]) for r in rows]
+
+    async def keys_version(self) -> int:
+        row = await self._call(lambda db: db.execute("SELECT value FROM counters WHERE name = 'keys'").fetchone())
+        return int(row[0]) if row else 0

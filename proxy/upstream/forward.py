@@ -20,6 +20,14 @@ from ..run import Run
 from . import MALFORMED, TIMEOUT, TOO_LARGE, Connection, UpstreamError, UpstreamPool, UpstreamTimeout
 
 TOO_LARGE_MESSAGE = "the backend's response is larger than the gateway buffers"
+BACKEND_ERROR_KEY = "backend_error"  # run.extra: what went wrong with the backend, for the access line
+
+
+def describe(exc: BaseException) -> str:
+    """An upstream failure for the log (operators only, never a client): its class and message,
+    cut to 200 characters. The backend's URL and headers are not in it (its name is logged beside)."""
+    text = str(exc)
+    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:200]
 
 
 async def open_upstream(pool: UpstreamPool, run: Run) -> Connection:
@@ -38,18 +46,21 @@ async def open_upstream(pool: UpstreamPool, run: Run) -> Connection:
     try:
         conn = await pool.request(pool.endpoint(backend.url + target.path), req.method, headers, run.body,
                                   pool.limits(backend), backend.connect_timeout_s)
-    except (TimeoutError, UpstreamTimeout):
+    except (TimeoutError, UpstreamTimeout) as exc:
         m.child(failures, target.backend, "timeout").inc()
         run.reason = "backend_timeout"
+        run.extra[BACKEND_ERROR_KEY] = describe(exc) or "timed out"
         raise BackendTimeout("the backend did not answer in time") from None
-    except (UpstreamError, OSError):
+    except (UpstreamError, OSError) as exc:
         m.child(failures, target.backend, "connect").inc()
         run.reason = "backend_unavailable"
+        run.extra[BACKEND_ERROR_KEY] = describe(exc)
         raise BackendUnavailable("the backend is unavailable") from None
     if conn.status >= 300:
         status = conn.status
         conn.close()
         m.child(failures, target.backend, "status").inc()
+        run.extra[BACKEND_ERROR_KEY] = f"answered {status}"
         run.reason = f"backend_status_{status // 100}xx"
         if status in (502, 503, 504):
             raise BackendUnavailable(f"the backend is unavailable ({status})")
@@ -61,6 +72,7 @@ async def open_upstream(pool: UpstreamPool, run: Run) -> Connection:
             conn.close()
             m.child(failures, target.backend, "broken").inc()  # as a body over the cap, found mid-body
             run.reason = "backend_too_large"
+            run.extra[BACKEND_ERROR_KEY] = f"content-length {length} over server.max_buffered_response_bytes"
             raise BackendUnavailable(TOO_LARGE_MESSAGE)
         conn.body_limit = cap  # the body is buffered: at most this much of it is read
     return conn

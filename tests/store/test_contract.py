@@ -223,3 +223,42 @@ async def _forget_account(store, account: str) -> None:
         await store._run(lambda conn: conn.execute("DELETE FROM accounts WHERE account = $1", account))
     else:  # redis, redis cluster
         await store._r.delete(store._acct(account))
+
+
+def _key(key_id: str, digest: str, **extra) -> dict:
+    return {"id": key_id, "sha256": digest, "owner": "acme", "policies": ["Execute"], "tenant": None,
+            "workspace": None, "envs": None, "rate_limit": None, "created_at": NOW, "expires_at": None, **extra}
+
+
+async def test_keys_put_list_delete_and_version(store):
+    assert await store.keys_version() == 0
+    assert await store.list_keys() == []
+    assert await store.put_key(_key("k1", "a" * 64)) == "ok"
+    v1 = await store.keys_version()
+    assert v1 > 0
+    assert await store.put_key(_key("k2", "b" * 64, expires_at=NOW + 5, envs=["Production"])) == "ok"
+    v2 = await store.keys_version()
+    assert v2 > v1
+    assert [k["id"] for k in await store.list_keys()] == ["k1", "k2"]  # oldest first
+    assert (await store.list_keys())[1] == _key("k2", "b" * 64, expires_at=NOW + 5, envs=["Production"])
+    # a taken id or secret changes nothing (not even the version)
+    assert await store.put_key(_key("k1", "c" * 64)) == "id_taken"
+    assert await store.put_key(_key("k3", "a" * 64)) == "hash_taken"
+    assert await store.keys_version() == v2
+    assert await store.delete_key("k1") is True
+    assert await store.keys_version() > v2
+    assert await store.delete_key("k1") is False
+    assert [k["id"] for k in await store.list_keys()] == ["k2"]
+    # the secret of a deleted key may be used again
+    assert await store.put_key(_key("k4", "a" * 64)) == "ok"
+
+
+async def test_keys_unknown_fields_are_dropped(store):
+    assert await store.put_key({**_key("k5", "d" * 64), "secret": "fg_never"}) == "ok"
+    assert "secret" not in (await store.list_keys())[0]
+
+
+async def test_concurrent_key_puts_take_an_id_once(store):
+    results = await asyncio.gather(*(store.put_key(_key("same", f"{i:064x}")) for i in range(20)))
+    assert results.count("ok") == 1
+    assert len(await store.list_keys()) == 1

@@ -14,7 +14,7 @@ from proxy.config import parse_config
 from tests.backends import postgres_execute
 from tests.conftest import base_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def flowgate(*args: str) -> subprocess.CompletedProcess:

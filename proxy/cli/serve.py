@@ -1,0 +1,121 @@
+"""``flowgate serve``, ``check-config``, ``healthcheck``, ``demo`` and ``demo-backend``: the commands
+that run or probe a gateway."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import urllib.error
+import urllib.request
+
+from ..config import ConfigError, load_config
+from .common import load
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..front.serve import CannotListen, install_uvloop, serve_forever
+    from ..logging import configure_logging
+
+    config = load(args.config)
+    configure_logging(args.log_level)
+    loop = install_uvloop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(serve_forever(config))
+    except CannotListen as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    finally:
+        loop.close()
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(f"{args.file}: invalid config:")
+        for line in exc.problems:
+            print(f"  {line}")
+        return 2
+    print(f"{args.file}: ok ({len(cfg.flows)} flows, {len(cfg.keys)} keys, {len(cfg.backends)} backends, "
+          f"store {cfg.store.split('://')[0]}, "
+          f"dialects: {', '.join(f'{n} at {m.prefix}' for n, m in cfg.dialects.items())})")
+    return 0
+
+
+def health_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return args.url
+    config = load(args.config)
+    host = config.server.host
+    if host in ("0.0.0.0", "", "::"):  # listening everywhere: ask over loopback
+        host = "127.0.0.1" if host != "::" else "[::1]"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{config.server.port}/{'readyz' if args.ready else 'healthz'}"
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when the gateway answers 200 (for container healthchecks: the image has no curl)."""
+    url = health_url(args)
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as resp:  # noqa: S310 - http(s) only, ours
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"flowgate: {url}: unreachable ({getattr(exc, 'reason', exc)})", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"flowgate: {url}: {status}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"{url}: ok")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    return run_demo(port=args.port, backend_port=args.backend_port, workdir=args.dir)
+
+
+def cmd_demo_backend(args: argparse.Namespace) -> int:
+    from ..demo import run_demo_backend
+
+    return run_demo_backend(args.host, args.port)
+
+
+def add_parsers(sub, config_arg) -> None:
+    s = sub.add_parser("serve", help="run the gateway")
+    config_arg(s)
+    s.add_argument("--log-level", default="info", choices=LOG_LEVELS, type=str.lower)
+    s.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("check-config", help="validate a config file; non-zero exit on problems")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_check_config)
+
+    h = sub.add_parser("healthcheck", help="exit 0 when a running gateway answers /healthz (or /readyz)")
+    config_arg(h)
+    h.add_argument("--url", help="probe this URL instead of the configured listener's /healthz")
+    h.add_argument("--ready", action="store_true", help="probe /readyz (the store reachable) instead")
+    h.add_argument("--timeout", type=float, default=3.0)
+    h.add_argument("--quiet", "-q", action="store_true")
+    h.set_defaults(func=cmd_healthcheck)
+
+    d = sub.add_parser("demo", help="gateway + built-in demo backend + curl lines that work")
+    d.add_argument("--port", type=int, default=8080)
+    d.add_argument("--backend-port", type=int, default=9001)
+    d.add_argument("--dir", default=".flowgate-demo", help="where the demo keeps its config and SQLite store")
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("demo-backend", help="only the demo backend (text on POST /stream, Langflow events on "
+                       "POST /api/v1/run/{flow}), e.g. for the compose kit")
+    b.add_argument("--host", default="127.0.0.1")
+    b.add_argument("--port", type=int, default=9001)
+    b.set_defaults(func=cmd_demo_backend)

@@ -37,18 +37,20 @@ def _load(path: str | None) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .front.serve import install_uvloop, serve_forever
+    from .front.supervisor import serve
     from .logging import configure_logging
 
     config = _load(args.config)
     configure_logging(args.log_level)
-    loop = install_uvloop()
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_until_complete(serve_forever(config))
-    finally:
-        loop.close()
-    return 0
+    return serve(config, args.config)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from .front.reload import send
+
+    if not args.config:
+        sys.exit(f"flowgate: no config given: pass --config FILE or set {DEFAULT_CONFIG_ENV}")
+    return send(args.config, args.pid)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -189,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(s)
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_serve)
+
+    rl = sub.add_parser("reload", help="validate the config, then have the running server take it (SIGHUP)")
+    _config_arg(rl)
+    rl.add_argument("--pid", type=int, help="the server's process id (default: read from server.pid_file)")
+    rl.set_defaults(func=cmd_reload)
 
     c = sub.add_parser("check-config", help="validate a config file; non-zero exit on problems")
     c.add_argument("file")

@@ -22,7 +22,7 @@ from ..context import GATEWAY, Gateway
 from ..dialects import Collected, Dialect
 from ..errors import BackendTimeout, GatewayError, RequestTimeout, RunFailed
 from ..http1.headers import JOB_ID_HEADER
-from ..policies import Policy
+from ..policies import Chain, Policy
 from ..protocols import new_decoder, new_encoder
 from ..run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, DEADLINE, REJECTED, RUN, Run
 from ..stream.pump import Pump
@@ -37,6 +37,7 @@ DEADLINE_MESSAGE = "the run reached its maximum duration"
 
 async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.StreamResponse:
     gw = request.app[GATEWAY]
+    chains = gw.chains  # the config in force now: this run keeps it to its end, whatever a reload swaps in
     cors = cors_headers(gw.config.cors, request) if route in dialect.cors_routes else {}
     try:
         run = await dialect.parse(request, route)  # the head only: not one byte of the body is read yet
@@ -48,7 +49,8 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
     structlog.contextvars.bind_contextvars(job_id=run.job_id)
     admitted: list[Policy] = []
     try:
-        await gw.chains[run.credential_kind].admit(run, admitted)
+        chain = chains[run.credential_kind]
+        await chain.admit(run, admitted)
         # admitted (credential, flow, credits, rate): now the body, under max_body_bytes, the body
         # timer and the run's own cap (a body trickled past it would outlive the run's credit hold);
         # a 413/408 here releases the hold through on_complete (a spent token stays spent)
@@ -58,7 +60,7 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
         except TimeoutError:
             raise RequestTimeout("the request body did not arrive within the run's maximum duration") from None
         structlog.contextvars.bind_contextvars(flow=run.flow_id, key_id=run.key_id, env=run.env.value)
-        return await _execute(gw, run, dialect, admitted, cors)
+        return await _execute(gw, chain, run, dialect, cors)
     except GatewayError as err:
         if run.outcome is None:  # refused before anything reached a backend
             run.outcome = REJECTED
@@ -71,7 +73,7 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
         if run.outcome is None:  # cancelled: aiohttp saw the client go away
             run.outcome = CLIENT_DISCONNECTED
         try:
-            await asyncio.shield(_complete(gw, run, admitted))
+            await asyncio.shield(_complete(chains[run.credential_kind], run, admitted))
         finally:
             # request -> run (for the access line) stays; run -> request goes, so that neither
             # waits for the cyclic GC, whose full passes over thousands of open streams stall the loop
@@ -84,11 +86,10 @@ def _error(dialect: Dialect, err: GatewayError, extra: dict[str, str]) -> web.Re
     return resp
 
 
-async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Policy], cors: dict[str, str]):
+async def _execute(gw: Gateway, chain: Chain, run: Run, dialect: Dialect, cors: dict[str, str]):
     assert run.backend is not None and gw.upstreams is not None
     decoder = new_decoder(run.backend.protocol)
     encoder = new_encoder(dialect.output)
-    chain = gw.chains[run.credential_kind]  # _execute runs only once the whole chain admitted the run
     passthrough = run.stream and run.backend.protocol == dialect.output
     flow = run.flow_id or m.UNKNOWN_FLOW
     m.child(m.RUNS_STARTED, run.dialect, flow).inc()
@@ -164,8 +165,8 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
                 upstream.close()  # drop the backend connection at once: it stops generating
 
 
-async def _complete(gw: Gateway, run: Run, admitted: list[Policy]) -> None:
-    await gw.chains[run.credential_kind].complete(run, admitted)
+async def _complete(chain: Chain, run: Run, admitted: list[Policy]) -> None:
+    await chain.complete(run, admitted)
     if run.extra.get("forwarded"):
         flow = run.flow_id or m.UNKNOWN_FLOW
         outcome = run.outcome or CLIENT_DISCONNECTED

@@ -53,6 +53,7 @@ STABLE_S = 10.0  # a worker that lived this long was healthy: its next restart i
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 10.0
 KILL_GRACE_S = 5.0  # past the drain, how long a worker may take to exit before SIGKILL
 TICK_S = 0.5  # the longest the supervisor sleeps without looking at its children
+TOUCH_S = 3600.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
 
@@ -108,6 +109,9 @@ class Supervisor:
     def __init__(self, config: Config, config_path: str) -> None:
         self.config = config  # in force: what a worker started now starts on
         self.generation = 0  # reloads taken (a worker started at generation g swaps only to a later one)
+        self.next_touch = time.monotonic() + TOUCH_S
+        self.served = False  # some worker came up and served (so a death is a crash, not a boot failure)
+        self.exit_code = 0
         self.config_path = config_path
         self.slots = [Slot(i) for i in range(config.server.worker_count())]
         self.serials = 0
@@ -151,8 +155,8 @@ class Supervisor:
                         os.kill(slot.pid, signal.SIGKILL)
             self._close_listeners()
             shutil.rmtree(self.directory, ignore_errors=True)
-        log.info("stopped")
-        return 0
+        log.info("stopped", exit_code=self.exit_code)
+        return self.exit_code
 
     def _sleep_s(self) -> float:
         """Until the next restart is due, at most TICK_S."""
@@ -176,8 +180,12 @@ class Supervisor:
         elif signum == signal.SIGHUP and self.stopping_until is None:
             plan = reload.prepared(self.config_path, self.config)
             if plan is not None:
+                try:
+                    reload.hand_over(self.directory, self.generation + 1, plan.config)
+                except OSError as exc:
+                    log.error("reload_not_handed_over", error=str(exc), detail="nothing changes")
+                    return
                 self.config, self.generation = plan.config, self.generation + 1
-                reload.hand_over(self.directory, self.generation, plan.config)
                 self._signal_all(signal.SIGHUP)
             self._save_metrics()
 
@@ -202,12 +210,24 @@ class Supervisor:
             slot = next((s for s in self.slots if s.pid == pid), None)
             if slot is None:
                 continue
-            pooled.absorb(self.directory, slot.serial)
+            served = pooled.worker_file(self.directory, slot.serial).exists()  # written once it serves
+            self.served |= served
+            try:
+                pooled.absorb(self.directory, slot.serial)
+            except OSError as exc:  # (a full disk): its counts are lost, the supervisor goes on
+                log.error("metrics_archive_failed", worker=slot.index, error=str(exc))
             slot.pid = 0
             how = (f"signal {signal.Signals(-os.waitstatus_to_exitcode(status)).name}"
                    if os.WIFSIGNALED(status) else f"exit {os.waitstatus_to_exitcode(status)}")
             if self.stopping_until is not None:
                 log.info("worker_stopped", worker=slot.index, pid=pid, how=how)
+                continue
+            if not self.served and not any(self.directory.glob("worker-*.json")):
+                # no worker ever came up (the store cannot be opened, say): restarting cannot help
+                log.error("workers_cannot_start", worker=slot.index, pid=pid, how=how,
+                          detail="no worker ever served; the first one's error is above")
+                self.exit_code = 1
+                self._on_signal(signal.SIGTERM)
                 continue
             lived = time.monotonic() - slot.started
             slot.failures = slot.failures + 1 if lived < STABLE_S else 1
@@ -219,6 +239,11 @@ class Supervisor:
 
     def _tend(self) -> None:
         now = time.monotonic()
+        if now >= self.next_touch:  # keep the private directory fresh for /tmp cleaners (tmpfiles.d)
+            self.next_touch = now + TOUCH_S
+            with contextlib.suppress(OSError):
+                for path in [self.directory, *self.directory.iterdir()]:
+                    os.utime(path)
         if self.stopping_until is not None:
             if now >= self.stopping_until:
                 self._signal_all(signal.SIGKILL)
@@ -267,7 +292,9 @@ class Supervisor:
     async def _serve(self, slot: Slot) -> None:
         pooled.start_worker(self.directory, slot.serial)
         parent = os.getppid()
-        tasks = [asyncio.create_task(pooled.keep_saving()), asyncio.create_task(_watch_parent(parent))]
+        tasks = [asyncio.create_task(_watch_parent(parent))]
+        ready = asyncio.get_running_loop().create_future()  # set once it serves: then it saves its metrics
+        ready.add_done_callback(lambda _: tasks.append(asyncio.create_task(pooled.keep_saving())))
         seen = self.generation  # the config it was forked with
 
         def source(running: Config) -> Config | None:
@@ -280,11 +307,12 @@ class Supervisor:
 
         try:
             await serve_forever(self.config, listeners=self.listeners[slot.index], worker=slot.index,
-                                reload_source=source)
+                                reload_source=source, ready=ready)
         finally:
             for task in tasks:
                 task.cancel()
-            pooled.save()  # after the drain: every run this worker ended is counted
+            if ready.done():
+                pooled.save()  # after the drain: every run this worker ended is counted
 
 
 async def _watch_parent(parent: int) -> None:

@@ -180,3 +180,54 @@ def test_backoff_grows_while_a_worker_keeps_dying_young():
     assert backoff_s(2) == pytest.approx(0.2)
     assert backoff_s(5) == pytest.approx(1.6)
     assert backoff_s(1000) == BACKOFF_MAX_S
+
+
+def test_workers_that_cannot_start_stop_the_server_with_exit_1(tmp_path):
+    """A worker that never comes up (here: its SQLite file cannot be created) is not restarted
+    forever: with no worker ever serving, the supervisor stops them all and exits 1."""
+    cfg = served_config("http://127.0.0.1:9", tmp_path)
+    cfg["store"] = "sqlite:////proc/no-such-dir/fg.db"
+    server = Served(tmp_path, cfg)
+    done = subprocess.run([sys.executable, "-m", "proxy", "serve", "--config", str(server.path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    events = [json.loads(line)["event"] for line in done.stderr.splitlines() if line.startswith("{")]
+    assert events.count("workers_cannot_start") == 1 and events[-1] == "stopped"
+    assert "worker_died" not in events  # not restarted
+
+
+async def test_a_storm_of_sighups_under_load_kills_no_worker(upstream, tmp_path):
+    """Forty reloads in a row, alternating two configs, while runs go on: no worker dies, no run
+    fails, and the last config is the one in force."""
+    upstream.handle("/text", words())
+    cfg = served_config(upstream.url, tmp_path)
+    server = await Served(tmp_path, cfg).start()
+    other = {**cfg, "cors": {"allow_origins": ["https://a.example"]}}
+    try:
+        async with aiohttp.ClientSession() as session:
+            load = asyncio.gather(*(run(session, server.url, SECRET) for _ in range(100)))
+            for i in range(40):
+                server.write(other if i % 2 else cfg)
+                server.signal(signal.SIGHUP)
+                await asyncio.sleep(0.01)
+            results = await load
+            # signals sent faster than they are handled may merge (POSIX keeps one pending): the
+            # last file written is the one in force, on both workers, whatever the count
+            deadline = time.monotonic() + 5
+            fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))  # a connection each
+            while True:
+                allowed = []
+                for _ in range(10):
+                    async with fresh.options(f"{server.url}/api/v1/run/wf_text/stream", headers={
+                            "Origin": "https://b.example", "Access-Control-Request-Method": "POST"}) as resp:
+                        allowed.append("Access-Control-Allow-Origin" in resp.headers)
+                if not any(allowed):
+                    break
+                assert time.monotonic() < deadline, "the last config written is not in force"
+                await asyncio.sleep(0.1)
+            await fresh.close()
+        assert 1 <= len(server.events("reloaded")) <= 40
+        assert [s for s, _ in results] == [200] * 100
+        assert not server.events("worker_died") and len(server.workers()) == 2
+    finally:
+        assert await server.stop() == 0

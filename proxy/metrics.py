@@ -261,3 +261,5 @@ def init_series(flows: list[str], dialects: list[str], backends: list[str]) -> N
         CLIENT_ERRORS.labels(reason)
     for reason in TOKEN_REFUSALS:
         STREAM_TOKENS_REFUSED.labels(reason)
+    for result in ("applied", "refused"):
+        RELOADS.labels(result)

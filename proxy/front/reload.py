@@ -87,20 +87,23 @@ def prepared(path: str | os.PathLike[str], running: Config) -> Plan | None:
 
 
 async def apply(gw: Gateway, config: Config) -> None:
-    """Put ``config`` in force in this worker: new requests use it, open runs finish under theirs."""
+    """Put ``config`` in force in this worker: new requests use it, open runs finish under theirs.
+
+    Everything is built before anything changes; the changes themselves run without an await in
+    between, so no request sees half of them."""
     running = gw.config
+    sizer = gw.hold_sizer
+    if sizer is None or config.limits != running.limits:
+        sizer = HoldSizer(gw.store, config.limits)
+    chains = build_chains(config, gw.store, sizer, gw.balances)
     for account, acct in config.accounts.items():
         if account not in running.accounts:
             with contextlib.suppress(StoreUnavailable):  # else seeded at the next start (runs fail closed)
                 await gw.store.seed_account(account, acct.initial_credits)
-    sizer = gw.hold_sizer
-    if sizer is None or config.limits != running.limits:
-        sizer = HoldSizer(gw.store, config.limits)
     if gw.balances is not None:
         gw.balances.initial = {name: acct.initial_credits for name, acct in config.accounts.items()}
     for account in set(running.accounts) - set(config.accounts):
         m.forget(m.ACCOUNT_BALANCE, account)  # the gauge shows configured accounts only
-    chains = build_chains(config, gw.store, sizer, gw.balances)
     m.init_series([f.id for f in config.flows], list(config.dialects), list(config.backends))
     gw.swap(config, chains, sizer)
 

@@ -87,10 +87,13 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None,
 
     async def reload() -> None:
         async with reloading:  # one at a time, in the order asked
-            new = reload_source(app[GATEWAY].config) if reload_source is not None else None
-            if new is not None:
-                await apply(app[GATEWAY], new)
-                log.info("config_swapped", worker=worker, generation=app[GATEWAY].generation)
+            try:
+                new = reload_source(app[GATEWAY].config) if reload_source is not None else None
+                if new is not None:
+                    await apply(app[GATEWAY], new)
+                    log.info("config_swapped", worker=worker, generation=app[GATEWAY].generation)
+            except Exception:  # the config in force stays; the server goes on
+                log.exception("reload_failed", worker=worker)
 
     tasks: set[asyncio.Task] = set()
 

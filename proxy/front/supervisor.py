@@ -114,6 +114,10 @@ class Supervisor:
         self.exit_code = 0
         self.config_path = config_path
         self.slots = [Slot(i) for i in range(config.server.worker_count())]
+        for slot in self.slots:  # at 0 from the start (an alert's increase() then sees the first restart)
+            m.child(m.WORKER_RESTARTS, str(slot.index))
+        for result in ("applied", "refused"):
+            m.child(m.RELOADS, result)
         self.serials = 0
         self.pending: deque[int] = deque()
         self.stopping_until: float | None = None

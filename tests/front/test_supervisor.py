@@ -22,7 +22,7 @@ import pytest
 
 from proxy.front.supervisor import BACKOFF_MAX_S, backoff_s
 from proxy.store import open_store
-from tests.conftest import SECRET, stream_chunks
+from tests.conftest import SECRET, never_ending, stream_chunks
 from tests.front.served import ROOT, Served, run, sample, served_config
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the workers")
@@ -121,6 +121,27 @@ async def test_sigterm_drains_the_open_streams_of_every_worker_then_exits_0(upst
     assert len(server.events("worker_stopped")) == 2
     served = {line["worker"] for line in server.events("access") if line.get("flow") == "wf_text"}
     assert served == {0, 1}  # both workers had streams open, and both drained them
+
+
+async def test_streams_longer_than_the_drain_are_cut_and_the_server_still_exits_0(upstream, tmp_path):
+    upstream.handle("/text", never_ending)
+    server = await Served(tmp_path, served_config(upstream.url, tmp_path, shutdown_timeout_s=1)).start()
+    async with aiohttp.ClientSession() as session:
+        async def endless():
+            async with session.post(f"{server.url}/api/v1/tenants/t1/workspaces/w1/flows/wf_text/run-streaming",
+                                    headers={"x-api-key": SECRET}, json={}) as resp:
+                assert resp.status == 200
+                with pytest.raises(aiohttp.ClientPayloadError):  # cut: never a clean end
+                    await resp.read()
+
+        streams = [asyncio.create_task(endless()) for _ in range(6)]
+        await server.until(lambda: len(upstream.requests) == 6, 10, "six streams open")
+        t0 = time.monotonic()
+        server.signal(signal.SIGTERM)
+        assert await server.stop() == 0
+        assert time.monotonic() - t0 < 1 + 4  # the drain, then the cut (well before the kill grace)
+        await asyncio.gather(*streams)
+    assert not server.events("worker_died") and len(server.events("worker_stopped")) == 2
 
 
 async def test_workers_stop_when_the_supervisor_is_killed_outright(upstream, tmp_path):

@@ -57,9 +57,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.file)
     except ConfigError as exc:
-        print(f"{args.file}: invalid config:")
-        for line in exc.problems:
-            print(f"  {line}")
+        print(exc.report(args.file))
         return 2
     print(f"{args.file}: ok ({len(cfg.flows)} flows, {len(cfg.keys)} keys, {len(cfg.backends)} backends, "
           f"dialects: {', '.join(f'{n} at {m.prefix}' for n, m in cfg.dialects.items())})")

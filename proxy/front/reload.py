@@ -51,7 +51,7 @@ class Plan:
 
 def invalid_text(path: str | os.PathLike[str], exc: ConfigError) -> str:
     """What ``flowgate check-config`` prints for an invalid file."""
-    return "\n".join([f"{path}: invalid config:", *(f"  {line}" for line in exc.problems)])
+    return exc.report(path)
 
 
 def restart_only_changes(running: Config, new: Config) -> list[str]:

@@ -316,7 +316,10 @@ class Supervisor:
             for task in tasks:
                 task.cancel()
             if ready.done():
-                pooled.save()  # after the drain: every run this worker ended is counted
+                with contextlib.suppress(OSError):
+                    pooled.save()  # after the drain: every run this worker ended is counted
+            if os.getppid() != parent:  # orphaned: no supervisor is left to remove its directory
+                shutil.rmtree(self.directory, ignore_errors=True)
 
 
 async def _watch_parent(parent: int) -> None:

@@ -144,8 +144,12 @@ async def test_streams_longer_than_the_drain_are_cut_and_the_server_still_exits_
     assert not server.events("worker_died") and len(server.events("worker_stopped")) == 2
 
 
-async def test_workers_stop_when_the_supervisor_is_killed_outright(upstream, tmp_path):
+async def test_workers_stop_when_the_supervisor_is_killed_outright(upstream, tmp_path, monkeypatch):
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setenv("TMPDIR", str(private))  # where the supervisor makes its directory
     server = await Served(tmp_path, served_config(upstream.url, tmp_path)).start()
+    assert len(list(private.glob("flowgate-*"))) == 1
     workers = server.workers()
     server.signal(signal.SIGKILL)
     server.proc.wait()
@@ -157,6 +161,7 @@ async def test_workers_stop_when_the_supervisor_is_killed_outright(upstream, tmp
     while not gone():
         assert time.monotonic() < deadline, "a worker outlived its supervisor"
         await asyncio.sleep(0.1)
+    assert not list(private.glob("flowgate-*"))  # the orphans removed the supervisor's directory
     with socket.socket() as s:  # the port is free again: no orphan holds it
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", server.port))

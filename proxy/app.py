@@ -29,7 +29,7 @@ from .errors import StoreUnavailable, problem_response
 from .front import FRONT_ROUTES
 from .front.protocol import MAX_HEAD_BYTES
 from .logging import make_access_middleware
-from .policies import build_chain
+from .policies import build_chains
 from .policies.credits import sweep_expired_holds
 from .policies.hold_size import HoldSizer
 from .policies.keys import KeyRing
@@ -59,8 +59,7 @@ def create_app(config: Config) -> web.Application:
     gw.hold_sizer = HoldSizer(gw.store, config.limits)
     gw.balances = Balances(gw.store, {name: acct.initial_credits for name, acct in config.accounts.items()})
     gw.keys = KeyRing(config, gw.store)
-    gw.chains = {kind: build_chain(config, gw.store, gw.keys, gw.hold_sizer, gw.balances, kind)
-                 for kind in ("key", "token")}
+    gw.chains = build_chains(config, gw.store, gw.keys, gw.hold_sizer, gw.balances)
     app[GATEWAY] = gw
 
     front_routes: list[web.AbstractRoute] = []
@@ -70,7 +69,7 @@ def create_app(config: Config) -> web.Application:
             if route == "token":
                 handler = partial(mint_token, dialect=dialect)
             elif route == "preflight":
-                handler = partial(preflight_view, config=config)
+                handler = preflight_view
             else:
                 handler = partial(handle_run, dialect=dialect, route=route)
             front_routes.append(app.router.add_route(method, mount.prefix + path, handler, name=f"{name}:{route}",

@@ -1,4 +1,10 @@
-"""The gateway's shared state for one app: config, store, the one upstream pool, the chains."""
+"""The gateway's shared state for one app: config, store, the one upstream pool, the chains.
+
+A reload (:mod:`proxy.front.reload`) lands in one place, :meth:`Gateway.swap`: the config, the
+chains built from it and the first-hold sizer change together, between two requests (one event
+loop: nothing runs in between). A run takes the chain in force when it arrives and keeps it to its
+end, so runs already open finish under the config they started with.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +32,12 @@ class Gateway:
     hold_sizer: HoldSizer | None = None  # first credit holds per flow (shared by the chains)
     balances: Balances | None = None  # the account balance gauge
     keys: KeyRing | None = None  # config keys and the admin API's
+    generation: int = 0  # how many reloads this gateway has taken
+
+    def swap(self, config: Config, chains: dict[str, Chain], hold_sizer: HoldSizer | None, keys: KeyRing) -> None:
+        """New requests see ``config`` (its chains and keys) from now on; admitted runs keep what they hold."""
+        self.config, self.chains, self.hold_sizer, self.keys = config, chains, hold_sizer, keys
+        self.generation += 1
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

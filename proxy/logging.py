@@ -77,11 +77,21 @@ def iso_timestamp(_logger: object, _name: str, event: dict) -> dict:
     return event
 
 
+PROCESS_FIELDS: dict[str, object] = {}  # on every line of this process: a worker's ``worker`` (its slot)
+
+
+def process_fields(_logger: object, _name: str, event: dict) -> dict:
+    for key, value in PROCESS_FIELDS.items():
+        event.setdefault(key, value)
+    return event
+
+
 def configure_logging(level: str = "info", json: bool | None = None) -> None:
     if json is None:
         json = not sys.stderr.isatty()
     processors = [
         structlog.contextvars.merge_contextvars,
+        process_fields,
         structlog.processors.add_log_level,
         iso_timestamp,
         redact,

@@ -34,6 +34,10 @@ REJECTED = "rejected"  # a run refused before anything reached a backend (counte
 
 
 _rng = random.Random(os.urandom(32))
+# a forked worker must not replay its parent's sequence: two workers would mint the same job ids
+# (and settle two runs as one). (random's own global instance is reseeded the same way.)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(32)))
 
 
 def new_job_id() -> str:

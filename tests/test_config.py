@@ -125,3 +125,18 @@ def test_prefix_is_normalized(raw):
 def test_client_timers_and_the_connection_cap_must_be_positive(raw, option):
     raw["server"][option] = 0
     assert any(p.startswith(f"server.{option}") for p in problems(raw))
+
+
+@pytest.mark.parametrize("value", [0, -1, 257, "many", True, 2.5, None])
+def test_workers_is_a_whole_number_or_auto(raw, value):
+    raw["server"]["workers"] = value
+    assert problems(raw) == [f"server.workers: must be a whole number from 1 to 256, or auto (got {value!r})"]
+
+
+def test_workers_auto_is_the_usable_cores(raw):
+    import os
+
+    assert parse_config(raw).server.workers == "auto"
+    assert parse_config(raw).server.worker_count() == len(os.sched_getaffinity(0))
+    raw["server"]["workers"] = 3
+    assert parse_config(raw).server.worker_count() == 3

@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 class Replica:
     def __init__(self, cfg: dict, tmp: Path, name: str) -> None:
         self.port = free_port()
-        cfg = {**cfg, "server": {**cfg.get("server", {}), "port": self.port, "access_log": False}}
+        # one process per replica: these tests count replicas (workers share the store as replicas
+        # do: tests/front/test_supervisor.py)
+        cfg = {**cfg, "server": {**cfg.get("server", {}), "port": self.port, "access_log": False, "workers": 1}}
         self.path = tmp / f"{name}.yaml"
         self.path.write_text(yaml.safe_dump(cfg))
         self.proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(self.path)],

@@ -8,12 +8,13 @@ charged in full whatever the backend, the pump path or the store.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from proxy.context import GATEWAY
 from proxy.env import Env
-from proxy.run import Run
+from proxy.run import Run, new_job_id
 from tests.conftest import SECRET, base_config, stream_chunks
 from tests.dialects.test_langflow import frame
 from tests.policies.test_credits import settled
@@ -99,3 +100,21 @@ async def test_a_long_run_completes_and_is_charged_in_full(upstream, gateway, st
     assert entry.get("backend_job_id") == backend_id
     acct = await client.app[GATEWAY].store.get_account("acme")  # (settled with its ledger entry)
     assert acct.held == 0 and acct.balance == 100_000 - LONG // 4
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_worker_mints_job_ids_of_its_own():
+    """Workers are forked from one supervisor: none may replay another's job ids (a run's identity
+    keys its hold and its ledger entry; two runs with one id would be settled as one)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.write(w, "\n".join(new_job_id()[10:] for _ in range(50)).encode())
+        os._exit(0)
+    os.close(w)
+    mine = {new_job_id()[10:] for _ in range(50)}
+    with os.fdopen(r, "rb") as f:
+        child = set(f.read().decode().split("\n"))
+    os.waitpid(pid, 0)
+    assert len(child) == 50 and not mine & child

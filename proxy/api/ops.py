@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..config import Config
 from ..context import GATEWAY
 from ..errors import StoreUnavailable
 from .cors import preflight
 
 
-async def preflight_view(request: web.Request, config: Config) -> web.Response:
-    return preflight(config.cors, request)
+async def preflight_view(request: web.Request) -> web.Response:
+    return preflight(request.app[GATEWAY].config.cors, request)  # the config in force (a reload may change CORS)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -28,8 +27,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST
 
-    resp = web.Response(body=generate_latest())
+    from ..front.pooled import exposition
+
+    resp = web.Response(body=exposition())  # with workers: all of them, pooled
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp

@@ -23,7 +23,7 @@ from ..context import GATEWAY, Gateway
 from ..dialects import Collected, Dialect
 from ..errors import BackendTimeout, BadRequest, GatewayError, RequestTimeout, RunFailed
 from ..http1.headers import JOB_ID_HEADER
-from ..policies import Policy
+from ..policies import Chain, Policy
 from ..protocols import new_decoder, new_encoder
 from ..protocols.chat import JSON, ChatRequestError, backend_body
 from ..run import BACKEND_ERROR, CLIENT_DISCONNECTED, COMPLETED, DEADLINE, REJECTED, RUN, Run
@@ -40,7 +40,8 @@ DEADLINE_MESSAGE = "the run reached its maximum duration"
 
 async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.StreamResponse:
     gw = request.app[GATEWAY]
-    cors = cors_headers(gw.config.cors, request) if route in dialect.cors_routes else {}
+    chains, config = gw.chains, gw.config  # in force now: this run keeps them to its end, whatever a reload swaps in
+    cors = cors_headers(config.cors, request) if route in dialect.cors_routes else {}
     try:
         run = await dialect.parse(request, route)  # the head only: not one byte of the body is read yet
         dialect.check_length(request)
@@ -51,11 +52,12 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
     structlog.contextvars.bind_contextvars(job_id=run.job_id)
     admitted: list[Policy] = []
     try:
-        await gw.chains[run.credential_kind].admit(run, admitted)
+        chain = chains[run.credential_kind]
+        await chain.admit(run, admitted)
         # the hard cap (flow.max_duration_s, never above limits.max_duration_s) counts from here,
         # and is enforced here: around the body, the backend's answer and the whole stream
         assert run.flow is not None
-        run.deadline = asyncio.get_running_loop().time() + gw.config.run_cap_s(run.flow)
+        run.deadline = asyncio.get_running_loop().time() + config.run_cap_s(run.flow)
         # admitted (credential, flow, credits, rate): now the body, under max_body_bytes, the body
         # timer and the run's own cap (a body trickled past it would outlive the run's credit hold);
         # a 413/408 here releases the hold through on_complete (a spent token stays spent)
@@ -67,7 +69,7 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
         if dialect.maps_chat:
             _map_chat(run)
         structlog.contextvars.bind_contextvars(flow=run.flow_id, key_id=run.key_id, env=run.env.value)
-        return await _execute(gw, run, dialect, admitted, cors)
+        return await _execute(gw, chain, run, dialect, cors)
     except GatewayError as err:
         if run.outcome is None:  # refused before anything reached a backend
             run.outcome = REJECTED
@@ -80,7 +82,7 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
         if run.outcome is None:  # cancelled: aiohttp saw the client go away
             run.outcome = CLIENT_DISCONNECTED
         try:
-            await asyncio.shield(_complete(gw, run, admitted))
+            await asyncio.shield(_complete(chains[run.credential_kind], run, admitted))
         finally:
             # request -> run (for the access line) stays; run -> request goes, so that neither
             # waits for the cyclic GC, whose full passes over thousands of open streams stall the loop
@@ -104,12 +106,11 @@ def _error(dialect: Dialect, err: GatewayError, extra: dict[str, str]) -> web.Re
     return resp
 
 
-async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Policy], cors: dict[str, str]):
+async def _execute(gw: Gateway, chain: Chain, run: Run, dialect: Dialect, cors: dict[str, str]):
     assert run.backend is not None and gw.upstreams is not None
     decoder = new_decoder(run.backend.protocol)
     output = run.output or dialect.output
     encoder = new_encoder(output, run)
-    chain = gw.chains[run.credential_kind]  # _execute runs only once the whole chain admitted the run
     passthrough = run.stream and run.backend.protocol == output
     flow = run.flow_id or m.UNKNOWN_FLOW
     m.child(m.RUNS_STARTED, run.dialect, flow).inc()
@@ -190,8 +191,8 @@ async def _execute(gw: Gateway, run: Run, dialect: Dialect, admitted: list[Polic
                 upstream.close()  # drop the backend connection at once: it stops generating
 
 
-async def _complete(gw: Gateway, run: Run, admitted: list[Policy]) -> None:
-    await gw.chains[run.credential_kind].complete(run, admitted)
+async def _complete(chain: Chain, run: Run, admitted: list[Policy]) -> None:
+    await chain.complete(run, admitted)
     if run.extra.get("forwarded"):
         flow = run.flow_id or m.UNKNOWN_FLOW
         outcome = run.outcome or CLIENT_DISCONNECTED

@@ -1,45 +1,46 @@
-"""``flowgate serve``, ``check-config``, ``healthcheck``, ``demo`` and ``demo-backend``: the commands
-that run or probe a gateway."""
+"""``flowgate serve``, ``reload``, ``check-config``, ``healthcheck``, ``demo`` and ``demo-backend``:
+the commands that run or probe a gateway."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import urllib.error
 import urllib.request
 
 from ..config import ConfigError, load_config
-from .common import load
+from .common import DEFAULT_CONFIG_ENV, load
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..front.serve import CannotListen, install_uvloop, serve_forever
+    from ..front.serve import CannotListen
+    from ..front.supervisor import serve
     from ..logging import configure_logging
 
     config = load(args.config)
     configure_logging(args.log_level)
-    loop = install_uvloop()
-    asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(serve_forever(config))
+        return serve(config, args.config)
     except CannotListen as exc:
         print(exc, file=sys.stderr)
         return 1
-    finally:
-        loop.close()
-    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from ..front.reload import send
+
+    if not args.config:
+        sys.exit(f"flowgate: no config given: pass --config FILE or set {DEFAULT_CONFIG_ENV}")
+    return send(args.config, args.pid)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.file)
     except ConfigError as exc:
-        print(f"{args.file}: invalid config:")
-        for line in exc.problems:
-            print(f"  {line}")
+        print(exc.report(args.file))
         return 2
     print(f"{args.file}: ok ({len(cfg.flows)} flows, {len(cfg.keys)} keys, {len(cfg.backends)} backends, "
           f"store {cfg.store.split('://')[0]}, "
@@ -95,6 +96,11 @@ def add_parsers(sub, config_arg) -> None:
     config_arg(s)
     s.add_argument("--log-level", default="info", choices=LOG_LEVELS, type=str.lower)
     s.set_defaults(func=cmd_serve)
+
+    rl = sub.add_parser("reload", help="validate the config, then have the running server take it (SIGHUP)")
+    config_arg(rl)
+    rl.add_argument("--pid", type=int, help="the server's process id (default: read from server.pid_file)")
+    rl.set_defaults(func=cmd_reload)
 
     c = sub.add_parser("check-config", help="validate a config file; non-zero exit on problems")
     c.add_argument("file")

@@ -21,6 +21,10 @@ class ConfigError(Exception):
         self.problems = problems
         super().__init__("\n".join(problems))
 
+    def report(self, path: str | os.PathLike[str]) -> str:
+        """What ``flowgate check-config`` prints (and a refused reload logs): the file, then each problem."""
+        return "\n".join([f"{path}: invalid config:", *(f"  {line}" for line in self.problems)])
+
 
 def _loc(loc: tuple[Any, ...], raw: Any) -> str:
     """A pydantic error location as a key path, naming list entries by their id where they have one."""

@@ -7,6 +7,7 @@ raw dict). Checks between sections live in :mod:`.validation`, reading the file 
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from ..protocols import BACKEND_PROTOCOLS
 from ..store.urls import check_store_url
 
 MAX_DURATION_CAP_S = 300.0
+MAX_WORKERS = 256
 
 
 class _Model(BaseModel):
@@ -46,6 +48,14 @@ class ServerConfig(_Model):
         None, description="Address of the admin listener (e.g. 127.0.0.1 or a private interface); default: `host`."
     )
     access_log: bool = Field(True, description="Write one JSON access line per request.")
+    workers: int | Literal["auto"] = Field(
+        "auto", description="Worker processes serving the listeners (auto = one per usable core; 1 = a single "
+        "process, no supervisor). Applied at the next restart, not by a reload."
+    )
+    pid_file: str | None = Field(
+        None, description="`flowgate serve` writes its process id here (the supervisor's, with workers); "
+        "`flowgate reload` reads it to know whom to signal."
+    )
     shutdown_timeout_s: float = Field(
         10.0, ge=0, description="On SIGTERM, how long open streams may go on before they are cut."
     )
@@ -116,6 +126,22 @@ class ServerConfig(_Model):
         if self.admin_host is not None and self.admin_port is None:
             raise ValueError("admin_host needs admin_port (the admin API is on the main listener otherwise)")
         return self
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_WORKERS):
+            return v
+        raise ValueError(f"must be a whole number from 1 to {MAX_WORKERS}, or auto (got {v!r})")
+
+    def worker_count(self) -> int:
+        """``workers`` resolved: ``auto`` is the number of cores this process may run on."""
+        if self.workers != "auto":
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)
 
 
 class LimitsConfig(_Model):

@@ -1,8 +1,10 @@
-"""Serving: the gateway's app on its listeners (and the metrics listener), until SIGINT/SIGTERM.
+"""Serving: the gateway's app on its listeners (and the metrics listener), until SIGINT/SIGTERM,
+taking a new config on SIGHUP (:mod:`proxy.front.reload`).
 
 ``flowgate serve`` and ``flowgate demo`` both run it: the CLI parses arguments and loads the config,
 and imports this module only to serve (its other commands stay light); the demo starts its backend
-beside it.
+beside it. With ``server.workers`` above 1, each worker the supervisor
+(:mod:`proxy.front.supervisor`) starts runs it on the listeners the supervisor bound.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import signal
+import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -52,22 +57,34 @@ def install_uvloop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-async def serve_forever(config: Config, *, ready: asyncio.Future | None = None) -> None:
-    """Serve until SIGINT/SIGTERM; open streams get ``server.shutdown_timeout_s`` to finish."""
+async def serve_forever(config: Config, *, ready: asyncio.Future | None = None,
+                        listeners: list[socket.socket] | None = None,
+                        reload_source: Callable[[Config], Config | None] | None = None,
+                        worker: int | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; open streams get ``server.shutdown_timeout_s`` to finish.
+
+    ``listeners``: sockets already bound and listening (a worker's, from its supervisor: the main
+    one, then the metrics one when ``server.metrics_port`` is set, then the admin one when
+    ``server.admin_port`` is); else this binds its own.
+    ``reload_source``: on SIGHUP, what to swap to (given the config in force; None = keep it).
+    """
     from aiohttp import web
 
     from ..api.ops import metrics_view
     from ..app import create_admin_app, create_app
     from ..context import GATEWAY
     from . import FRONT_ROUTES, GatewayRunner
+    from .reload import apply
 
     app = create_app(config)
     runner = GatewayRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=config.server.shutdown_timeout_s,
                            keepalive_timeout=config.server.client_keepalive_timeout_s)
     await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port, backlog=config.server.backlog,
-                       reuse_address=True)
+    bound = iter(listeners or ())  # a worker's: main, then metrics and admin where configured
+    main = next(bound, None)
+    site = web.SockSite(runner, main) if main is not None else web.TCPSite(
+        runner, config.server.host, config.server.port, backlog=config.server.backlog, reuse_address=True)
     try:
         await listen(site, config.server.host, config.server.port)
     except CannotListen:
@@ -82,9 +99,11 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None) 
         mrunner = GatewayRunner(mapp, access_log=None, keepalive_timeout=config.server.client_keepalive_timeout_s)
         await mrunner.setup()
         runners.append(mrunner)
+        sock = next(bound, None)
+        msite = web.SockSite(mrunner, sock) if sock is not None else web.TCPSite(
+            mrunner, config.server.host, config.server.metrics_port)
         try:
-            await listen(web.TCPSite(mrunner, config.server.host, config.server.metrics_port), config.server.host,
-                         config.server.metrics_port, "the metrics listener")
+            await listen(msite, config.server.host, config.server.metrics_port, "the metrics listener")
         except CannotListen:
             for r in reversed(runners):
                 await r.cleanup()
@@ -95,23 +114,50 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None) 
         await arunner.setup()
         runners.append(arunner)
         admin_host = config.server.admin_host or config.server.host
+        sock = next(bound, None)
+        asite = web.SockSite(arunner, sock) if sock is not None else web.TCPSite(
+            arunner, admin_host, config.server.admin_port)
         try:
-            await listen(web.TCPSite(arunner, admin_host, config.server.admin_port), admin_host,
-                         config.server.admin_port, "the admin listener")
+            await listen(asite, admin_host, config.server.admin_port, "the admin listener")
         except CannotListen:
             for r in reversed(runners):
                 await r.cleanup()
             raise
     import structlog
 
-    structlog.get_logger("flowgate").info(
-        "listening", host=config.server.host, port=config.server.port, store=config.store.split("://")[0]
-    )
+    log = structlog.get_logger("flowgate")
+    if worker is None:
+        log.info("listening", host=config.server.host, port=config.server.port, store=config.store.split("://")[0])
+    else:
+        log.info("worker_started", worker=worker, pid=os.getpid())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    reloading = asyncio.Lock()
+
+    async def reload() -> None:
+        async with reloading:  # one at a time, in the order asked
+            try:
+                new = reload_source(app[GATEWAY].config) if reload_source is not None else None
+                if new is not None:
+                    await apply(app[GATEWAY], new)
+                    log.info("config_swapped", worker=worker, generation=app[GATEWAY].generation)
+            except Exception:  # the config in force stays; the server goes on
+                log.exception("reload_failed", worker=worker)
+
+    tasks: set[asyncio.Task] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    with contextlib.suppress(NotImplementedError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if worker is not None:
+        on_hup()  # a reload the supervisor handed over while this worker was starting
     if ready is not None:
         ready.set_result(app)
     tune_gc()

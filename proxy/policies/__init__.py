@@ -22,6 +22,6 @@ execution order. The base class is in :mod:`proxy.policies.base`.
 from __future__ import annotations
 
 from .base import Policy, StopRun
-from .chain import Chain, build_chain
+from .chain import Chain, build_chain, build_chains
 
-__all__ = ["Chain", "Policy", "StopRun", "build_chain"]
+__all__ = ["Chain", "Policy", "StopRun", "build_chain", "build_chains"]

@@ -83,6 +83,12 @@ class Chain:
                 log.exception("on_complete_failed", policy=policy.name)
 
 
+def build_chains(config: Config, store: Store, keys: KeyRing, sizer: HoldSizer | None,
+                 balances: Balances | None) -> dict[str, Chain]:
+    """The chain of each credential kind ("key", "token"), as the gateway holds them (and a reload swaps them)."""
+    return {kind: build_chain(config, store, keys, sizer, balances, kind) for kind in ("key", "token")}
+
+
 def build_chain(config: Config, store: Store, keys: KeyRing, sizer: HoldSizer | None, balances: Balances | None,
                 credential: str) -> Chain:
     """The policy chain for runs authenticated by ``credential`` ("key" or "token")."""

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import aiohttp
 
+from . import tls
 from .common import SECRET, STAMP, cpu_seconds, flowgate_config, free_port, rss_bytes, spawn, start_flowgate, wait_port
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -50,7 +51,7 @@ http {{
   uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
   upstream backend {{ server 127.0.0.1:{bport}; keepalive 512; }}
   server {{
-    listen 127.0.0.1:{port} backlog=16384;
+    listen 127.0.0.1:{port}{ssl} backlog=16384;{ssl_lines}
     location / {{
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -324,7 +325,7 @@ async def main(args) -> None:
     paths = [Path_("direct", f"http://127.0.0.1:{bport}", None, "plain")]
     nginx_bin = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)  # noqa: ASYNC240
     if nginx_bin and not args.no_nginx:
-        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, bport=bport, port=nport))
+        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, bport=bport, port=nport, ssl="", ssl_lines=""))
         procs.append(spawn([nginx_bin, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], 1))
         paths.append(Path_("nginx", f"http://127.0.0.1:{nport}", None, "plain"))
     else:
@@ -335,12 +336,27 @@ async def main(args) -> None:
         paths.append(Path_("pipe", f"http://127.0.0.1:{pport}", procs[-1].pid, "plain"))
     procs.append(start_flowgate(flowgate_config(tmp, gport, bport), 1))
     paths.append(Path_("flowgate", f"http://127.0.0.1:{gport}", procs[-1].pid, "flowgate"))
+    client_tls = None
+    if args.tls:  # the same proxies over HTTPS (bench/tls.py)
+        cert, key, client_tls = tls.make_certs(tmp)
+        if nginx_bin and not args.no_nginx:
+            (tmp / "tls").mkdir()
+            tport = free_port()
+            ssl_lines = tls.NGINX_TLS.format(cert=cert, key=key)
+            (tmp / "tls" / "nginx.conf").write_text(NGINX_CONF.format(
+                tmp=tmp / "tls", bport=bport, port=tport, ssl=" ssl", ssl_lines=ssl_lines))
+            procs.append(spawn([nginx_bin, "-c", str(tmp / "tls" / "nginx.conf"), "-p", str(tmp / "tls")], 1))
+            paths.append(Path_("nginx-tls", f"https://127.0.0.1:{tport}", procs[-1].pid, "plain"))
+        tgport = free_port()
+        procs.append(start_flowgate(flowgate_config(tmp, tgport, bport, name="flowgate-tls",
+                                                    tls={"cert_file": str(cert), "key_file": str(key)}), 1))
+        paths.append(Path_("flowgate-tls", f"https://127.0.0.1:{tgport}", procs[-1].pid, "flowgate"))
     try:
         for p in paths:
             wait_port(int(p.base.rsplit(":", 1)[1]))
         if any(p.name == "nginx" for p in paths):
             paths[1].pid = procs[1].pid  # nginx's master (its worker is a child: cpu_seconds adds it)
-        conn = aiohttp.TCPConnector(limit=0, force_close=False)
+        conn = aiohttp.TCPConnector(limit=0, force_close=False, ssl=client_tls or True)
         async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as s:
             for p in paths:  # warm each path (connections, caches) before measuring
                 if p.name != "pipe":
@@ -379,7 +395,8 @@ async def main(args) -> None:
                             # each scenario on each path gets its own client connections, closed after:
                             # one scenario's leftovers (1,000 idle keep-alive connections after the
                             # latency one, cycled through in turn by aiohttp's pool) must not load the next
-                            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+                                    limit=0, ssl=client_tls or True),
                                                              timeout=s.timeout) as own:
                                 per_path.setdefault(p.name, []).append(await run(p, own))
                         finally:
@@ -392,6 +409,8 @@ async def main(args) -> None:
         plot(results, OUT / "bench.png")
         print()
         print(table(results, args))
+        if args.tls:
+            print("\nTLS on the listener (each proxy's HTTPS run / its plain run):\n" + tls.table(results))
         print(f"\nplot: {OUT / 'bench.png'}   raw: {OUT / 'results.json'}")
     finally:
         for p in procs:
@@ -418,6 +437,7 @@ def cli() -> None:
                          "between rounds)")
     ap.add_argument("--no-nginx", action="store_true")
     ap.add_argument("--no-pipe", action="store_true", help="leave out the uvloop byte pipe (the Python floor)")
+    ap.add_argument("--tls", action="store_true", help="also nginx and flowgate over HTTPS (bench/tls.py)")
     ap.add_argument("--only", type=lambda v: v.split(","), default=None,
                     help="run only these scenarios (streams,latency,short,bulk,idle), e.g. while profiling")
     asyncio.run(main(ap.parse_args()))

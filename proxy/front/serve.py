@@ -1,5 +1,8 @@
 """Serving: the gateway's app on its listeners (and the metrics listener), until SIGINT/SIGTERM.
 
+A listener with ``tls`` set speaks HTTPS (:mod:`proxy.front.tls`); SIGHUP re-reads every
+listener's certificate files through :func:`proxy.front.tls.reload_tls`.
+
 ``flowgate serve`` and ``flowgate demo`` both run it: the CLI parses arguments and loads the config,
 and imports this module only to serve (its other commands stay light); the demo starts its backend
 beside it.
@@ -32,15 +35,22 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None) 
     from ..app import create_app
     from ..context import GATEWAY
     from . import FRONT_ROUTES, GatewayRunner
+    from .tls import Site, TlsListener, reload_tls
+
+    server = config.server
+    tls = [TlsListener("main", server.tls)] if server.tls else []
+
+    def site(runner: web.BaseRunner, port: int, listener: TlsListener | None, **kwargs) -> Site:
+        """A listener (main, metrics; an admin listener the same way), TLS or plain."""
+        return Site(runner, server.host, port, tls=listener, handshake_timeout_s=server.client_head_timeout_s,
+                    shutdown_timeout_s=server.client_write_timeout_s, **kwargs)
 
     app = create_app(config)
     runner = GatewayRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=config.server.shutdown_timeout_s,
                            keepalive_timeout=config.server.client_keepalive_timeout_s)
     await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port, backlog=config.server.backlog,
-                       reuse_address=True)
-    await site.start()
+    await site(runner, server.port, tls[0] if tls else None, backlog=server.backlog, reuse_address=True).start()
     runners = [runner]
     if config.server.metrics_port is not None:
         # served as the main listener is (timers, connection cap, error answers that quote nothing)
@@ -49,18 +59,23 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None) 
         mapp[GATEWAY], mapp[FRONT_ROUTES] = app[GATEWAY], []
         mrunner = GatewayRunner(mapp, access_log=None, keepalive_timeout=config.server.client_keepalive_timeout_s)
         await mrunner.setup()
-        await web.TCPSite(mrunner, config.server.host, config.server.metrics_port).start()
+        metrics_tls = TlsListener("metrics", server.metrics_tls) if server.metrics_tls else None
+        tls += [metrics_tls] if metrics_tls else []
+        await site(mrunner, server.metrics_port, metrics_tls).start()
         runners.append(mrunner)
     import structlog
 
     structlog.get_logger("flowgate").info(
-        "listening", host=config.server.host, port=config.server.port, store=config.store.split("://")[0]
+        "listening", host=server.host, port=server.port, store=config.store.split("://")[0],
+        tls=[f"{t.name}:{t.fingerprint}" for t in tls] or None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError):  # (a supervisor's reload calls reload_tls in each worker)
+        loop.add_signal_handler(signal.SIGHUP, reload_tls, tls)
     if ready is not None:
         ready.set_result(app)
     tune_gc()

@@ -5,9 +5,19 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from proxy.store import Account
 
 NOW = time.time()
+
+
+@pytest.fixture(autouse=True)
+def _now():
+    """NOW is read per test: the whole suite may reach these tests more than a minute after it
+    imported this module (a token put to expire at NOW + 60 would already have)."""
+    global NOW
+    NOW = time.time()
 
 
 async def test_token_single_use(store):

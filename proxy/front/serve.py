@@ -41,7 +41,8 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None) 
     tls = [TlsListener("main", server.tls)] if server.tls else []
 
     def site(runner: web.BaseRunner, port: int, listener: TlsListener | None, **kwargs) -> Site:
-        """A listener (main, metrics; an admin listener the same way), TLS or plain."""
+        """A listener, TLS or plain. (An admin listener: ``site(arunner, server.admin_port, TlsListener("admin",
+        server.admin_tls) if server.admin_tls else None)``, its TlsListener added to ``tls`` for SIGHUP.)"""
         return Site(runner, server.host, port, tls=listener, handshake_timeout_s=server.client_head_timeout_s,
                     shutdown_timeout_s=server.client_write_timeout_s, **kwargs)
 

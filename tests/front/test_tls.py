@@ -5,6 +5,7 @@ streams stay open. Certificates come from a local CA made for each test (tests/f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from proxy.config.tls import cert_fingerprint
 from tests.conftest import SECRET, free_port
 from tests.front.raw import FAST, STREAM, WF_STREAM, closed, config, post
 from tests.front.tlskit import (
@@ -196,7 +198,7 @@ async def test_a_new_certificate_on_sighup_while_a_stream_is_open(upstream, tmp_
     within 3 s, the open stream goes on (on the old one); a bad key then keeps the new certificate
     and the log says why. The metrics listener has its own TLS."""
     certs = make_certs(tmp_path)
-    first = await served_fingerprint_of_files(certs)
+    first = cert_fingerprint(str(certs.cert_file))
 
     async def ticking(request, seen):
         resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
@@ -257,7 +259,23 @@ async def test_a_new_certificate_on_sighup_while_a_stream_is_open(upstream, tmp_
     assert "Traceback" not in log
 
 
-async def served_fingerprint_of_files(certs) -> str:
-    from proxy.config.tls import cert_fingerprint
 
-    return cert_fingerprint(str(certs.cert_file))
+async def test_plain_http_on_the_tls_port_is_closed_and_answered_nothing_in_clear(upstream, tmp_path):
+    """A careless client speaking HTTP to the HTTPS port (its API key in the head): the handshake
+    fails, the connection closes, nothing is answered in clear text; the listener serves on."""
+    certs = make_certs(tmp_path)
+    runner, port, _ = await serve_in_process(config(upstream, tls=tls_settings(certs)))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(STREAM))
+        got = b""
+        with contextlib.suppress(ConnectionResetError):
+            got = await asyncio.wait_for(reader.read(), 5)
+        assert b"HTTP/1.1" not in got and SECRET.encode() not in got
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context(certs))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+        writer.close()
+    finally:
+        await runner.cleanup()

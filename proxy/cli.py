@@ -59,8 +59,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for line in exc.problems:
             print(f"  {line}")
         return 2
+    server = cfg.server
     print(f"{args.file}: ok ({len(cfg.flows)} flows, {len(cfg.keys)} keys, {len(cfg.backends)} backends, "
-          f"dialects: {', '.join(f'{n} at {m.prefix}' for n, m in cfg.dialects.items())})")
+          f"dialects: {', '.join(f'{n} at {m.prefix}' for n, m in cfg.dialects.items())}; "
+          f"listening on {'https' if server.tls else 'http'}://{server.host}:{server.port})")
     return 0
 
 

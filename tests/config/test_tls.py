@@ -43,6 +43,12 @@ def test_a_key_of_another_certificate_is_refused_naming_the_key(tmp_path):
 def test_the_same_line_in_check_config(tmp_path):
     certs = make_certs(tmp_path)
     cfg = base_config("http://127.0.0.1:9")
+    cfg["server"]["tls"] = tls_settings(certs)
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([sys.executable, "-m", "proxy", "check-config", str(path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "listening on https://127.0.0.1:8080" in out.stdout, out.stdout
     cfg["server"]["tls"] = {"cert_file": str(certs.cert_file), "key_file": str(certs.cert_file)}  # careless swap
     path = tmp_path / "fg.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -15,46 +15,19 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from ..env import ENV_ACCEPTED, Env
 from ..protocols import BACKEND_PROTOCOLS
-from .tls import TlsFileError, cert_fingerprint, check_ciphers, server_context
+from .tls import TlsConfig
 
 MAX_DURATION_CAP_S = 300.0
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TlsConfig(_Model):
-    cert_file: str = Field(description="PEM certificate chain, the server's certificate first (Let's Encrypt: "
-                           "fullchain.pem). Read at start and on every SIGHUP.")
-    key_file: str = Field(description="PEM private key of that certificate, unencrypted (Let's Encrypt: privkey.pem).")
-    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Oldest TLS version accepted; older clients are "
-                                               "refused in the handshake.")
-    ciphers: str | None = Field(None, description="OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are OpenSSL's "
-                                "defaults); unset: Python's defaults (forward-secret AEAD ciphers).")
-
-    @field_validator("cert_file", "key_file", "ciphers")
-    @classmethod
-    def _servable(cls, v: str | None, info: ValidationInfo) -> str | None:
-        """cert_file parses; key_file is readable and matches it; ciphers select at least one."""
-        cert = info.data.get("cert_file")
-        try:
-            if info.field_name == "cert_file":
-                cert_fingerprint(v)
-            elif info.field_name == "key_file" and cert is not None:  # (else cert_file's problem is reported)
-                server_context(cert, v)
-            elif info.field_name == "ciphers" and v is not None:
-                check_ciphers(v)
-        except TlsFileError as exc:
-            raise ValueError(str(exc)) from None
-        return v
 
 
 class ServerConfig(_Model):

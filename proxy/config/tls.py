@@ -1,5 +1,6 @@
-"""TLS as the config describes it: the checks a listener's certificate and key pass at load, and the
-server ``ssl.SSLContext`` they make (what :mod:`proxy.front.tls` serves and reloads).
+"""TLS as the config describes it: :class:`TlsConfig` (a listener's ``tls`` option, declared here
+for the model of :mod:`.model`), the checks its certificate and key pass at load, and the server
+``ssl.SSLContext`` they make (what :mod:`proxy.front.tls` serves and reloads).
 
 Each check raises :class:`TlsFileError` naming the field it is about (``cert_file``, ``key_file``,
 ``ciphers``), so that a config problem reads ``server.tls.key_file: ... does not match the
@@ -13,6 +14,9 @@ import hashlib
 import re
 import ssl
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 ALPN = ["http/1.1"]  # the only protocol the listeners speak; a client offering h2 alone fails ALPN
@@ -102,3 +106,31 @@ def server_context(cert_file: str, key_file: str, min_version: str = "1.2", ciph
     except OSError as exc:  # replaced or removed since it was read
         raise TlsFileError("key_file", f"cannot read {key_file} or {cert_file}: {exc.strerror or exc}") from None
     return ctx, fingerprint
+
+
+class TlsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)  # (as every section of the model)
+
+    cert_file: str = Field(description="PEM certificate chain, the server's certificate first (Let's Encrypt: "
+                           "fullchain.pem). Read at start and on every SIGHUP.")
+    key_file: str = Field(description="PEM private key of that certificate, unencrypted (Let's Encrypt: privkey.pem).")
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Oldest TLS version accepted; older clients are "
+                                               "refused in the handshake.")
+    ciphers: str | None = Field(None, description="OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are OpenSSL's "
+                                "defaults); unset: Python's defaults (forward-secret AEAD ciphers).")
+
+    @field_validator("cert_file", "key_file", "ciphers")
+    @classmethod
+    def _servable(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """cert_file parses; key_file is readable and matches it; ciphers select at least one."""
+        cert = info.data.get("cert_file")
+        try:
+            if info.field_name == "cert_file":
+                cert_fingerprint(v)
+            elif info.field_name == "key_file" and cert is not None:  # (else cert_file's problem is reported)
+                server_context(cert, v)
+            elif info.field_name == "ciphers" and v is not None:
+                check_ciphers(v)
+        except TlsFileError as exc:
+            raise ValueError(str(exc)) from None
+        return v

@@ -19,6 +19,7 @@ handshake on the head timer: a client that connects and stalls in the handshake 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import Iterable
 from typing import Any
@@ -78,25 +79,28 @@ def reload_tls(listeners: Iterable[TlsListener]) -> bool:
 
 
 class Site(web.TCPSite):
-    """``web.TCPSite``, with TLS from a :class:`TlsListener` and the handshake on a timer (aiohttp's
-    site passes no ``ssl_handshake_timeout``: asyncio's default is 60 s)."""
+    """``web.TCPSite`` with TLS from a :class:`TlsListener` and the handshake on a timer (aiohttp's
+    sites pass no ``ssl_handshake_timeout``: asyncio's default is 60 s); on ``host:port``, or on a
+    socket already bound and listening (``sock``: a worker's, from its supervisor)."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, tls: TlsListener | None,
-                 handshake_timeout_s: float, shutdown_timeout_s: float, **kwargs: Any) -> None:
+                 handshake_timeout_s: float, shutdown_timeout_s: float, sock: socket.socket | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(runner, host, port, ssl_context=tls.context if tls else None, **kwargs)
-        self.tls = tls
+        self.tls, self.sock = tls, sock
         self.handshake_timeout_s = handshake_timeout_s
         self.tls_shutdown_timeout_s = shutdown_timeout_s
 
     async def start(self) -> None:
-        if self.tls is None:
-            return await super().start()
         await web.BaseSite.start(self)  # (registers the site with its runner, as TCPSite.start does)
         assert self._runner.server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            self._runner.server, self._host, self._port, ssl=self.tls.context, backlog=self._backlog,
-            reuse_address=self._reuse_address, reuse_port=self._reuse_port,
-            ssl_handshake_timeout=self.handshake_timeout_s, ssl_shutdown_timeout=self.tls_shutdown_timeout_s)
+        where: dict[str, Any] = {"sock": self.sock} if self.sock is not None else {
+            "host": self._host, "port": self._port, "reuse_address": self._reuse_address,
+            "reuse_port": self._reuse_port}
+        if self.tls is not None:
+            where.update(ssl=self.tls.context, ssl_handshake_timeout=self.handshake_timeout_s,
+                         ssl_shutdown_timeout=self.tls_shutdown_timeout_s)
+        self._server = await asyncio.get_running_loop().create_server(self._runner.server, backlog=self._backlog,
+                                                                      **where)
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
-        return None

@@ -59,8 +59,9 @@ def tls_settings(certs: Certs, **extra) -> dict:
     return {"cert_file": str(certs.cert_file), "key_file": str(certs.key_file), **extra}
 
 
-async def serve_in_process(cfg: dict) -> tuple[web.AppRunner, int, TlsListener]:
-    """The gateway's main listener as `flowgate serve` starts it (GatewayRunner, Site, TlsListener)."""
+async def serve_in_process(cfg: dict, sock=None) -> tuple[web.AppRunner, int, TlsListener]:
+    """The gateway's main listener as `flowgate serve` starts it (GatewayRunner, Site, TlsListener),
+    on a free port or on ``sock`` (bound and listening, as a supervisor hands it to a worker)."""
     config = parse_config(cfg)
     server = config.server
     runner = GatewayRunner(create_app(config), access_log=None, keepalive_timeout=server.client_keepalive_timeout_s,
@@ -68,7 +69,7 @@ async def serve_in_process(cfg: dict) -> tuple[web.AppRunner, int, TlsListener]:
     await runner.setup()
     listener = TlsListener("main", server.tls)
     site = Site(runner, "127.0.0.1", 0, tls=listener, handshake_timeout_s=server.client_head_timeout_s,
-                shutdown_timeout_s=server.client_write_timeout_s)
+                shutdown_timeout_s=server.client_write_timeout_s, sock=sock)
     await site.start()
     return runner, site._server.sockets[0].getsockname()[1], listener  # type: ignore[union-attr]
 

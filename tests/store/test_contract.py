@@ -14,8 +14,8 @@ NOW = time.time()
 
 @pytest.fixture(autouse=True)
 def _now():
-    """NOW is read per test: the whole suite may reach these tests more than a minute after it
-    imported this module (a token put to expire at NOW + 60 would already have)."""
+    """NOW as each test starts (not at collection: a long suite would start these minutes later,
+    past the expiry times they set from NOW)."""
     global NOW
     NOW = time.time()
 

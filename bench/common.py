@@ -88,11 +88,11 @@ def rss_bytes(pid: int) -> int:
 
 
 def flowgate_config(tmp: Path, port: int, backend_port: int, *, store: str | None = None,
-                    max_duration_s: float = 300) -> Path:
+                    max_duration_s: float = 300, tls: dict | None = None, name: str = "flowgate") -> Path:
     backend = f"http://127.0.0.1:{backend_port}"
     cfg = {
-        "server": {"host": "127.0.0.1", "port": port, "backlog": 16384},
-        "store": store or f"sqlite:///{tmp / 'bench.db'}",
+        "server": {"host": "127.0.0.1", "port": port, "backlog": 16384, **({"tls": tls} if tls else {})},
+        "store": store or f"sqlite:///{tmp / f'{name}.db'}",
         "backends": {"bench": {"url": backend, "protocol": "text"},
                      "bench_lf": {"url": backend, "protocol": "langflow"}},
         "accounts": {"bench": {"initial_credits": 10**12}},
@@ -108,7 +108,7 @@ def flowgate_config(tmp: Path, port: int, backend_port: int, *, store: str | Non
         ],
         "keys": [{"id": "key_bench", "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "owner": "bench"}],
     }
-    path = tmp / "flowgate.yaml"
+    path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 

@@ -36,17 +36,19 @@ from pathlib import Path
 
 import aiohttp
 
+from . import tls
 from .common import flowgate_config, free_port, spawn, start_flowgate, wait_port
 from .report import FLOWGATE, merge_rounds, plot, table
 from .scenarios import Path_, scenario_bulk, scenario_idle, scenario_latency, scenario_short, scenario_streams
 
 OUT = Path(__file__).resolve().parent / "out"
 # which paths run which scenario (a flowgate path not named runs none of it)
+TLS = ("nginx-tls", "flowgate-tls")  # with --tls
 SCENARIO_PATHS = {
-    "streams": ("direct", "nginx", "pipe", *FLOWGATE),
-    "latency": ("direct", "nginx", "flowgate key", "flowgate token"),
-    "short": ("direct", "nginx", "flowgate key", "flowgate token"),
-    "bulk": ("direct", "nginx", "pipe", "flowgate token"),  # the pipe: where its numbers mean something
+    "streams": ("direct", "nginx", "pipe", *FLOWGATE, *TLS),
+    "latency": ("direct", "nginx", "flowgate key", "flowgate token", *TLS),
+    "short": ("direct", "nginx", "flowgate key", "flowgate token", *TLS),
+    "bulk": ("direct", "nginx", "pipe", "flowgate token", *TLS),  # the pipe: where its numbers mean something
     "idle": ("nginx", "pipe", "flowgate token"),  # one process: RSS measured once
 }
 ROUNDED = ("streams", "latency", "short")  # run --rounds times, path after path, each figure the median
@@ -64,7 +66,7 @@ http {{
   uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
   upstream backend {{ server 127.0.0.1:{bport}; keepalive 512; }}
   server {{
-    listen 127.0.0.1:{port} backlog=16384;
+    listen 127.0.0.1:{port}{ssl} backlog=16384;{ssl_lines}
     location / {{
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -86,7 +88,7 @@ async def main(args) -> None:
     paths = [Path_("direct", f"http://127.0.0.1:{bport}", None, "plain")]
     nginx_bin = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)  # noqa: ASYNC240
     if nginx_bin and not args.no_nginx:
-        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, bport=bport, port=nport))
+        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, bport=bport, port=nport, ssl="", ssl_lines=""))
         procs.append(spawn([nginx_bin, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], 1))
         paths.append(Path_("nginx", f"http://127.0.0.1:{nport}", None, "plain"))
     else:
@@ -98,12 +100,27 @@ async def main(args) -> None:
     procs.append(start_flowgate(flowgate_config(tmp, gport, bport), 1))
     for name in FLOWGATE:
         paths.append(Path_(name, f"http://127.0.0.1:{gport}", procs[-1].pid, name.split()[1]))
+    client_tls = None
+    if args.tls:  # the same proxies over HTTPS (bench/tls.py); flowgate on the token path
+        cert, key, client_tls = tls.make_certs(tmp)
+        if nginx_bin and not args.no_nginx:
+            (tmp / "tls").mkdir()
+            tport = free_port()
+            ssl_lines = tls.NGINX_TLS.format(cert=cert, key=key)
+            (tmp / "tls" / "nginx.conf").write_text(NGINX_CONF.format(
+                tmp=tmp / "tls", bport=bport, port=tport, ssl=" ssl", ssl_lines=ssl_lines))
+            procs.append(spawn([nginx_bin, "-c", str(tmp / "tls" / "nginx.conf"), "-p", str(tmp / "tls")], 1))
+            paths.append(Path_("nginx-tls", f"https://127.0.0.1:{tport}", procs[-1].pid, "plain"))
+        tgport = free_port()
+        procs.append(start_flowgate(flowgate_config(tmp, tgport, bport, name="flowgate-tls",
+                                                    tls={"cert_file": str(cert), "key_file": str(key)}), 1))
+        paths.append(Path_("flowgate-tls", f"https://127.0.0.1:{tgport}", procs[-1].pid, "token"))
     try:
         for p in paths:
             wait_port(int(p.base.rsplit(":", 1)[1]))
         if any(p.name == "nginx" for p in paths):
             paths[1].pid = procs[1].pid  # nginx's master (its worker is a child: cpu_seconds adds it)
-        conn = aiohttp.TCPConnector(limit=0, force_close=False)
+        conn = aiohttp.TCPConnector(limit=0, force_close=False, ssl=client_tls or True)
         async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as s:
             for p in paths:  # warm each path (connections, caches) before measuring
                 if p.name in SCENARIO_PATHS["short"]:
@@ -140,8 +157,8 @@ async def main(args) -> None:
                             # each scenario on each path gets its own client connections, closed after:
                             # one scenario's leftovers (1,000 idle keep-alive connections after the
                             # latency one, cycled through in turn by aiohttp's pool) must not load the next
-                            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                                             timeout=s.timeout) as own:
+                            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+                                    limit=0, ssl=client_tls or True), timeout=s.timeout) as own:
                                 per_path.setdefault(p.name, []).append(await run(p, own))
                         finally:
                             gc.enable()
@@ -153,6 +170,8 @@ async def main(args) -> None:
         plot(results, OUT / "bench.png")
         print()
         print(table(results, args))
+        if args.tls:
+            print("\nTLS on the listener (each proxy's HTTPS run / its plain run):\n" + tls.table(results))
         print(f"\nplot: {OUT / 'bench.png'}   raw: {OUT / 'results.json'}")
     finally:
         for p in procs:
@@ -179,6 +198,7 @@ def cli() -> None:
                          "between rounds)")
     ap.add_argument("--no-nginx", action="store_true")
     ap.add_argument("--no-pipe", action="store_true", help="leave out the uvloop byte pipe (the Python floor)")
+    ap.add_argument("--tls", action="store_true", help="also nginx and flowgate over HTTPS (bench/tls.py)")
     ap.add_argument("--only", type=lambda v: v.split(","), default=None,
                     help="run only these scenarios (streams,latency,short,bulk,idle), e.g. while profiling")
     asyncio.run(main(ap.parse_args()))

@@ -42,9 +42,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc.report(args.file))
         return 2
+    server = cfg.server
     print(f"{args.file}: ok ({len(cfg.flows)} flows, {len(cfg.keys)} keys, {len(cfg.backends)} backends, "
           f"store {cfg.store.split('://')[0]}, "
-          f"dialects: {', '.join(f'{n} at {m.prefix}' for n, m in cfg.dialects.items())})")
+          f"dialects: {', '.join(f'{n} at {m.prefix}' for n, m in cfg.dialects.items())}; "
+          f"listening on {'https' if server.tls else 'http'}://{server.host}:{server.port})")
     return 0
 
 

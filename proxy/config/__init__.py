@@ -4,7 +4,8 @@ is validated per request: a config that loads is a config the gateway can serve.
 
 - :mod:`.model`: every option, declared once, typed, defaulted and documented;
 - :mod:`.validation`: references between sections and ``${ENV}`` interpolation, on the raw mapping;
-- :mod:`.loading`: YAML in, every problem out at once as a line naming its key.
+- :mod:`.loading`: YAML in, every problem out at once as a line naming its key;
+- :mod:`.tls`: a listener's ``tls`` option and the checks its files pass.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .model import (
     ServerConfig,
     TargetConfig,
 )
+from .tls import TlsConfig
 from .validation import cross_ref_problems
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "LimitsConfig",
     "ServerConfig",
     "TargetConfig",
+    "TlsConfig",
     "cross_ref_problems",
     "load_config",
     "parse_config",

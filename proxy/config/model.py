@@ -7,13 +7,10 @@ raw dict). Checks between sections live in :mod:`.validation`, reading the file 
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     field_validator,
@@ -23,125 +20,10 @@ from pydantic import (
 from ..env import ENV_ACCEPTED, Env
 from ..protocols import BACKEND_PROTOCOLS
 from ..store.urls import check_store_url
+from .server import ServerConfig
+from .server import Strict as _Model
 
 MAX_DURATION_CAP_S = 300.0
-MAX_WORKERS = 256
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ServerConfig(_Model):
-    host: str = Field("127.0.0.1", description="Address to listen on.")
-    port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0 = any free port).")
-    max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above).")
-    backlog: int = Field(4096, gt=0, description="Listen backlog; large so bursts of streams are not refused.")
-    metrics_port: int | None = Field(
-        None, ge=0, le=65535, description="Serve /metrics on this separate port too (for sidecars)."
-    )
-    admin_port: int | None = Field(
-        None, ge=0, le=65535, description="Serve the admin API (/admin/v1) on this port only, not on `port` "
-        "(keep it off the public listener); null = on `port`."
-    )
-    admin_host: str | None = Field(
-        None, description="Address of the admin listener (e.g. 127.0.0.1 or a private interface); default: `host`."
-    )
-    access_log: bool = Field(True, description="Write one JSON access line per request.")
-    workers: int | Literal["auto"] = Field(
-        "auto", description="Worker processes serving the listeners (auto = one per usable core; 1 = a single "
-        "process, no supervisor). Applied at the next restart, not by a reload."
-    )
-    pid_file: str | None = Field(
-        None, description="`flowgate serve` writes its process id here (the supervisor's, with workers); "
-        "`flowgate reload` reads it to know whom to signal."
-    )
-    shutdown_timeout_s: float = Field(
-        10.0, ge=0, description="On SIGTERM, how long open streams may go on before they are cut."
-    )
-    front: Literal["flowgate", "aiohttp"] = Field(
-        "flowgate",
-        description="Server protocol for the dialect routes: flowgate's own HTTP/1.1 front (less memory and CPU "
-        "per run) or aiohttp's. Every other route, and whatever the front does not take, is aiohttp's either way.",
-    )
-    compiled_text_path: bool = Field(
-        True,
-        description="Stream `text` backend bodies through flowgate's compiled per-chunk path "
-        "(proxy/stream/textpath.pyx, "
-        "built by `make install` where a C compiler is found): a chunk is metered, framed and written in C (a "
-        "transcoded one still calls its output encoder), policies run only when their limits are crossed. "
-        "false: every chunk in Python.",
-    )
-    client_keepalive_timeout_s: float = Field(
-        75.0, gt=0, description="An idle client keep-alive connection is closed after this long."
-    )
-    client_head_timeout_s: float = Field(
-        10.0, gt=0, description="A request head must arrive whole within this long of the connect (or of its first "
-        "byte on a keep-alive connection); else 408 and close."
-    )
-    client_body_timeout_s: float = Field(
-        30.0, gt=0, description="Longest wait between two reads of a request body once it is read; else 408 and close."
-    )
-    client_write_timeout_s: float = Field(
-        60.0, gt=0, description="A client that reads nothing of its response for this long is disconnected (also "
-        "the most a closed connection may take to flush)."
-    )
-    client_lingering_s: float = Field(
-        5.0, gt=0, description="After an answer sent before the request body was read (401, 413, 408, 400), the "
-        "write side is shut and what the client still sends is discarded for this long, then the connection closes."
-    )
-    max_connections: int = Field(
-        10000, gt=0, description="Open client connections per worker; beyond it a new connection is answered 503 "
-        "and closed."
-    )
-    upstream_keepalive: int = Field(
-        256, ge=0, description="Idle keep-alive connections kept per backend origin; more are closed when released."
-    )
-    upstream_keepalive_timeout_s: float = Field(
-        15.0, gt=0, description="An idle backend connection older than this is closed instead of reused."
-    )
-    upstream_max_head_bytes: int = Field(
-        65536, ge=1024, description="Largest backend response head (status line, headers, interim 1xx heads) in "
-        "bytes; beyond it the run fails with 502 and the connection is dropped."
-    )
-    upstream_max_headers: int = Field(
-        100, ge=1, description="Most header lines in a backend response head; beyond it 502 and the connection is "
-        "dropped."
-    )
-    max_buffered_response_bytes: int = Field(
-        10 * 1024 * 1024, gt=0, description="Largest backend body a non-streaming run (`.../run`) buffers; beyond it "
-        "the gateway stops reading, drops the backend connection and answers 502."
-    )
-
-
-    @model_validator(mode="after")
-    def _distinct_ports(self) -> ServerConfig:
-        ports = [("port", self.port), ("metrics_port", self.metrics_port), ("admin_port", self.admin_port)]
-        seen: dict[int, str] = {}
-        for name, value in ports:
-            if value:  # (0: any free port, never a clash)
-                if value in seen and (name != "admin_port" or (self.admin_host or self.host) == self.host):
-                    raise ValueError(f"{name} is the same as {seen[value]} ({value})")
-                seen.setdefault(value, name)
-        if self.admin_host is not None and self.admin_port is None:
-            raise ValueError("admin_host needs admin_port (the admin API is on the main listener otherwise)")
-        return self
-
-    @field_validator("workers", mode="before")
-    @classmethod
-    def _workers(cls, v: Any) -> Any:
-        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_WORKERS):
-            return v
-        raise ValueError(f"must be a whole number from 1 to {MAX_WORKERS}, or auto (got {v!r})")
-
-    def worker_count(self) -> int:
-        """``workers`` resolved: ``auto`` is the number of cores this process may run on."""
-        if self.workers != "auto":
-            return self.workers
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # not on Linux
-            return max(1, os.cpu_count() or 1)
 
 
 class LimitsConfig(_Model):

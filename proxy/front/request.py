@@ -158,7 +158,8 @@ class FrontRequest:
 
     @property
     def scheme(self) -> str:
-        return "http"
+        transport = self.flow.transport  # (as aiohttp's request reads it: a TLS transport has its context)
+        return "https" if transport is not None and transport.get_extra_info("sslcontext") is not None else "http"
 
     @property
     def path(self) -> str:

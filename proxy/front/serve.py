@@ -1,6 +1,9 @@
 """Serving: the gateway's app on its listeners (and the metrics listener), until SIGINT/SIGTERM,
 taking a new config on SIGHUP (:mod:`proxy.front.reload`).
 
+A listener with ``tls`` set speaks HTTPS (:mod:`proxy.front.tls`); SIGHUP re-reads every
+listener's certificate files through :func:`proxy.front.tls.reload_tls`.
+
 ``flowgate serve`` and ``flowgate demo`` both run it: the CLI parses arguments and loads the config,
 and imports this module only to serve (its other commands stay light); the demo starts its backend
 beside it. With ``server.workers`` above 1, each worker the supervisor
@@ -75,18 +78,26 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None,
     from ..context import GATEWAY
     from . import FRONT_ROUTES, GatewayRunner
     from .reload import apply
+    from .tls import Site, TlsListener, reload_tls
+
+    server = config.server
+    tls = [TlsListener("main", server.tls)] if server.tls else []
+    bound = iter(listeners or ())  # a worker's: main, then metrics and admin where configured
+
+    def site(runner: web.BaseRunner, host: str, port: int, listener: TlsListener | None, **kwargs) -> Site:
+        """A listener, TLS or plain, on host:port or on the next socket a supervisor bound. (An admin
+        listener's TLS: a ``TlsListener("admin", server.admin_tls)`` added to ``tls`` for SIGHUP.)"""
+        return Site(runner, host, port, tls=listener, handshake_timeout_s=server.client_head_timeout_s,
+                    shutdown_timeout_s=server.client_write_timeout_s, sock=next(bound, None), **kwargs)
 
     app = create_app(config)
     runner = GatewayRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=config.server.shutdown_timeout_s,
                            keepalive_timeout=config.server.client_keepalive_timeout_s)
     await runner.setup()
-    bound = iter(listeners or ())  # a worker's: main, then metrics and admin where configured
-    main = next(bound, None)
-    site = web.SockSite(runner, main) if main is not None else web.TCPSite(
-        runner, config.server.host, config.server.port, backlog=config.server.backlog, reuse_address=True)
     try:
-        await listen(site, config.server.host, config.server.port)
+        await listen(site(runner, server.host, server.port, tls[0] if tls else None, backlog=server.backlog,
+                          reuse_address=True), server.host, server.port)
     except CannotListen:
         await runner.cleanup()
         raise
@@ -98,12 +109,12 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None,
         mapp[GATEWAY], mapp[FRONT_ROUTES] = app[GATEWAY], []
         mrunner = GatewayRunner(mapp, access_log=None, keepalive_timeout=config.server.client_keepalive_timeout_s)
         await mrunner.setup()
+        metrics_tls = TlsListener("metrics", server.metrics_tls) if server.metrics_tls else None
+        tls += [metrics_tls] if metrics_tls else []
         runners.append(mrunner)
-        sock = next(bound, None)
-        msite = web.SockSite(mrunner, sock) if sock is not None else web.TCPSite(
-            mrunner, config.server.host, config.server.metrics_port)
         try:
-            await listen(msite, config.server.host, config.server.metrics_port, "the metrics listener")
+            await listen(site(mrunner, server.host, server.metrics_port, metrics_tls), server.host,
+                         server.metrics_port, "the metrics listener")
         except CannotListen:
             for r in reversed(runners):
                 await r.cleanup()
@@ -114,11 +125,9 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None,
         await arunner.setup()
         runners.append(arunner)
         admin_host = config.server.admin_host or config.server.host
-        sock = next(bound, None)
-        asite = web.SockSite(arunner, sock) if sock is not None else web.TCPSite(
-            arunner, admin_host, config.server.admin_port)
         try:
-            await listen(asite, admin_host, config.server.admin_port, "the admin listener")
+            await listen(site(arunner, admin_host, server.admin_port, None), admin_host, server.admin_port,
+                         "the admin listener")
         except CannotListen:
             for r in reversed(runners):
                 await r.cleanup()
@@ -127,7 +136,8 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None,
 
     log = structlog.get_logger("flowgate")
     if worker is None:
-        log.info("listening", host=config.server.host, port=config.server.port, store=config.store.split("://")[0])
+        log.info("listening", host=server.host, port=server.port, store=config.store.split("://")[0],
+                 tls=[f"{t.name}:{t.fingerprint}" for t in tls] or None)
     else:
         log.info("worker_started", worker=worker, pid=os.getpid())
     stop = asyncio.Event()
@@ -146,6 +156,7 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None,
                     log.info("config_swapped", worker=worker, generation=app[GATEWAY].generation)
             except Exception:  # the config in force stays; the server goes on
                 log.exception("reload_failed", worker=worker)
+            reload_tls(tls)  # the certificate files, read and checked again (a bad one: the old one kept)
 
     tasks: set[asyncio.Task] = set()
 

@@ -31,7 +31,6 @@ import select
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 import traceback
@@ -45,7 +44,7 @@ from .. import metrics as m
 from ..config import Config
 from ..logging import PROCESS_FIELDS
 from . import pooled, reload
-from .serve import install_uvloop, serve_forever
+from .serve import CannotListen, install_uvloop, serve_forever
 
 log = structlog.get_logger("flowgate.supervisor")
 
@@ -71,12 +70,12 @@ def bind(config: Config, count: int) -> list[list[socket.socket]]:
     server = config.server
     reuse_port = hasattr(socket, "SO_REUSEPORT")
     slots: list[list[socket.socket]] = [[] for _ in range(count)]
-    ports = [(server.host, server.port)]
+    ports = [(server.host, server.port, "the gateway")]
     if server.metrics_port is not None:
-        ports.append((server.host, server.metrics_port))
+        ports.append((server.host, server.metrics_port, "the metrics listener"))
     if server.admin_port is not None:
-        ports.append((server.admin_host or server.host, server.admin_port))
-    for host, port in ports:
+        ports.append((server.admin_host or server.host, server.admin_port, "the admin listener"))
+    for host, port, what in ports:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, kind, proto, _, addr = infos[0]
         for i, sockets in enumerate(slots):
@@ -87,7 +86,13 @@ def bind(config: Config, count: int) -> list[list[socket.socket]]:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(addr)
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                sock.close()
+                for opened in {id(x): x for slot in slots for x in slot}.values():
+                    opened.close()
+                raise CannotListen(exc, host, port, what) from None
             addr = sock.getsockname()  # port 0: the others join the port the first one got
             sock.listen(server.backlog)
             sock.setblocking(False)
@@ -342,11 +347,7 @@ def serve(config: Config, config_path: str) -> int:
     try:
         if config.server.worker_count() == 1:
             return _serve_single(config, config_path)
-        try:
-            listeners = bind(config, config.server.worker_count())
-        except OSError as exc:
-            print(f"flowgate: cannot listen on {config.server.host}: {exc.strerror}", file=sys.stderr)
-            return 1
+        listeners = bind(config, config.server.worker_count())  # CannotListen: one line, said by the CLI
         return Supervisor(config, config_path).run(listeners)
     finally:
         if pid_file is not None:

@@ -91,7 +91,8 @@ def flowgate_config(tmp: Path, port: int, backend_port: int, *, store: str | Non
                     max_duration_s: float = 300, tls: dict | None = None, name: str = "flowgate") -> Path:
     backend = f"http://127.0.0.1:{backend_port}"
     cfg = {
-        "server": {"host": "127.0.0.1", "port": port, "backlog": 16384, **({"tls": tls} if tls else {})},
+        # one worker: the gateway is pinned to one core, beside nginx with worker_processes 1
+        "server": {"host": "127.0.0.1", "port": port, "backlog": 16384, "workers": 1, **({"tls": tls} if tls else {})},
         "store": store or f"sqlite:///{tmp / f'{name}.db'}",
         "backends": {"bench": {"url": backend, "protocol": "text"},
                      "bench_lf": {"url": backend, "protocol": "langflow"}},

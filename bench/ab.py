@@ -1,0 +1,83 @@
+"""A/B of CPU per short run between two checkouts of flowgate on this machine: one gateway from
+each tree (each with its own ``make install``d ``.venv``), pinned to core 1 side by side, the same
+backend and load generator on core 0, rounds alternating between them.
+
+    .venv/bin/python -m bench.ab /path/to/tree-a /path/to/tree-b --kind key --runs 3000 --rounds 4
+
+``--kind`` ``key`` (an API key on the profitbase route) or ``token`` (a token minted per run,
+then the workflow route). A tree whose config schema predates ``server.workers`` gets its config
+without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from .common import flowgate_config, free_port, spawn, wait_port
+from .scenarios import Path_, scenario_short
+
+
+def _config(tmp: Path, tree: Path, port: int, bport: int, name: str) -> Path:
+    cfg = flowgate_config(tmp, port, bport, name=name)
+    probe = subprocess.run([str(tree / ".venv/bin/python"), "-c", "from proxy.config import ServerConfig as S; "
+                            "print('workers' in S.model_fields)"], capture_output=True, text=True, cwd=tree)
+    if probe.stdout.strip() != "True":
+        raw = yaml.safe_load(cfg.read_text())
+        raw["server"].pop("workers", None)
+        cfg.write_text(yaml.safe_dump(raw))
+    return cfg
+
+
+async def main(args) -> None:
+    os.sched_setaffinity(0, {0})
+    tmp = Path(tempfile.mkdtemp(prefix="flowgate-ab-"))
+    bport = free_port()
+    procs = [spawn([sys.executable, "-m", "bench.backend", str(bport)], 0)]
+    gateways = []
+    for i, tree in enumerate(Path(t).resolve() for t in args.trees):
+        port = free_port()
+        cfg = _config(tmp, tree, port, bport, f"ab{i}")
+        proc = subprocess.Popen(["taskset", "-c", "1", str(tree / ".venv/bin/python"), "-m", "proxy", "serve",
+                                 "--config", str(cfg)], cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        gateways.append((str(tree), Path_(str(tree), f"http://127.0.0.1:{port}", proc.pid, args.kind)))
+    try:
+        wait_port(bport)
+        for _, path in gateways:
+            wait_port(int(path.base.rsplit(":", 1)[1]))
+        results: dict[str, list[int]] = {tree: [] for tree, _ in gateways}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+            for _, path in gateways:  # warm
+                await scenario_short(s, path, 500, args.conc)
+            for _ in range(args.rounds):
+                for tree, path in gateways:
+                    out = await scenario_short(s, path, args.runs, args.conc)
+                    results[tree].append(round(out["cpu_us_per_run"]))
+        for tree, values in results.items():
+            print(f"{args.kind} path, CPU µs per run, {tree}: {sorted(values)}")
+    finally:
+        for proc in procs:
+            proc.terminate()
+
+
+def cli() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("trees", nargs=2)
+    ap.add_argument("--kind", choices=["key", "token"], default="key")
+    ap.add_argument("--runs", type=int, default=3000)
+    ap.add_argument("--conc", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=4)
+    asyncio.run(main(ap.parse_args()))
+
+
+if __name__ == "__main__":
+    cli()

@@ -37,19 +37,23 @@ def _config(tmp: Path, tree: Path, port: int, bport: int, name: str) -> Path:
     return cfg
 
 
+def _start(tmp: Path, tree_arg: str, i: int, bport: int, kind: str, procs: list) -> tuple[str, Path_]:
+    """One tree's gateway on core 1 (appended to ``procs``)."""
+    tree = Path(tree_arg).resolve()
+    port = free_port()
+    cfg = _config(tmp, tree, port, bport, f"ab{i}")
+    proc = subprocess.Popen(["taskset", "-c", "1", str(tree / ".venv/bin/python"), "-m", "proxy", "serve",
+                             "--config", str(cfg)], cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs.append(proc)
+    return str(tree), Path_(str(tree), f"http://127.0.0.1:{port}", proc.pid, kind)
+
+
 async def main(args) -> None:
     os.sched_setaffinity(0, {0})
     tmp = Path(tempfile.mkdtemp(prefix="flowgate-ab-"))
     bport = free_port()
     procs = [spawn([sys.executable, "-m", "bench.backend", str(bport)], 0)]
-    gateways = []
-    for i, tree in enumerate(Path(t).resolve() for t in args.trees):
-        port = free_port()
-        cfg = _config(tmp, tree, port, bport, f"ab{i}")
-        proc = subprocess.Popen(["taskset", "-c", "1", str(tree / ".venv/bin/python"), "-m", "proxy", "serve",
-                                 "--config", str(cfg)], cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(proc)
-        gateways.append((str(tree), Path_(str(tree), f"http://127.0.0.1:{port}", proc.pid, args.kind)))
+    gateways = [_start(tmp, tree, i, bport, args.kind, procs) for i, tree in enumerate(args.trees)]
     try:
         wait_port(bport)
         for _, path in gateways:

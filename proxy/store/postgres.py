@@ -10,10 +10,8 @@ and concurrency slots are locked per bucket the same way. The tables and their m
 :mod:`proxy.store.postgres_schema`.
 
 An unreachable database raises :class:`~proxy.errors.StoreUnavailable` (503, fail closed) within
-about a second (connect timeout); the pool reconnects by itself. A database that is down when the
-gateway starts is migrated on first use; a schema dropped under a running gateway is created again
-on the next call (its accounts come back at their initial credits, as after a restart on an empty
-store, each logging ``account_seeded``).
+about a second (connect timeout); the pool reconnects by itself. A database down at start is
+migrated on first use; a schema dropped under a running gateway is made again on the next call.
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ from .base import (
     usage_sample,
     usage_values,
 )
-from .postgres_schema import migrate
+from .postgres_schema import migrate, quoted
 from .urls import parse_pg_url
 
 log = structlog.get_logger("flowgate.store")
@@ -48,8 +46,7 @@ ACQUIRE_TIMEOUT_S = 2.0
 COMMAND_TIMEOUT_S = 5.0
 PURGE_EVERY = 1000
 
-# advisory-lock namespaces (the first key of pg_advisory_xact_lock(int, int); the second is hashtext(name))
-LOCK_ACCOUNT, LOCK_SLOTS, LOCK_WINDOW, LOCK_KEYS = 1, 2, 3, 4
+LOCK_ACCOUNT, LOCK_SLOTS, LOCK_WINDOW, LOCK_KEYS = 1, 2, 3, 4  # pg_advisory_xact_lock(namespace, hashtext(name))
 
 # what an outage looks like (anything else from the server is a bug: logged loudly, still a 503)
 OUTAGE = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
@@ -97,8 +94,7 @@ async def _open(conn, job_id: str, account: str, want: int, expires_at: float, m
     granted = min(want, available)
     await conn.execute(
         "WITH h AS (INSERT INTO holds (job_id, account, amount, expires_at, meta) VALUES ($1, $2, $3, $4, $5)) "
-        "UPDATE accounts SET held = held + $3 WHERE account = $2",
-        job_id, account, granted, expires_at, _json(meta))
+        "UPDATE accounts SET held = held + $3 WHERE account = $2", job_id, account, granted, expires_at, _json(meta))
     return granted, seeded
 
 
@@ -107,7 +103,7 @@ class PostgresStore:
         self.dsn, self.schema = parse_pg_url(url)
         self._pool: asyncpg.Pool | None = None
         self._migrated = False
-        self._migrating = asyncio.Lock()
+        self._migrating, self._migrations_tried = asyncio.Lock(), 0  # waiters share an attempt's failure
         self._writes = 0
 
     async def start(self) -> None:
@@ -115,7 +111,7 @@ class PostgresStore:
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=0, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT_S,
                 command_timeout=COMMAND_TIMEOUT_S, max_inactive_connection_lifetime=60,
-                server_settings={"search_path": self.schema, "application_name": "flowgate"})
+                server_settings={"search_path": quoted(self.schema), "application_name": "flowgate"})
         try:
             await self._ready()
         except StoreUnavailable as exc:  # runs answer 503 until it is back; migrated on first use
@@ -130,8 +126,12 @@ class PostgresStore:
         if self._pool is None:
             raise StoreUnavailable("the store is not started")
         if not self._migrated:
+            tried = self._migrations_tried
             async with self._migrating:
                 if not self._migrated:
+                    if self._migrations_tried != tried:  # one failed while this call waited: fail as it did
+                        raise StoreUnavailable("postgresql: not migrated yet (the database did not answer)")
+                    self._migrations_tried += 1
                     await self._with(lambda conn: migrate(conn, self.schema), transaction=False)
                     self._migrated = True
         return self._pool

@@ -51,20 +51,30 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+def quoted(schema: str) -> str:
+    """The schema as a quoted identifier (checked at load: lower-case letters, digits and _), so
+    that a name PostgreSQL reserves as a keyword (``user``, ``order``) works as any other."""
+    return f'"{schema}"'
+
+
 async def migrate(conn, schema: str) -> int:
     """Bring ``schema`` to the newest version (one transaction); returns the version."""
+    name = quoted(schema)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        await conn.execute(f"CREATE TABLE IF NOT EXISTS {schema}.schema_version (version integer NOT NULL)")
-        current = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {schema}.schema_version")
+        # made only when missing: CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege on the
+        # database even when the schema exists (a DBA may have made it for a role without it)
+        if not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):
+            await conn.execute(f"CREATE SCHEMA {name}")
+        await conn.execute(f"CREATE TABLE IF NOT EXISTS {name}.schema_version (version integer NOT NULL)")
+        current = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {name}.schema_version")
         if current > len(MIGRATIONS):
             raise SchemaTooNew(f"the database schema {schema!r} is at version {current}, newer than this "
                                f"flowgate knows ({len(MIGRATIONS)}): upgrade flowgate")
         for version in range(current + 1, len(MIGRATIONS) + 1):
-            await conn.execute(f"SET LOCAL search_path TO {schema}")
+            await conn.execute(f"SET LOCAL search_path TO {name}")
             await conn.execute(MIGRATIONS[version - 1])
-            await conn.execute(f"INSERT INTO {schema}.schema_version (version) VALUES ($1)", version)
+            await conn.execute(f"INSERT INTO {name}.schema_version (version) VALUES ($1)", version)
         return len(MIGRATIONS)
 
 

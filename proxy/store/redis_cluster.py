@@ -36,6 +36,7 @@ class RedisClusterStore(RedisStore):
         super().__init__(url, prefix=prefix, client=client)
         self._in_flight = asyncio.Semaphore(POOL_SIZE)  # never more than a node's pool holds
         self._init_lock = asyncio.Lock()
+        self._inits_tried = 0  # callers waiting for one slot-map read share its failure
 
     async def _do(self, coro):
         # The cluster client's per-node pools refuse (MaxConnectionsError) rather than wait when
@@ -66,9 +67,15 @@ class RedisClusterStore(RedisStore):
     async def _initialize(self) -> None:
         """Read the slot map once for everyone waiting. (redis-py's client, asked by many commands at
         once before it has a map, or after a node failed, sends some on connections that are not
-        open yet: AttributeError on a None writer. One reader at a time avoids it.)"""
+        open yet: AttributeError on a None writer. One reader at a time avoids it.) Callers that
+        waited for a read that failed fail with it: each trying in turn, with seeds that never
+        answer, would make the last wait for all the others' timeouts."""
+        tried = self._inits_tried
         async with self._init_lock:
             if getattr(self._r, "_initialize", True):
+                if self._inits_tried != tried:  # one failed while this call waited: fail as it did
+                    raise StoreUnavailable("redis cluster: no slot map (no seed node answered)")
+                self._inits_tried += 1
                 await self._r.initialize()
 
     async def start(self) -> None:

@@ -15,8 +15,13 @@ def check_store_url(url: str) -> str:
     if scheme == "sqlite":
         if not url[len("sqlite:///"):] or not url.startswith("sqlite:///"):
             raise ValueError("sqlite store URL needs a path: sqlite:///relative.db or sqlite:////abs.db")
-    elif scheme in ("redis+cluster", "rediss+cluster"):
+        return scheme
+    _check_userinfo(url)
+    if scheme in ("redis+cluster", "rediss+cluster"):
         parse_seeds(url.split("?", 1)[0])
+        prefix = dict(parse_qsl(urlsplit(url).query)).get("prefix", "fg")
+        if "{" in prefix or "}" in prefix:  # a tag of its own would move (or split) every script's slot
+            raise ValueError("redis+cluster:// prefix must not contain { or } (the store's keys carry hash tags)")
     elif scheme in ("postgresql", "postgres"):
         parse_pg_url(url)
     elif scheme not in ("redis", "rediss"):
@@ -28,11 +33,24 @@ def check_store_url(url: str) -> str:
 SCHEMES = ("redis+cluster", "rediss+cluster")
 
 
+def _check_userinfo(url: str) -> None:
+    """A password with an unencoded ``/``, ``?`` or ``#`` ends the host part early: the URL would
+    name another host, or pass part of the password on as a database name, a driver parameter or
+    an error message. Refused without quoting any of it."""
+    parts = urlsplit(url)
+    cut = "@" not in parts.netloc and (
+        "@" in parts.path or any("@" in name for name, _ in parse_qsl(parts.query, keep_blank_values=True)))
+    if "#" in url or cut:
+        raise ValueError("the user:password part of the store URL has a /, ? or # that must be "
+                         "percent-encoded (%2F, %3F, %23; @ is %40)")
+
+
 def parse_seeds(url: str) -> tuple[list[tuple[str, int]], dict]:
     """(seed nodes, client options) of a ``redis+cluster://`` URL; ValueError names what is wrong."""
     parts = urlsplit(url)
     if parts.scheme not in SCHEMES:
-        raise ValueError(f"a Redis Cluster URL starts with redis+cluster:// (got {url!r})")
+        raise ValueError("a Redis Cluster URL starts with redis+cluster://")
+    _check_userinfo(url)
     userinfo, _, hosts = parts.netloc.rpartition("@")
     seeds = []
     for item in hosts.split(","):
@@ -51,11 +69,12 @@ def parse_seeds(url: str) -> tuple[list[tuple[str, int]], dict]:
     return seeds, options
 
 
-SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")  # PostgreSQL names are at most 63 bytes
 
 
 def parse_pg_url(url: str) -> tuple[str, str]:
     """(the DSN for the driver, the schema name) of a ``postgresql://`` store URL."""
+    _check_userinfo(url)
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     schema = "flowgate"
@@ -65,8 +84,11 @@ def parse_pg_url(url: str) -> tuple[str, str]:
             schema = value
         else:
             rest.append((name, value))
-    if not SCHEMA_NAME.match(schema):
-        raise ValueError(f"postgresql store: schema {schema!r} must be lower-case letters, digits and _")
+    if not SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(f"postgresql store: schema {schema!r} must be lower-case letters, digits and _ "
+                         "(at most 63)")
+    if schema.startswith("pg_") or schema == "information_schema":  # PostgreSQL's own schemas
+        raise ValueError(f"postgresql store: schema {schema!r} is reserved by PostgreSQL")
     if not parts.hostname and "host" not in dict(rest):
         raise ValueError("postgresql store URL needs a host: postgresql://user:password@host:5432/db")
     return urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest))), schema

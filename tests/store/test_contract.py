@@ -262,3 +262,19 @@ async def test_concurrent_key_puts_take_an_id_once(store):
     results = await asyncio.gather(*(store.put_key(_key("same", f"{i:064x}")) for i in range(20)))
     assert results.count("ok") == 1
     assert len(await store.list_keys()) == 1
+
+
+async def test_concurrent_settles_of_one_job_charge_once(store):
+    await store.seed_account("acme", 1000)
+    await store.open_hold("twice", "acme", 100, NOW + 60, {"flow": "wf"})
+    results = await asyncio.gather(*(store.settle("twice", "acme", 30, {"outcome": "completed", "ended_at": NOW})
+                                     for _ in range(10)))
+    assert sum(r is not None for r in results) == 1
+    assert await store.get_account("acme") == Account(970, 0, 30)
+    assert [e["job_id"] for e in await store.ledger("acme")] == ["twice"]
+
+
+async def test_concurrent_key_puts_take_a_hash_once(store):
+    results = await asyncio.gather(*(store.put_key(_key(f"id{i}", "e" * 64)) for i in range(20)))
+    assert results.count("ok") == 1 and results.count("hash_taken") == 19
+    assert len(await store.list_keys()) == 1 and await store.keys_version() == 1

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from proxy.errors import StoreUnavailable
-from proxy.store import open_store
+from proxy.store import Account, open_store
 from proxy.store.postgres_schema import MIGRATIONS, SchemaTooNew
 from tests.backends import postgres_execute
 from tests.backends import store_url as backend_url
@@ -107,3 +107,111 @@ async def test_an_unreachable_database_at_start_is_migrated_on_first_use(tmp_pat
     finally:
         await s.close()
         server.remove()
+
+
+async def test_a_schema_named_after_a_keyword_works():
+    # checked at load as lower-case letters, digits and _: "order" is one, and a keyword in SQL
+    from tests.backends import postgres_url, require_postgres
+
+    require_postgres()
+    s = open_store(f"{postgres_url()}?schema=order")
+    try:
+        await s.start()
+        await s.seed_account("acme", 7)
+        assert (await s.get_account("acme")).balance == 7
+        assert [tuple(r) for r in postgres_execute('SELECT account, balance FROM "order".accounts')] == [("acme", 7)]
+    finally:
+        await s.close()
+        postgres_execute('DROP SCHEMA IF EXISTS "order" CASCADE')
+
+
+async def test_a_role_without_create_on_the_database_uses_the_schema_a_dba_made_for_it(tmp_path):
+    # least privilege: the DBA makes the schema for the gateway's role, which may not create schemas
+    import asyncpg
+
+    from tests.backends import ThrowawayPostgres
+
+    server = ThrowawayPostgres(tmp_path)
+    server.start()
+    try:
+        admin = await asyncpg.connect(server.url)
+        await admin.execute("CREATE ROLE app LOGIN; CREATE SCHEMA flowgate AUTHORIZATION app")
+        await admin.close()
+        s = open_store(server.url.replace("postgres@", "app@"))
+        try:
+            await s.start()
+            await s.seed_account("acme", 3)
+            assert (await s.get_account("acme")).balance == 3
+        finally:
+            await s.close()
+    finally:
+        server.remove()
+
+
+async def test_a_version_1_schema_is_upgraded_in_place_with_its_data(pg_url):
+    # a database last migrated by a flowgate from before the keys (migration 2) keeps its ledger
+    import asyncpg
+
+    from tests.backends import postgres_url
+
+    schema = _schema(pg_url)
+    conn = await asyncpg.connect(postgres_url())
+    try:
+        async with conn.transaction():
+            await conn.execute(f"CREATE SCHEMA {schema}; SET LOCAL search_path TO {schema}")
+            await conn.execute("CREATE TABLE schema_version (version integer NOT NULL)")
+            await conn.execute(MIGRATIONS[0])
+            await conn.execute("INSERT INTO schema_version VALUES (1); "
+                               "INSERT INTO accounts (account, balance, spent) VALUES ('acme', 60, 40); "
+                               "INSERT INTO ledger (job_id, account, credits, ended_at, entry) "
+                               "VALUES ('old', 'acme', 40, 1, '{\"job_id\": \"old\", \"credits\": 40}')")
+    finally:
+        await conn.close()
+    s = open_store(pg_url)
+    try:
+        await s.start()
+        assert [r[0] for r in postgres_execute(f"SELECT version FROM {schema}.schema_version ORDER BY 1")] == [1, 2]
+        assert await s.get_account("acme") == Account(60, 0, 40)
+        assert [e["job_id"] for e in await s.ledger("acme")] == ["old"]
+        assert await s.put_key({"id": "k1", "sha256": "a" * 64}) == "ok"
+        assert await s.keys_version() == 1
+    finally:
+        await s.close()
+
+
+async def test_a_database_that_accepts_and_never_answers_is_a_bounded_503():
+    import socket
+
+    silent = socket.create_server(("127.0.0.1", 0), backlog=64)  # the kernel completes the handshakes
+    port = silent.getsockname()[1]
+    s = open_store(f"postgresql://app:s3cret-pw@127.0.0.1:{port}/db")
+    try:
+        began = time.monotonic()
+        await s.start()
+        results = await asyncio.gather(*(s.get_account("acme") for _ in range(30)), return_exceptions=True)
+        assert all(isinstance(r, StoreUnavailable) for r in results)
+        assert "s3cret" not in " ".join(r.detail for r in results)
+        assert time.monotonic() - began < 6
+    finally:
+        await s.close()
+        silent.close()
+
+
+async def test_a_refused_login_puts_its_password_in_no_log_line_and_no_error_detail(capfd):
+    from urllib.parse import urlsplit
+
+    from tests.backends import postgres_url, require_postgres
+
+    require_postgres()
+    parts = urlsplit(postgres_url())  # a role that does not exist (the local server may trust passwords)
+    url = parts._replace(netloc=f"nosuchrole:Wr0ng-s3cret%2Fpw@{parts.hostname}:{parts.port or 5432}").geturl()
+    s = open_store(url)
+    try:
+        await s.start()  # runs answer 503 (logged once as unavailable at start)
+        with pytest.raises(StoreUnavailable) as err:
+            await s.get_account("acme")
+        out = capfd.readouterr()
+        assert "store_unavailable_at_start" in out.err
+        assert "Wr0ng" not in out.out + out.err + err.value.detail
+    finally:
+        await s.close()

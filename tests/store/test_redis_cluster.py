@@ -134,3 +134,41 @@ async def test_a_master_killed_fails_over_to_its_replica_and_the_store_follows(t
     finally:
         await store.close()
         cluster.stop()
+
+
+async def test_a_dead_and_a_silent_seed_among_live_ones_are_passed_over():
+    import socket
+
+    require_redis_cluster()
+    silent = socket.create_server(("127.0.0.1", 0), backlog=64)  # accepts, never answers
+    refused = socket.create_server(("127.0.0.1", 0))
+    dead = refused.getsockname()[1]
+    refused.close()  # nothing listens there now
+    live = redis_cluster_url().removeprefix("redis+cluster://")
+    store = open_store(f"redis+cluster://127.0.0.1:{silent.getsockname()[1]},127.0.0.1:{dead},{live}")
+    try:
+        began = time.monotonic()
+        await store.seed_account("acme", 5)
+        assert (await store.get_account("acme")).balance == 5
+        assert time.monotonic() - began < 3
+    finally:
+        await store.close()
+        silent.close()
+
+
+async def test_a_cluster_that_accepts_and_never_answers_is_a_bounded_503():
+    """Thirty runs at once against seeds that never answer: each gets its 503 within a bound (not
+    one after another, each waiting for the slot-map reads of those before it)."""
+    import socket
+
+    silent = [socket.create_server(("127.0.0.1", 0), backlog=64) for _ in range(3)]
+    store = open_store("redis+cluster://" + ",".join(f"127.0.0.1:{s.getsockname()[1]}" for s in silent))
+    try:
+        began = time.monotonic()
+        results = await asyncio.gather(*(store.get_account(f"a{i}") for i in range(30)), return_exceptions=True)
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        assert time.monotonic() - began < 6
+    finally:
+        await store.close()
+        for s in silent:
+            s.close()

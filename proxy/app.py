@@ -94,7 +94,8 @@ def create_app(config: Config) -> web.Application:
 
 async def _keys_ctx(app: web.Application) -> AsyncIterator[None]:
     """Keeps this process's copy of the admin API's keys current (see :mod:`proxy.policies.keys`)."""
-    task = asyncio.create_task(app[GATEWAY].keys.watch())
+    gw = app[GATEWAY]
+    task = asyncio.create_task(gw.keys.watch(lambda: gw.keys))  # the ring in force, a reload's included
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

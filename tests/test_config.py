@@ -138,5 +138,18 @@ def test_workers_auto_is_the_usable_cores(raw):
 
     assert parse_config(raw).server.workers == "auto"
     assert parse_config(raw).server.worker_count() == len(os.sched_getaffinity(0))
+    raw["store"] = "sqlite:////tmp/fg.db"  # (memory:// is one process: see below)
     raw["server"]["workers"] = 3
     assert parse_config(raw).server.worker_count() == 3
+
+
+def test_workers_share_a_store_so_memory_is_one_process(raw):
+    """memory:// is each process's own: with workers, a token minted by one worker would be unknown
+    to the next, and each worker would grant an account its credits anew."""
+    raw["store"] = "memory://"
+    assert parse_config(raw).worker_count() == 1  # auto
+    raw["server"]["workers"] = 2
+    assert problems(raw) == ["server.workers: 2 with store memory://, which lives in one process (each worker "
+                             "would keep its own credits, tokens and rate limits): use a shared store, or workers: 1"]
+    raw["store"] = "sqlite:////tmp/fg.db"
+    assert parse_config(raw).worker_count() == 2

@@ -15,6 +15,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ..front.pidfile import PidFileError
     from ..front.serve import CannotListen
     from ..front.supervisor import serve
     from ..logging import configure_logging
@@ -23,7 +24,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     try:
         return serve(config, args.config)
-    except CannotListen as exc:
+    except (CannotListen, PidFileError) as exc:
         print(exc, file=sys.stderr)
         return 1
 

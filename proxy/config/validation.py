@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from ..dialects.routes import mount_collisions
 from .model import DEFAULT_DIALECTS, MAX_DURATION_CAP_S, DialectMount
+from .server import MAX_WORKERS
 
 
 def _d(node: Any) -> dict:
@@ -83,6 +84,11 @@ def cross_ref_problems(raw: dict) -> list[str]:
             except ValidationError:
                 continue  # reported by field validation
         problems.extend(mount_collisions({n: mt.prefix for n, mt in mounts.items() if n in DEFAULT_DIALECTS}))
+    store, workers = raw.get("store"), _d(raw.get("server")).get("workers")
+    if (isinstance(store, str) and store.startswith("memory:") and isinstance(workers, int)
+            and not isinstance(workers, bool) and 1 < workers <= MAX_WORKERS):  # (else a field error)
+        problems.append(f"server.workers: {workers} with store memory://, which lives in one process (each worker "
+                        "would keep its own credits, tokens and rate limits): use a shared store, or workers: 1")
     return problems
 
 

@@ -132,9 +132,12 @@ def taken_over(directory: Path) -> tuple[int, Config] | None:
 
 def send(config_path: str, pid: int | None) -> int:
     """``flowgate reload``: validate the file here first (an invalid one is printed as check-config
-    prints it, and nothing is sent), then SIGHUP the server (``--pid``, else ``server.pid_file``)."""
+    prints it, and nothing is sent), then SIGHUP the server (``--pid``, else the one holding
+    ``server.pid_file``: a stale file is refused, see :mod:`.pidfile`)."""
     import signal
     import sys
+
+    from .pidfile import parse_pid, read_pid
 
     try:
         config = load_config(config_path)
@@ -147,14 +150,20 @@ def send(config_path: str, pid: int | None) -> int:
                   file=sys.stderr)
             return 2
         try:
-            pid = int(Path(config.server.pid_file).read_text().strip())
-        except (OSError, ValueError) as exc:
-            print(f"flowgate: {config.server.pid_file}: no server pid there ({exc})", file=sys.stderr)
+            pid = read_pid(config.server.pid_file)
+        except LookupError as exc:
+            print(exc, file=sys.stderr)
             return 1
+    elif parse_pid(str(pid)) is None:  # 0 or negative: a process group, or every process
+        print(f"flowgate: --pid {pid} is not a process id", file=sys.stderr)
+        return 1
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
         print(f"flowgate: no process {pid} (is the server running?)", file=sys.stderr)
+        return 1
+    except PermissionError:
+        print(f"flowgate: not allowed to signal process {pid} (run this as the server's user)", file=sys.stderr)
         return 1
     print(f"flowgate: sent SIGHUP to {pid}: it reloads {config_path} (its log says what changed)")
     return 0

@@ -52,6 +52,20 @@ async def listen(site, host: str, port: int, what: str = "the gateway") -> None:
         raise CannotListen(exc, host, port, what) from None
 
 
+class EarlyHup:
+    """SIGHUP before the server's own handler is in place (the pid file is written first, and a
+    reload may be sent the moment it appears): noted, to be taken once the server serves, instead
+    of SIGHUP's default action, which ends the process."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        with contextlib.suppress(AttributeError, ValueError):  # no SIGHUP here, or not the main thread
+            signal.signal(signal.SIGHUP, self._note)
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.seen = True
+
+
 def install_uvloop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
@@ -63,13 +77,14 @@ def install_uvloop() -> asyncio.AbstractEventLoop:
 async def serve_forever(config: Config, *, ready: asyncio.Future | None = None,
                         listeners: list[socket.socket] | None = None,
                         reload_source: Callable[[Config], Config | None] | None = None,
-                        worker: int | None = None) -> None:
+                        worker: int | None = None, early_hup: EarlyHup | None = None) -> None:
     """Serve until SIGINT/SIGTERM; open streams get ``server.shutdown_timeout_s`` to finish.
 
     ``listeners``: sockets already bound and listening (a worker's, from its supervisor: the main
     one, then the metrics one when ``server.metrics_port`` is set, then the admin one when
     ``server.admin_port`` is); else this binds its own.
     ``reload_source``: on SIGHUP, what to swap to (given the config in force; None = keep it).
+    ``early_hup``: a SIGHUP that came while this was starting is taken once it serves.
     """
     from aiohttp import web
 
@@ -167,8 +182,8 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None,
 
     with contextlib.suppress(NotImplementedError, AttributeError):
         loop.add_signal_handler(signal.SIGHUP, on_hup)
-    if worker is not None:
-        on_hup()  # a reload the supervisor handed over while this worker was starting
+    if worker is not None or (early_hup is not None and early_hup.seen):
+        on_hup()  # a reload asked for (or handed over by the supervisor) while this was starting
     if ready is not None:
         ready.set_result(app)
     tune_gc()

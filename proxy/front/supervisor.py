@@ -44,7 +44,8 @@ from .. import metrics as m
 from ..config import Config
 from ..logging import PROCESS_FIELDS
 from . import pooled, reload
-from .serve import CannotListen, install_uvloop, serve_forever
+from .pidfile import PidFile
+from .serve import CannotListen, EarlyHup, install_uvloop, serve_forever
 
 log = structlog.get_logger("flowgate.supervisor")
 
@@ -78,6 +79,8 @@ def bind(config: Config, count: int) -> list[list[socket.socket]]:
     for host, port, what in ports:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, kind, proto, _, addr = infos[0]
+        if reuse_port and port:
+            _probe(family, kind, proto, addr, host, port, what, slots)
         for i, sockets in enumerate(slots):
             if i and not reuse_port:
                 sockets.append(slots[0][-1])
@@ -90,14 +93,30 @@ def bind(config: Config, count: int) -> list[list[socket.socket]]:
                 sock.bind(addr)
             except OSError as exc:
                 sock.close()
-                for opened in {id(x): x for slot in slots for x in slot}.values():
-                    opened.close()
+                _close_all(slots)
                 raise CannotListen(exc, host, port, what) from None
             addr = sock.getsockname()  # port 0: the others join the port the first one got
             sock.listen(server.backlog)
             sock.setblocking(False)
             sockets.append(sock)
     return slots
+
+
+def _probe(family, kind, proto, addr, host: str, port: int, what: str, slots) -> None:
+    """Bind without SO_REUSEPORT first: with it, any process of the same user joins a port already
+    listened on (another flowgate started by mistake would take part of this one's connections)."""
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (a TIME_WAIT is no listener)
+        try:
+            probe.bind(addr)
+        except OSError as exc:
+            _close_all(slots)
+            raise CannotListen(exc, host, port, what) from None
+
+
+def _close_all(slots: list[list[socket.socket]]) -> None:
+    for opened in {id(x): x for slot in slots for x in slot}.values():
+        opened.close()
 
 
 def backoff_s(failures: int) -> float:
@@ -116,14 +135,15 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, config: Config, config_path: str) -> None:
+    def __init__(self, config: Config, config_path: str, pid_file: PidFile | None = None) -> None:
+        self.pid_file = pid_file  # its lock is the supervisor's alone (a worker closes its copy)
         self.config = config  # in force: what a worker started now starts on
         self.generation = 0  # reloads taken (a worker started at generation g swaps only to a later one)
         self.next_touch = time.monotonic() + TOUCH_S
         self.served = False  # some worker came up and served (so a death is a crash, not a boot failure)
         self.exit_code = 0
         self.config_path = config_path
-        self.slots = [Slot(i) for i in range(config.server.worker_count())]
+        self.slots = [Slot(i) for i in range(config.worker_count())]
         for slot in self.slots:  # at 0 from the start (an alert's increase() then sees the first restart)
             m.child(m.WORKER_RESTARTS, str(slot.index))
         for result in ("applied", "refused"):
@@ -137,7 +157,7 @@ class Supervisor:
 
     # --- the loop --------------------------------------------------------------------------------
 
-    def run(self, listeners: list[list[socket.socket]]) -> int:
+    def run(self, listeners: list[list[socket.socket]], early: EarlyHup | None = None) -> int:
         self.listeners = listeners
         self.directory = Path(tempfile.mkdtemp(prefix="flowgate-"))  # mode 0700: ours alone
         self.wake_r, self.wake_w = os.pipe()
@@ -146,6 +166,8 @@ class Supervisor:
         signal.set_wakeup_fd(self.wake_w)
         for sig in SIGNALS:
             signal.signal(sig, self._queue)
+        if early is not None and early.seen:  # a reload asked for before these handlers were in place
+            self.pending.append(signal.SIGHUP)
         server = self.config.server
         log.info("listening", host=server.host, port=self.listeners[0][0].getsockname()[1],
                  store=self.config.store.split("://")[0], workers=len(self.slots), pid=os.getpid())
@@ -301,6 +323,8 @@ class Supervisor:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload while it starts: taken once it serves
         os.close(self.wake_r)
         os.close(self.wake_w)
+        if self.pid_file is not None:
+            self.pid_file.forget()
         pooled.reset_supervisor_series()
         PROCESS_FIELDS["worker"] = slot.index
     async def _serve(self, slot: Slot) -> None:
@@ -341,21 +365,21 @@ async def _watch_parent(parent: int) -> None:
 
 def serve(config: Config, config_path: str) -> int:
     """``flowgate serve``: one process for ``server.workers: 1``, else the supervisor and its workers."""
-    pid_file = Path(config.server.pid_file) if config.server.pid_file else None
+    early = EarlyHup()  # from the moment the pid file names this process, a SIGHUP is a reload
+    pid_file = PidFile(config.server.pid_file) if config.server.pid_file else None
     if pid_file is not None:
-        pid_file.write_text(f"{os.getpid()}\n")
+        pid_file.acquire()  # PidFileBusy: one line, said by the CLI
     try:
-        if config.server.worker_count() == 1:
-            return _serve_single(config, config_path)
-        listeners = bind(config, config.server.worker_count())  # CannotListen: one line, said by the CLI
-        return Supervisor(config, config_path).run(listeners)
+        if config.worker_count() == 1:
+            return _serve_single(config, config_path, early)
+        listeners = bind(config, config.worker_count())  # CannotListen: one line, said by the CLI
+        return Supervisor(config, config_path, pid_file).run(listeners, early)
     finally:
         if pid_file is not None:
-            with contextlib.suppress(OSError):
-                pid_file.unlink()
+            pid_file.release()
 
 
-def _serve_single(config: Config, config_path: str) -> int:
+def _serve_single(config: Config, config_path: str, early: EarlyHup) -> int:
     def source(running: Config) -> Config | None:
         plan = reload.prepared(config_path, running)
         return plan.config if plan is not None else None
@@ -364,7 +388,7 @@ def _serve_single(config: Config, config_path: str) -> int:
     loop = install_uvloop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(serve_forever(config, reload_source=source))
+        loop.run_until_complete(serve_forever(config, reload_source=source, early_hup=early))
     finally:
         loop.close()
     return 0

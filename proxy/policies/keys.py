@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -152,12 +153,14 @@ class KeyRing:
             self._version = version
         self._checked = started
 
-    async def watch(self) -> None:
-        """Re-validate the copy every ``fresh_s / 2`` until cancelled (a failure is retried)."""
+    async def watch(self, in_force: Callable[[], KeyRing] | None = None) -> None:
+        """Re-validate the copy every ``fresh_s / 2`` until cancelled (a failure is retried).
+        ``in_force``: the ring to keep current, asked each round (a reload puts a new one in force)."""
         while True:
+            ring = in_force() if in_force is not None else self
             with contextlib.suppress(StoreUnavailable):
-                await self.sync()
-            await asyncio.sleep(self.fresh_s / 2)
+                await ring.sync()
+            await asyncio.sleep(ring.fresh_s / 2)
 
 
 # --- making a key (the admin API's POST /admin/v1/keys and `flowgate keys create`)

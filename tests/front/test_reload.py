@@ -160,6 +160,48 @@ async def test_a_reload_seeds_new_accounts_set_if_absent(gateway, tmp_path):
     assert ("newco",) not in m.ACCOUNT_BALANCE._children
 
 
+async def test_the_key_ring_a_reload_puts_in_force_is_kept_current(gateway, tmp_path):
+    """The admin API's keys (in the store) are re-validated in the background every FRESH_S / 2 so
+    a request does not wait for the store: on the ring in force, not on the one a reload replaced."""
+    from proxy.policies.keys import KeySpec, create_key
+
+    raw = base_config("http://127.0.0.1:9", store=f"sqlite:///{tmp_path / 'fg.db'}")
+    client = await gateway(raw)
+    gw = client.app[GATEWAY]
+    replaced = gw.keys
+    await apply(gw, parse_config(grown(raw)))
+    assert gw.keys is not replaced
+    await create_key(gw.config, gw.store, KeySpec(owner="acme"))  # made on another replica, say
+    version = await gw.store.keys_version()
+    await asyncio.sleep(gw.keys.fresh_s * 2)
+    assert gw.keys._version == version and time.monotonic() - gw.keys._checked < gw.keys.fresh_s
+    assert len(gw.keys.stored()) == 1
+
+
+async def test_a_stream_token_minted_with_a_key_a_reload_removed_is_refused(upstream, gateway):
+    """The token outlives its key: spending it after the reload is refused (401), and only once."""
+    upstream.handle("/text", words())
+    raw = base_config(upstream.url)
+    client = await gateway(raw)
+    gw = client.app[GATEWAY]
+    tokens = []
+    for _ in range(2):
+        resp = await client.get("/api/v1/token", headers={"x-api-key": SECRET})
+        assert resp.status == 200
+        tokens.append((await resp.json())["token"])
+    new = copy.deepcopy(raw)
+    new["keys"] = [k for k in new["keys"] if k["id"] != "key_acme"]
+    await apply(gw, parse_config(new))
+    resp = await client.post("/api/v1/run/wf_text/stream", params={"token": tokens[0]}, data=b"{}")
+    assert resp.status == 401
+    assert await gw.store.ledger("acme") == []  # nothing ran, nothing billed
+    await apply(gw, parse_config(raw))  # the key is back
+    resp = await client.post("/api/v1/run/wf_text/stream", params={"token": tokens[0]}, data=b"{}")
+    assert resp.status == 401  # spent by the refusal: single use, whatever the key does later
+    resp = await client.post("/api/v1/run/wf_text/stream", params={"token": tokens[1]}, data=b"{}")
+    assert resp.status == 200  # its key is live again
+
+
 # --- a real server: SIGHUP, every worker, the open stream ----------------------------------------
 
 async def test_sighup_reloads_every_worker_keeps_open_streams_and_refuses_a_bad_file(upstream, tmp_path):
@@ -286,4 +328,51 @@ def test_flowgate_reload_without_a_pid_file_says_what_to_do(tmp_path):
     done = flowgate("reload", "--config", str(tmp_path / "fg.yaml"))
     assert done.returncode == 1 and "no server pid there" in done.stderr and "Traceback" not in done.stderr
     done = flowgate("reload", "--config", str(tmp_path / "fg.yaml"), "--pid", "999999999")
+    assert done.returncode == 1 and "not a process id" in done.stderr  # above any pid_max
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    done = flowgate("reload", "--config", str(tmp_path / "fg.yaml"), "--pid", str(gone.pid))
     assert done.returncode == 1 and "no process" in done.stderr
+
+
+# --- SIGHUP as soon as the pid file names the server (flowgate reload, a config manager) ----------
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_sighup_storm_while_the_server_starts_neither_kills_it_nor_is_lost(upstream, tmp_path, workers):
+    """The pid file is written before the server can serve: a reload sent the moment it appears
+    must not end the process (SIGHUP's default action), and the config it asked for is in force."""
+    import os
+    from pathlib import Path
+
+    upstream.handle("/new", words())
+    cfg = served_config(upstream.url, tmp_path, workers=workers)
+    server = Served(tmp_path, cfg)
+    server.write(grown(cfg))  # changed before the server even started: what a reload asks for
+    server.write(cfg)
+    pid_file = Path(cfg["server"]["pid_file"])
+    server.log = server.log_path.open("wb")
+    server.proc = subprocess.Popen(  # noqa: ASYNC220 - a long-lived server, not awaited
+        [sys.executable, "-m", "proxy", "serve", "--config", str(server.path)], cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=server.log)
+    try:
+        await server.until(pid_file.exists, 30, "the pid file")
+        server.write(grown(cfg))
+        started = "worker_started" if workers > 1 else "listening"
+        sent = 0
+        while len(server.events(started)) < workers:
+            assert server.proc.poll() is None, f"killed by a SIGHUP while starting: {server.text()[-2000:]}"
+            os.kill(server.proc.pid, signal.SIGHUP)
+            sent += 1
+            await asyncio.sleep(0.005)
+        assert sent > 1
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 5
+            while True:  # on every worker (a worker takes a reload handed over while it started once it serves)
+                results = await asyncio.gather(*(run(session, server.url, NEW_SECRET, "wf_new") for _ in range(10)))
+                if [s for s, _ in results] == [200] * 10:
+                    break
+                assert time.monotonic() < deadline, f"the reload asked for while starting was lost ({results})"
+                await asyncio.sleep(0.1)
+        assert not server.events("worker_died")
+    finally:
+        assert await server.stop() == 0

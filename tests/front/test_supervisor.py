@@ -257,3 +257,112 @@ async def test_a_storm_of_sighups_under_load_kills_no_worker(upstream, tmp_path)
         assert not server.events("worker_died") and len(server.workers()) == 2
     finally:
         assert await server.stop() == 0
+
+
+async def test_a_second_server_on_the_same_port_is_refused_not_sharing_it(upstream, tmp_path):
+    """SO_REUSEPORT lets any socket of the same user join a port: a second ``flowgate serve`` (another
+    config, another pid_file) must not silently take half of the first one's connections."""
+    cfg = served_config(upstream.url, tmp_path)
+    server = await Served(tmp_path, cfg).start()
+    try:
+        twin = tmp_path / "twin"
+        twin.mkdir()
+        other = served_config(upstream.url, twin)
+        other["server"]["port"] = cfg["server"]["port"]
+        second = Served(twin, other)
+        proc = subprocess.Popen(  # noqa: ASYNC220 - nothing in this loop serves it; it is waited for below
+            [sys.executable, "-m", "proxy", "serve", "--config", str(second.path)], cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            raise AssertionError("a second server joined the first one's port") from None
+        assert proc.returncode == 1 and "cannot listen on 127.0.0.1" in err and "already in use" in err, err
+        assert "Traceback" not in err
+    finally:
+        assert await server.stop() == 0
+
+
+async def test_every_worker_serves_the_admin_and_metrics_listeners(upstream, tmp_path):
+    """server.admin_port and server.metrics_port with workers: bound once by the supervisor, served
+    by every worker (no worker fails to bind them, none is restarted), /metrics pooled on its port."""
+    from tests.api.test_admin import ADMIN_SECRET
+    from tests.conftest import free_port, sha
+
+    upstream.handle("/text", words())
+    admin_port, metrics_port = free_port(), free_port()
+    cfg = served_config(upstream.url, tmp_path, admin_port=admin_port, metrics_port=metrics_port)
+    cfg["keys"].append({"id": "key_admin", "sha256": sha(ADMIN_SECRET), "owner": "acme",
+                        "policies": ["Execute", "Admin"]})
+    server = await Served(tmp_path, cfg).start()
+    try:
+        await asyncio.sleep(1.0)  # a crash loop would show here
+        fresh = aiohttp.TCPConnector(force_close=True)  # a connection each: the kernel spreads them
+        async with aiohttp.ClientSession(connector=fresh) as session:
+            made = []
+            for _ in range(20):
+                async with session.post(f"http://127.0.0.1:{admin_port}/admin/v1/keys",
+                                        headers={"x-api-key": ADMIN_SECRET}, json={"owner": "acme"}) as resp:
+                    assert resp.status == 201
+                    made.append((await resp.json())["secret"])
+            results = await asyncio.gather(*(run(session, server.url, secret) for secret in made))
+            assert [s for s, _ in results] == [200] * 20  # a key made on one worker works on the other
+            await asyncio.sleep(1.5)
+            async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+                text = await resp.text()
+        assert sample(text, "flowgate_runs_ended_total", dialect="profitbase", flow="wf_text",
+                      outcome="completed") == 20
+        admin = Counter(line["worker"] for line in server.events("access")
+                        if line.get("route") == "/admin/v1/keys")
+        assert set(admin) == {0, 1}, admin
+        assert not server.events("worker_died") and len(server.workers()) == 2
+    finally:
+        assert await server.stop() == 0
+
+
+async def test_metrics_stay_whole_when_a_worker_is_killed_mid_stream(upstream, tmp_path):
+    """Streams open on a worker SIGKILLed: the pooled gauge drops them (never below zero), counters
+    never go backwards, and the killed runs are not counted as ended."""
+    upstream.handle("/text", never_ending)
+    server = await Served(tmp_path, served_config(upstream.url, tmp_path)).start()
+    try:
+        fresh = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=fresh) as session:
+            async def endless():
+                try:
+                    async with session.post(
+                            f"{server.url}/api/v1/tenants/t1/workspaces/w1/flows/wf_text/run-streaming",
+                            headers={"x-api-key": SECRET}, json={}) as resp:
+                        await resp.read()
+                except aiohttp.ClientError:
+                    pass
+
+            streams = [asyncio.create_task(endless()) for _ in range(10)]
+            await server.until(lambda: len(upstream.requests) == 10, 10, "ten streams open")
+            await asyncio.sleep(1.5)
+            text = await server.metrics(session)
+            assert sample(text, "flowgate_streams_open", dialect="profitbase", flow="wf_text") == 10
+            started = sample(text, "flowgate_runs_started_total", dialect="profitbase", flow="wf_text")
+            assert started == 10
+            victim = server.workers()[0]
+            os.kill(victim, signal.SIGKILL)
+            await server.until(lambda: (w := server.workers()) and len(w) == 2 and victim not in w, 5, "a new worker")
+            await asyncio.sleep(1.5)
+            text = await server.metrics(session)
+            survivors = sum(not t.done() for t in streams)
+            assert 0 < survivors < 10
+            assert sample(text, "flowgate_streams_open", dialect="profitbase", flow="wf_text") == survivors
+            assert sample(text, "flowgate_runs_started_total", dialect="profitbase", flow="wf_text") == 10
+            ended = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                        if line.startswith("flowgate_runs_ended_total{"))
+            assert ended == 0
+            negative = [line for line in text.splitlines()
+                        if line.startswith("flowgate_") and float(line.rsplit(" ", 1)[1]) < 0]
+            assert not negative, negative
+            for task in streams:
+                task.cancel()
+            await asyncio.gather(*streams, return_exceptions=True)
+    finally:
+        assert await server.stop() == 0

@@ -15,7 +15,8 @@ as nginx's master and gunicorn's arbiter do.
   Then the supervisor exits 0.
 - SIGHUP: the config file is read and validated here, once (:mod:`proxy.front.reload`): invalid,
   nothing changes and one line is logged; valid, the config is handed to the workers and each is
-  sent SIGHUP to swap to it. A worker started later starts on it.
+  sent SIGHUP to swap to it. A worker started later starts on it, and on the TLS contexts the
+  supervisor built from the certificate files it checked (:func:`proxy.front.tls.prepare_tls`).
 - The workers' metrics are pooled through a private directory (:mod:`proxy.front.pooled`).
 
 A worker watches its parent: if the supervisor is gone (killed outright), the worker stops
@@ -45,6 +46,7 @@ from ..config import Config
 from ..logging import PROCESS_FIELDS
 from . import pooled, reload
 from .serve import CannotListen, install_uvloop, serve_forever
+from .tls import prepare_tls
 
 log = structlog.get_logger("flowgate.supervisor")
 
@@ -149,6 +151,7 @@ class Supervisor:
         server = self.config.server
         log.info("listening", host=server.host, port=self.listeners[0][0].getsockname()[1],
                  store=self.config.store.split("://")[0], workers=len(self.slots), pid=os.getpid())
+        prepare_tls(self.config.server)
         try:
             for slot in self.slots:
                 self._start(slot)
@@ -200,6 +203,7 @@ class Supervisor:
                     log.error("reload_not_handed_over", error=str(exc), detail="nothing changes")
                     return
                 self.config, self.generation = plan.config, self.generation + 1
+                prepare_tls(self.config.server)  # (the files just checked) for workers started from now on
                 self._signal_all(signal.SIGHUP)
             self._save_metrics()
 

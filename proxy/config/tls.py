@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 MAX_PEM_BYTES = 1 << 20  # a chain is a few KiB; a bigger file is a mistake (and would be parsed on the event loop)
-ALPN = ["http/1.1"]  # the only protocol the listeners speak; a client offering h2 alone fails ALPN
+ALPN = ["http/1.1"]  # the only protocol the listeners speak; a client offering h2 alone agrees on none
+# (Python's ssl cannot send no_application_protocol as nginx does): its HTTP/2 preface is refused, closed
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\s+([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----")
 _PEM_KEY = re.compile(rb"-----BEGIN ((?:RSA |EC |ENCRYPTED )?PRIVATE KEY)-----")
 

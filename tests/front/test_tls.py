@@ -490,6 +490,7 @@ SSL3_HELLO = bytes.fromhex("160300" "002d" "01" "000029" "0300") + b"\x11" * 32 
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1 is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
 async def test_sslv3_and_tls10_clients_are_refused(upstream, tmp_path):
     certs = make_certs(tmp_path)
     runner, port, _ = await serve_in_process(config(upstream, tls=tls_settings(certs)))

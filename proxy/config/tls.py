@@ -11,15 +11,18 @@ library's ``ssl`` (OpenSSL) reads the files: the context is built exactly as it 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import ssl
-from pathlib import Path
+import stat
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
-ALPN = ["http/1.1"]  # the only protocol the listeners speak; a client offering h2 alone fails ALPN
+MAX_PEM_BYTES = 1 << 20  # a chain is a few KiB; a bigger file is a mistake (and would be parsed on the event loop)
+ALPN = ["http/1.1"]  # the only protocol the listeners speak; a client offering h2 alone agrees on none
+# (Python's ssl cannot send no_application_protocol as nginx does): its HTTP/2 preface is refused, closed
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\s+([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----")
 _PEM_KEY = re.compile(rb"-----BEGIN ((?:RSA |EC |ENCRYPTED )?PRIVATE KEY)-----")
 
@@ -36,14 +39,40 @@ class TlsFileError(ValueError):
 
 
 def _read(field: str, path: str) -> bytes:
+    """The file's bytes, when it is a regular file of at most :data:`MAX_PEM_BYTES`. Opened without
+    blocking and checked before it is read: a FIFO, a device (/dev/zero) or a huge file at that path
+    would otherwise hold the reload (the supervisor's loop, or a single process's event loop) for
+    good or for long. (OpenSSL then opens the path again; it was checked a moment before.)"""
     try:
-        return Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise TlsFileError(field, f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise TlsFileError(field, f"cannot read {path}: it is {kind} (a PEM file is expected)")
+        if info.st_size > MAX_PEM_BYTES:
+            raise TlsFileError(field, f"{path} is {info.st_size} bytes: larger than a PEM file can be "
+                               f"({MAX_PEM_BYTES} bytes at most)")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_PEM_BYTES + 1)
+        if len(data) > MAX_PEM_BYTES:  # (grown since it was looked at)
+            raise TlsFileError(field, f"{path} is larger than a PEM file can be ({MAX_PEM_BYTES} bytes at most)")
+        return data
+    except OSError as exc:
+        raise TlsFileError(field, f"cannot read {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 def cert_fingerprint(cert_file: str) -> str:
     """``cert_file``'s first (leaf) certificate, checked to parse, as its SHA-256 fingerprint (hex)."""
+    return _leaf(cert_file)[0]
+
+
+def _leaf(cert_file: str) -> tuple[str, int]:
+    """:func:`cert_fingerprint`, and how many certificates the file holds."""
     data = _read("cert_file", cert_file)
     blocks = _PEM_CERT.findall(data)
     if not blocks:
@@ -53,7 +82,7 @@ def cert_fingerprint(cert_file: str) -> str:
     except (ssl.SSLError, ValueError) as exc:
         raise TlsFileError("cert_file", f"{cert_file} is not a valid PEM certificate chain ({_reason(exc)})") from None
     pem = b"-----BEGIN CERTIFICATE-----\n" + blocks[0] + b"-----END CERTIFICATE-----\n"
-    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem.decode("ascii"))).hexdigest()
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem.decode("ascii"))).hexdigest(), len(blocks)
 
 
 def check_key_file(key_file: str) -> None:
@@ -86,7 +115,7 @@ def server_context(cert_file: str, key_file: str, min_version: str = "1.2", ciph
                    ) -> tuple[ssl.SSLContext, str]:
     """The server context (ALPN ``http/1.1``, TLS >= ``min_version``, no renegotiation) and the
     leaf certificate's SHA-256 fingerprint. Raises :class:`TlsFileError`."""
-    fingerprint = cert_fingerprint(cert_file)
+    fingerprint, count = _leaf(cert_file)
     check_key_file(key_file)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = MIN_VERSIONS[min_version]
@@ -98,6 +127,10 @@ def server_context(cert_file: str, key_file: str, min_version: str = "1.2", ciph
     try:
         ctx.load_cert_chain(cert_file, key_file, password=_no_password)
     except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH" and count > 1:  # OpenSSL serves the first one as the server's
+            raise TlsFileError("key_file", f"{key_file} does not match the first certificate in cert_file "
+                               f"{cert_file} (the server's certificate must come first, then its chain, as in "
+                               "fullchain.pem; or the key of another certificate?)") from None
         if exc.reason == "KEY_VALUES_MISMATCH":
             raise TlsFileError("key_file", f"{key_file} does not match the certificate in cert_file {cert_file} "
                                "(the key of another certificate?)") from None

@@ -164,6 +164,7 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None,
 
     async def reload() -> None:
         async with reloading:  # one at a time, in the order asked
+            new = None
             try:
                 new = reload_source(app[GATEWAY].config) if reload_source is not None else None
                 if new is not None:
@@ -171,7 +172,9 @@ async def serve_forever(config: Config, *, ready: asyncio.Future | None = None,
                     log.info("config_swapped", worker=worker, generation=app[GATEWAY].generation)
             except Exception:  # the config in force stays; the server goes on
                 log.exception("reload_failed", worker=worker)
-            reload_tls(tls)  # the certificate files, read and checked again (a bad one: the old one kept)
+            if new is not None or reload_source is None:  # (a refused config file changes nothing: nor
+                # do its certificates, as with workers, whose supervisor then signals none of them)
+                reload_tls(tls)  # the certificate files, read and checked again (a bad one: the old one kept)
 
     tasks: set[asyncio.Task] = set()
 

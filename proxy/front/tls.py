@@ -11,16 +11,21 @@ live context instead would leave it half-replaced when the key does not match, a
 RSA certificate beside a new ECDSA one: OpenSSL keeps one per key type.)
 
 :func:`reload_tls` is the one entry point for a reload (SIGHUP in :mod:`proxy.front.serve`; a
-supervisor's reload calls it in each worker). :class:`Site` is aiohttp's ``TCPSite`` with the
-handshake on the head timer: a client that connects and stalls in the handshake is closed after
-``client_head_timeout_s``, as one that stalls before its request head is.
+supervisor's reload calls it in each worker). :func:`prepare_tls` is the supervisor's: the contexts
+a worker it forks later starts on (not files that may have gone bad since the last reload).
+
+:class:`Site` is aiohttp's ``TCPSite`` with the handshake on the head timer: a client that
+connects and stalls in the handshake is closed after ``client_head_timeout_s``, as one that stalls
+before its request head is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
+import stat
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,13 +45,14 @@ class TlsListener:
     def __init__(self, name: str, settings: Any) -> None:
         self.name = name
         self.settings = settings
-        self.current, self.fingerprint = self._build(settings)  # raises TlsFileError: the config was checked
+        prepared = PREPARED.get(name)  # a worker's: its supervisor's, from files checked at the last reload
+        # (else built here; raises TlsFileError: the config was checked)
+        self.current, self.fingerprint = prepared if prepared is not None else self._build(settings)
         self.context = self.current
         self.context.sni_callback = self._pick
 
-    @staticmethod
-    def _build(settings: Any) -> tuple[ssl.SSLContext, str]:
-        return server_context(settings.cert_file, settings.key_file, settings.min_version, settings.ciphers)
+    def _build(self, settings: Any) -> tuple[ssl.SSLContext, str]:
+        return _build(self.name, settings)
 
     def _pick(self, conn: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
         current = self.current
@@ -69,6 +75,39 @@ class TlsListener:
             log.info("tls_reloaded", listener=self.name, fingerprint=fingerprint, unchanged=True)
         self.fingerprint = fingerprint
         return True
+
+
+def _build(name: str, settings: Any) -> tuple[ssl.SSLContext, str]:
+    built = server_context(settings.cert_file, settings.key_file, settings.min_version, settings.ciphers)
+    try:
+        mode = os.stat(settings.key_file).st_mode
+    except OSError:  # (replaced since: it was read a moment ago)
+        return built
+    if mode & stat.S_IROTH:  # served all the same, as nginx does; the operator is told at each load
+        log.warning("tls_key_readable_by_all", listener=name, key_file=settings.key_file,
+                    mode=oct(stat.S_IMODE(mode)), detail="any local user can read this private key: "
+                    "chmod 600 (or 640 with a group the server runs in)")
+    return built
+
+
+# The supervisor's contexts for the workers it forks (listener name -> context, fingerprint).
+PREPARED: dict[str, tuple[ssl.SSLContext, str]] = {}
+
+
+def prepare_tls(server: Any) -> None:
+    """(The supervisor, at start and after each reload it accepts, before it forks:) every
+    listener's context, built from its files as they are now. A worker started later (after a
+    crash) serves these, as its siblings do, even if the files went bad since: it cannot be kept
+    from starting by them, and its slot's connections left waiting (nginx's master loads the
+    certificates for its workers too). Files that fail here leave the prepared contexts as they were."""
+    try:
+        built = {name: _build(name, t) for name, t in (("main", server.tls), ("metrics", server.metrics_tls))
+                 if t is not None}
+    except TlsFileError as exc:
+        log.error("tls_prepare_failed", problem=exc.line(), detail="workers started later build their own")
+        return
+    PREPARED.clear()
+    PREPARED.update(built)
 
 
 def reload_tls(listeners: Iterable[TlsListener]) -> bool:

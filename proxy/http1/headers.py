@@ -12,10 +12,15 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "transfer-encoding", "upgrade",
 })
-# The client's credentials and what the gateway itself sets for the backend.
+# The client's credentials and what the gateway itself sets for the backend; plus what a client
+# could claim about the connection that the gateway alone knows (its scheme, port, address), under
+# the other names frameworks read (Rack: X-Forwarded-Ssl/-Scheme; IIS: Front-End-Https; nginx
+# setups: X-Real-IP). Traefik strips the same from clients it does not trust.
 NOT_FORWARDED = HOP_BY_HOP | frozenset({
     "host", "content-length", "x-api-key", "authorization", "cookie", "accept-encoding",
     "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "origin", "referer",
+    "x-forwarded-ssl", "x-forwarded-scheme", "x-forwarded-protocol", "x-forwarded-port", "x-url-scheme",
+    "front-end-https", "x-real-ip",
 })
 
 # Every admitted run: never cached, never buffered by a proxy in front of us (nginx honours the

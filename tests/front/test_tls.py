@@ -19,10 +19,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from proxy.config import parse_config
 from proxy.config.tls import cert_fingerprint
-from proxy.front.tls import reload_tls
-from tests.conftest import SECRET, free_port
+from proxy.front.tls import TlsListener, reload_tls
+from tests.conftest import SECRET, base_config, free_port
 from tests.front.raw import FAST, STREAM, WF_STREAM, closed, config, post
+from tests.front.served import Served, served_config
 from tests.front.tlskit import (
     client_context,
     make_certs,
@@ -305,3 +307,248 @@ async def test_workers_on_reuseport_sockets_each_take_the_new_certificate(upstre
     finally:
         for runner, _, _ in served:
             await runner.cleanup()
+
+
+async def _handshakes(port: int, certs, n: int = 24, path: str = "/healthz") -> set[str]:
+    """``n`` new connections to ``port``, each a handshake and one GET ``path`` answered 200: the
+    fingerprints of the certificates they were shown."""
+    shown = set()
+    for _ in range(n):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context(certs))
+        tls = writer.get_extra_info("ssl_object")
+        assert tls.selected_alpn_protocol() == "http/1.1"  # (on a context swapped in by a reload too)
+        shown.add(hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest())
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".encode())
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+        writer.close()
+    return shown
+
+
+@pytest.mark.parametrize("workers", [2, 1])
+async def test_every_worker_serves_https_and_takes_a_new_certificate_only_from_a_valid_reload(
+        upstream, tmp_path, workers):
+    """`flowgate serve` (a supervisor and two workers, or one process): every worker serves HTTPS
+    on the main and metrics listeners (none answers in clear text); files replaced and SIGHUP sent,
+    every worker shows the new certificate within 3 s. A reload that is refused changes no
+    certificate anywhere: a key that does not match, a FIFO left at cert_file (read without
+    blocking the supervisor or the event loop), a renewed certificate beside a broken config file.
+    A worker that dies meanwhile starts again on the certificate in force, not on the bad files.
+    Then the config fixed, the renewed certificate is taken."""
+    certs = make_certs(tmp_path)
+    mport = free_port()
+    server = Served(tmp_path, served_config(upstream.url, tmp_path, workers=workers, tls=tls_settings(certs),
+                                            metrics_port=mport, metrics_tls=tls_settings(certs)))
+    await server.start(workers=workers)
+    expected_workers = {0, 1} if workers == 2 else {None}
+
+    async def shown_by_every_worker() -> str:
+        before = len(server.events("access"))
+        shown = await _handshakes(server.port, certs)
+        lines = await server.until(lambda: server.events("access")[before:] if len(
+            server.events("access")) >= before + 24 else None, 5, "the access lines")
+        assert {line.get("worker") for line in lines} == expected_workers  # each worker made some of them
+        assert len(shown) == 1, "workers show different certificates"
+        assert await _handshakes(mport, certs, 8, "/metrics") == shown  # the metrics listener's
+        return shown.pop()
+
+    def refusals() -> int:
+        return len(server.events("reload_refused"))
+
+    try:
+        assert await shown_by_every_worker() == cert_fingerprint(str(certs.cert_file))
+        for _ in range(16):  # plain HTTP on either port: no worker answers in clear text
+            for port in (server.port, mport):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+                with contextlib.suppress(ConnectionResetError):
+                    assert b"HTTP/1." not in await asyncio.wait_for(reader.read(), 5)
+                writer.close()
+
+        staged = (tmp_path / "new-cert.pem", tmp_path / "new-key.pem")
+        second = certs.issue(*staged)
+        os.replace(staged[1], certs.key_file)
+        os.replace(staged[0], certs.cert_file)
+        server.signal(signal.SIGHUP)
+        started = time.monotonic()
+        while await _handshakes(server.port, certs, 8) != {second}:
+            assert time.monotonic() - started < 3, "not every new handshake shows the new certificate within 3 s"
+        assert await shown_by_every_worker() == second
+
+        other = certs.ca.issue_cert("127.0.0.1")  # a bad renewal: the key of another certificate
+        other.private_key_pem.write_to_path(str(certs.key_file))
+        server.signal(signal.SIGHUP)
+        await server.until(lambda: refusals() == 1, 5, "the reload refused")
+        assert await shown_by_every_worker() == second
+
+        certs.cert_file.unlink()
+        os.mkfifo(certs.cert_file)  # a careless renewal; open() on it would wait for a writer
+        server.signal(signal.SIGHUP)
+        await server.until(lambda: refusals() == 2, 5, "the reload refused (not blocked on the FIFO)")
+        assert "not a regular file" in server.events("reload_refused")[-1]["error"]
+        assert await shown_by_every_worker() == second
+        if workers == 2:  # a worker that dies now, its files bad, starts again on the certificate in force
+            os.kill(server.workers()[0], signal.SIGKILL)
+            await server.until(lambda: len(server.events("worker_started")) >= 3, 15, "the worker started again")
+            assert await shown_by_every_worker() == second
+
+        certs.cert_file.unlink()
+        third = certs.issue(certs.cert_file, certs.key_file)  # renewed well, but the config file is broken
+        server.write({**server.cfg, "no_such_section": 1})
+        server.signal(signal.SIGHUP)
+        await server.until(lambda: refusals() == 3, 5, "the reload refused")
+        await asyncio.sleep(0.5)
+        assert await shown_by_every_worker() == second
+
+        server.write({key: value for key, value in server.cfg.items() if key != "no_such_section"})
+        server.signal(signal.SIGHUP)
+        started = time.monotonic()
+        while await _handshakes(server.port, certs, 8) != {third}:
+            assert time.monotonic() - started < 3, "the renewed certificate was not taken within 3 s"
+        assert await shown_by_every_worker() == third
+    finally:
+        assert await server.stop() == 0
+    assert "Traceback" not in server.text()
+
+
+SPOOFED = {"X-Forwarded-Proto": "https", "Forwarded": "for=203.0.113.9;proto=https", "X-Forwarded-Ssl": "on",
+           "X-Forwarded-Scheme": "https", "X-Forwarded-Protocol": "https", "X-Forwarded-Port": "443",
+           "Front-End-Https": "on", "X-Url-Scheme": "https", "X-Real-IP": "203.0.113.9"}
+
+
+@pytest.mark.parametrize("front", ["flowgate", "aiohttp"])
+async def test_a_client_on_the_plain_listener_cannot_claim_https_to_the_backend(upstream, gateway, front):
+    """What a client says about the connection (its scheme, port, address), under any of the names
+    backends read it by, never reaches the backend: X-Forwarded-Proto is the gateway's own."""
+    got: dict[str, list[str]] = {}
+
+    async def text(request, seen):
+        got.update({name: request.headers.getall(name, []) for name in [*SPOOFED, "X-Forwarded-Proto"]})
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await resp.prepare(request)
+        await resp.write(b"hello")
+        await resp.write_eof()
+        return resp
+
+    upstream.handle("/text", text)
+    client = await gateway(config(upstream, front=front))
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(post(STREAM, b"{}", *(f"{k}: {v}" for k, v in SPOOFED.items()), "x-forwarded-proto: https"))
+    assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+    writer.close()
+    assert got.pop("X-Forwarded-Proto") == ["http"]
+    assert got == {name: [] for name in SPOOFED if name != "X-Forwarded-Proto"}
+
+
+async def test_a_client_offering_only_h2_is_not_served_http2_and_is_closed(upstream, tmp_path):
+    """ALPN offers http/1.1 alone: a client that offers only h2 gets no protocol agreed (OpenSSL
+    goes on without one, as Python's ssl cannot refuse it); its HTTP/2 preface is then a bad
+    HTTP/1.1 request: answered 4xx and closed at once, never served, never left open."""
+    certs = make_certs(tmp_path)
+    runner, port, _ = await serve_in_process(config(upstream, tls=tls_settings(certs)))
+    try:
+        ctx = client_context(certs)
+        ctx.set_alpn_protocols(["h2"])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() is None
+        writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            answer = await asyncio.wait_for(reader.read(), 2)  # closed within 2 s (the head timer is 10 s)
+        assert answer == b"" or answer.startswith((b"HTTP/1.1 4", b"HTTP/1.0 4")), answer[:80]
+        writer.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_slowloris_after_the_handshake_is_closed_by_the_head_timer(upstream, tmp_path):
+    """The handshake done, a head dripped a byte every 50 ms: closed client_head_timeout_s (0.5 s)
+    after the handshake, however it keeps sending."""
+    certs = make_certs(tmp_path)
+    runner, port, _ = await serve_in_process(config(upstream, **FAST, tls=tls_settings(certs)))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context(certs))
+        started = time.monotonic()
+        drip = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n" + b"X-Pad: " + b"a" * 200
+
+        async def dripping():
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                for i in range(len(drip)):
+                    writer.write(drip[i:i + 1])
+                    await asyncio.sleep(0.05)
+
+        task = asyncio.create_task(dripping())
+        assert await closed(reader, 5)
+        assert time.monotonic() - started < 2
+        task.cancel()
+        writer.close()
+    finally:
+        await runner.cleanup()
+
+
+SSL3_HELLO = bytes.fromhex("160300" "002d" "01" "000029" "0300") + b"\x11" * 32 + bytes.fromhex("00" "0002" "002f"
+                                                                                                       "0100")
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1 is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
+async def test_sslv3_and_tls10_clients_are_refused(upstream, tmp_path):
+    certs = make_certs(tmp_path)
+    runner, port, _ = await serve_in_process(config(upstream, tls=tls_settings(certs)))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(SSL3_HELLO)  # (OpenSSL 3 clients cannot even send one)
+        got = b""
+        with contextlib.suppress(ConnectionResetError):
+            got = await asyncio.wait_for(reader.read(), 5)
+        assert not got.startswith(b"\x16"), "a ServerHello to an SSLv3 client"  # an alert (\x15) or nothing
+        writer.close()
+        old = tls11_client()
+        old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=old), 5)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed")
+async def test_a_renegotiation_is_refused_and_the_listener_serves_on(upstream, tmp_path):
+    """TLS 1.2 renegotiation (a client-initiated one costs the server a handshake each time): the
+    client's request is refused with an alert; the listener serves the next client."""
+    certs = make_certs(tmp_path)
+    runner, port, _ = await serve_in_process(config(upstream, tls=tls_settings(certs)))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "openssl", "s_client", "-tls1_2", "-connect", f"127.0.0.1:{port}", "-CAfile", str(certs.ca_file),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        assert proc.stdin is not None
+        await asyncio.sleep(0.5)
+        proc.stdin.write(b"R\n")  # s_client's renegotiate command
+        await asyncio.sleep(0.5)
+        proc.stdin.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            proc.stdin.close()
+        out = (await asyncio.wait_for(proc.communicate(), 10))[0].decode(errors="replace")
+        assert "RENEGOTIATING" in out
+        assert "no renegotiation" in out.lower() or "alert" in out.lower(), out[-1500:]
+        assert '"status"' not in out  # no answer after the refused renegotiation
+        assert await _handshakes(port, certs, 2)  # served on
+    finally:
+        await runner.cleanup()
+
+
+def test_a_key_readable_by_every_user_is_warned_about(tmp_path, capfd):
+    certs = make_certs(tmp_path)
+    TlsListener("main", parse_config(config_for_tls(certs)).server.tls)
+    assert "tls_key_readable_by_all" not in capfd.readouterr().err  # 0600: nothing to say
+    certs.key_file.chmod(0o644)
+    listener = TlsListener("main", parse_config(config_for_tls(certs)).server.tls)
+    warned = [json.loads(line) for line in capfd.readouterr().err.splitlines() if "tls_key_readable_by_all" in line]
+    assert len(warned) == 1 and warned[0]["mode"] == "0o644" and warned[0]["key_file"] == str(certs.key_file)
+    assert listener.reload()  # served all the same (as nginx does), and said again at each load
+    assert "tls_key_readable_by_all" in capfd.readouterr().err
+
+
+def config_for_tls(certs) -> dict:
+    cfg = base_config("http://127.0.0.1:9")
+    cfg["server"]["tls"] = tls_settings(certs)
+    return cfg

@@ -35,6 +35,7 @@ class Certs:
         """A new certificate for 127.0.0.1 written to the two files; its SHA-256 fingerprint."""
         cert = self.ca.issue_cert("127.0.0.1")
         cert.private_key_pem.write_to_path(str(key_file))
+        key_file.chmod(0o600)  # (as certbot leaves it; 0644 is warned about)
         cert.cert_chain_pems[0].write_to_path(str(cert_file))
         for pem in cert.cert_chain_pems[1:]:
             pem.write_to_path(str(cert_file), append=True)

@@ -252,6 +252,15 @@ class Config(_Model):
         return v
 
     @model_validator(mode="after")
+    def _one_process_store(self) -> Config:
+        """memory:// lives in one process: several workers would each keep their own balances,
+        tokens and keys (credits multiplied, a token minted on one refused by the next)."""
+        if self.store.startswith("memory://") and self.server.workers not in (1, "auto"):
+            raise ValueError("server.workers: memory:// keeps its state in one process: set workers: 1 (or use "
+                             "sqlite, redis or postgresql, which every worker shares)")
+        return self
+
+    @model_validator(mode="after")
     def _index(self) -> Config:
         """Build the lookup indexes (references were checked on the raw mapping: see cross_ref_problems)."""
         for flow in self.flows:
@@ -274,6 +283,11 @@ class Config(_Model):
         if flow is None and by_name:
             flow = private["_flows_by_name"].get(ref)
         return flow
+
+    def worker_count(self) -> int:
+        """The worker processes to start: ``server.worker_count()``, but one for memory:// (its state
+        lives in one process; ``auto`` must not split it)."""
+        return 1 if self.store.startswith("memory://") else self.server.worker_count()
 
     def key_for_hash(self, sha256_hex: str) -> KeyConfig | None:
         return self.__pydantic_private__["_keys_by_hash"].get(sha256_hex)

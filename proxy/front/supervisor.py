@@ -123,7 +123,7 @@ class Supervisor:
         self.served = False  # some worker came up and served (so a death is a crash, not a boot failure)
         self.exit_code = 0
         self.config_path = config_path
-        self.slots = [Slot(i) for i in range(config.server.worker_count())]
+        self.slots = [Slot(i) for i in range(config.worker_count())]
         for slot in self.slots:  # at 0 from the start (an alert's increase() then sees the first restart)
             m.child(m.WORKER_RESTARTS, str(slot.index))
         for result in ("applied", "refused"):
@@ -345,9 +345,9 @@ def serve(config: Config, config_path: str) -> int:
     if pid_file is not None:
         pid_file.write_text(f"{os.getpid()}\n")
     try:
-        if config.server.worker_count() == 1:
+        if config.worker_count() == 1:
             return _serve_single(config, config_path)
-        listeners = bind(config, config.server.worker_count())  # CannotListen: one line, said by the CLI
+        listeners = bind(config, config.worker_count())  # CannotListen: one line, said by the CLI
         return Supervisor(config, config_path).run(listeners)
     finally:
         if pid_file is not None:

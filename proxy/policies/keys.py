@@ -171,6 +171,7 @@ async def watch(current: Callable[[], KeyRing]) -> None:
 # --- making a key (the admin API's POST /admin/v1/keys and `flowgate keys create`)
 MAX_EXPIRES_IN_S = 10 * 365 * 86400
 NAME = r"^[A-Za-z0-9_.\-]{1,128}$"
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"  # no CR-LF, no terminal escapes (a listing prints it), not empty
 
 
 class KeySpec(BaseModel):
@@ -182,12 +183,22 @@ class KeySpec(BaseModel):
     policies: list[Literal["Execute", "Admin"]] = Field(
         default_factory=lambda: ["Execute"], min_length=1, description="Execute runs flows; Admin uses /admin/v1.")
     id: str | None = Field(None, pattern=NAME, description="The key's id (default: key_ and 16 hex digits).")
-    tenant: str | None = Field(None, max_length=256, description="Only flows of this tenant.")
-    workspace: str | None = Field(None, max_length=256, description="Only flows of this workspace.")
+    tenant: str | None = Field(None, max_length=256, pattern=PRINTABLE, description="Only flows of this tenant.")
+    workspace: str | None = Field(None, max_length=256, pattern=PRINTABLE, description="Only flows of this workspace.")
     envs: list[Env] | None = Field(None, min_length=1, description="Only these environments.")
     expires_in_s: int | None = Field(None, ge=1, le=MAX_EXPIRES_IN_S, strict=True,
                                      description="The key stops working this many seconds after it is made.")
     rate_limit: KeyRateLimit | None = Field(None, description="Per-key rate limits.")
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _whole_limits(cls, v: Any) -> Any:
+        """JSON numbers only (lax parsing took true as 1 request a minute, "5" as 5)."""
+        if isinstance(v, dict):
+            for name, value in v.items():
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                    raise ValueError(f"{name} must be a whole number")
+        return v
 
     @field_validator("envs", mode="before")
     @classmethod

@@ -105,6 +105,13 @@ async def test_an_id_taken_by_the_config_or_the_store_is_409(client):
     ({"owner": "acme", "sha256": "0" * 64}, "sha256"),
     ({"owner": "acme", "rate_limit": {"requests_per_minute": 0}}, "rate_limit"),
     ({"owner": "acme", "id": "bad id!"}, "id"),
+    ({"owner": "acme", "rate_limit": {"requests_per_minute": True}}, "rate_limit"),
+    ({"owner": "acme", "rate_limit": {"requests_per_minute": "5"}}, "rate_limit"),
+    ({"owner": "acme", "rate_limit": {"concurrent_runs": 2.5}}, "rate_limit"),
+    ({"owner": "acme", "tenant": "t1\r\nX-Evil: 1"}, "tenant"),
+    ({"owner": "acme", "workspace": "\x1b[2Jw1"}, "workspace"),
+    ({"owner": "acme", "tenant": ""}, "tenant"),
+    ({"owner": "acme", "tenant": "t" * 10_000}, "tenant"),
 ])
 async def test_bad_bodies_400_name_the_field_and_change_nothing(client, body, field):
     body_resp = await _problem(await client.post("/admin/v1/keys", headers=AUTH, json=body), 400, "bad_request")

@@ -33,6 +33,7 @@ from .policies import build_chains
 from .policies.credits import sweep_expired_holds
 from .policies.hold_size import HoldSizer
 from .policies.keys import KeyRing
+from .policies.keys import watch as watch_keys
 from .store import open_store
 from .upstream import UpstreamPool
 
@@ -95,7 +96,7 @@ def create_app(config: Config) -> web.Application:
 async def _keys_ctx(app: web.Application) -> AsyncIterator[None]:
     """Keeps this process's copy of the admin API's keys current (see :mod:`proxy.policies.keys`)."""
     gw = app[GATEWAY]
-    task = asyncio.create_task(gw.keys.watch(lambda: gw.keys))  # the ring in force, a reload's included
+    task = asyncio.create_task(watch_keys(lambda: gw.keys))  # the ring in force, a reloaded one too
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

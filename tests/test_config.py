@@ -140,6 +140,7 @@ def test_workers_auto_is_the_usable_cores(raw):
     assert parse_config(raw).server.worker_count() == len(os.sched_getaffinity(0))
     raw["store"] = "sqlite:////tmp/fg.db"  # (memory:// is one process: see below)
     raw["server"]["workers"] = 3
+    raw["store"] = "sqlite:////tmp/fg.db"  # (memory:// is one process: see tests/config/test_server.py)
     assert parse_config(raw).server.worker_count() == 3
 
 

@@ -9,6 +9,8 @@ in the answer to the ``POST`` that made the key; listings show neither secrets n
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from datetime import UTC, datetime
 
@@ -28,6 +30,8 @@ PREFIX = "/admin/v1"
 MAX_ADMIN_BODY = 64 * 1024
 NDJSON = "application/x-ndjson"
 MAX_LEDGER = 100_000
+LEDGER_PAGE = 1000  # entries read from the store, and written, at a time by an NDJSON export
+_LIMIT = re.compile(r"[0-9]{1,6}")
 
 log = structlog.get_logger("flowgate.admin")
 
@@ -175,32 +179,73 @@ def _when(raw: str | None, name: str) -> float | None:
     if raw is None or raw == "":
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be epoch seconds or an ISO 8601 date/time") from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+        try:
+            dt = datetime.fromisoformat(raw)
+            value = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+        except (ValueError, OverflowError):
+            value = math.nan
+    if not math.isfinite(value):  # nan, inf, 1e999: no instant (and Redis refuses a nan bound)
+        raise BadRequest(f"{name} must be epoch seconds or an ISO 8601 date/time")
+    return value
+
+
+async def _ledger_pages(gw: Gateway, account: str, since: float | None, until: float | None, limit: int):
+    """The entries ``since <= ended_at < until``, oldest first, at most ``limit``, read
+    :data:`LEDGER_PAGE` at a time: each page starts at the last one's ``ended_at`` (the store's
+    ``since`` is inclusive), skipping the entries of that instant already given."""
+    cursor, given_at_cursor, left = since, set(), limit
+    while left > 0:
+        ask = min(LEDGER_PAGE, left) + len(given_at_cursor)
+        page = await gw.store.ledger(account, since=cursor, limit=ask)
+        fresh = [e for e in page if e.get("ended_at") != cursor or e.get("job_id") not in given_at_cursor]
+        done = len(page) < ask
+        if until is not None:
+            before = [e for e in fresh if (e.get("ended_at") or 0) < until]
+            done = done or len(before) < len(fresh)  # (oldest first: the rest are later still)
+            fresh = before
+        fresh = fresh[:left]
+        if fresh:
+            yield fresh
+        last = fresh[-1].get("ended_at") if fresh else None
+        if done or last is None:
+            return
+        left -= len(fresh)
+        if last != cursor:
+            cursor, given_at_cursor = last, set()
+        given_at_cursor.update(e.get("job_id") for e in fresh if e.get("ended_at") == cursor)
 
 
 async def ledger_view(request: web.Request, gw: Gateway) -> web.StreamResponse:
     """An account's settled runs, oldest first, ``since <= ended_at < until``; NDJSON when asked
-    for with ``Accept: application/x-ndjson`` (exports), else a JSON object."""
+    for with ``Accept: application/x-ndjson`` (exports: streamed a page at a time, never held
+    whole), else a JSON object."""
     account, _ = _account(request, gw)
     since, until = _when(request.query.get("since"), "since"), _when(request.query.get("until"), "until")
     raw_limit = request.query.get("limit", "")
-    if raw_limit and (not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LEDGER):
+    if raw_limit and (_LIMIT.fullmatch(raw_limit) is None or not 1 <= int(raw_limit) <= MAX_LEDGER):
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_LEDGER}")
     limit = int(raw_limit) if raw_limit else MAX_LEDGER
-    entries = await gw.store.ledger(account, since=since, limit=limit)
-    if until is not None:
-        entries = [e for e in entries if (e.get("ended_at") or 0) < until]
-    if NDJSON in request.headers.get("Accept", ""):
-        body = b"".join(dumps(e) + b"\n" for e in entries)
-        return web.Response(body=body, content_type=NDJSON, headers={"Cache-Control": "no-store"})
-    return _json({"account": account, "entries": entries, "generated_at": time.time()})
+    pages = _ledger_pages(gw, account, since, until, limit)
+    if NDJSON not in request.headers.get("Accept", ""):
+        entries = [e async for page in pages for e in page]
+        return _json({"account": account, "entries": entries, "generated_at": time.time()})
+    first = await anext(pages, [])  # a store that is down now is a 503 problem, not a cut stream
+    resp = web.StreamResponse(headers={"Cache-Control": "no-store"})
+    resp.content_type = NDJSON
+    await resp.prepare(request)
+    try:
+        await resp.write(b"".join(dumps(e) + b"\n" for e in first))
+        async for page in pages:
+            await resp.write(b"".join(dumps(e) + b"\n" for e in page))
+    except GatewayError as err:  # the store went away mid-export: cut it (no last chunk), say so
+        log.warning("ledger_export_cut", account=account, error=err.kind)
+        if request.transport is not None:
+            request.transport.abort()
+        return resp
+    await resp.write_eof()
+    return resp
 
 
 # (method, path under PREFIX, handler, route name): the app mounts these; /openapi.json describes them

@@ -169,9 +169,16 @@ OPERATIONS = {
         [{"bearer": []}, {"apiKeyHeader": []}],
         [_q("ttl", {"type": "integer"}, "seconds, clamped to 1..limits.token_ttl_max_s"),
          _q("workflow_id", {"type": "string"}, "bind the token to this flow")]),
-    "workflow:stream": _op("workflow", "Run a flow with a stream token: plain text as generated (AI SDK text)", {
-        "200": _ok({"text/plain": {"type": "string"}}, headers=RUN_HEADERS), **_errors(*WF_ERR, RUN_ERRORS)},
-        [{"streamToken": []}], [ENV], RUN_BODY),
+    "workflow:stream": _op("workflow", "Run a flow with a stream token: plain text as generated (AI SDK text), or "
+                           "with protocol=ui the AI SDK UI message stream (server-sent events, for useChat)", {
+        "200": _ok({"text/plain": {"type": "string"}, "text/event-stream": {"type": "string"}},
+                   "text/plain; with protocol=ui, text/event-stream and x-vercel-ai-ui-message-stream: v1",
+                   headers={**RUN_HEADERS, "x-vercel-ai-ui-message-stream": {
+                       "description": "v1 (protocol=ui only)", "schema": {"type": "string"}}}),
+        **_errors(*WF_ERR, RUN_ERRORS)},
+        [{"streamToken": []}], [ENV, _q("protocol", {"type": "string", "enum": ["text", "ui"]},
+                                        "text (default): the AI SDK text stream; ui: its UI message stream")],
+        RUN_BODY),
     "workflow:preflight": _op("workflow", "CORS preflight of the stream route", {
         "204": {"description": "Allowed"}, "403": {"description": "Origin, method or headers not allowed"}}, []),
     "workflow:run": _op("workflow", "Run a flow; the whole text at once", {

@@ -16,6 +16,7 @@ from ..context import GATEWAY
 from ..dialects.workflow import WorkflowDialect, key_from_headers
 from ..errors import BadRequest, GatewayError, NotFound
 from ..policies.api_key import identify, require
+from ..policies.keys import key_fingerprint
 from ..policies.rate_limit import check_rate
 from ..policies.stream_token import new_token, token_digest
 
@@ -47,7 +48,7 @@ async def mint_token(request: web.Request, dialect: WorkflowDialect) -> web.Resp
             if flow is None or not flow.published or flow.owner != key.owner:
                 raise NotFound("workflow not found or not published")
         token = new_token()
-        record = {"owner": key.owner, "key_id": key.id, "flow_id": flow_id}
+        record = {"owner": key.owner, "key_id": key.id, "key_fp": key_fingerprint(key), "flow_id": flow_id}
         await gw.store.put_token(token_digest(token), record, time.time() + ttl)
     except GatewayError as err:
         m.child(m.REJECTIONS, dialect.name, err.kind).inc()

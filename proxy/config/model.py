@@ -275,16 +275,16 @@ class Config(_Model):
             flow = private["_flows_by_name"].get(ref)
         return flow
 
+    def worker_count(self) -> int:
+        """The worker processes to start: ``server.worker_count()``, but one for memory:// (its state
+        lives in one process; ``auto`` must not split it)."""
+        return 1 if self.store.startswith("memory://") else self.server.worker_count()
+
     def key_for_hash(self, sha256_hex: str) -> KeyConfig | None:
         return self.__pydantic_private__["_keys_by_hash"].get(sha256_hex)
 
     def key_by_id(self, key_id: str) -> KeyConfig | None:
         return self.__pydantic_private__["_keys_by_id"].get(key_id)
-
-    def worker_count(self) -> int:
-        """The workers ``flowgate serve`` runs: ``server.workers`` resolved, except that ``memory://``
-        lives in one process (tokens and credits must hold across workers), so ``auto`` is 1 there."""
-        return 1 if self.store.startswith("memory:") else self.server.worker_count()
 
     def run_cap_s(self, flow: FlowConfig) -> float:
         return min(flow.max_duration_s or self.limits.max_duration_s, self.limits.max_duration_s)

@@ -3,7 +3,9 @@ the other sections' in :mod:`.model`)."""
 
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -41,8 +43,9 @@ class ServerConfig(Strict):
     metrics_tls: TlsConfig | None = Field(None, description="Serve HTTPS on `metrics_port` (its own certificate).")
     access_log: bool = Field(True, description="Write one JSON access line per request.")
     workers: int | Literal["auto"] = Field(
-        "auto", description="Worker processes serving the listeners (auto = one per usable core; 1 = a single "
-        "process, no supervisor). Applied at the next restart, not by a reload."
+        "auto", description="Worker processes serving the listeners (auto = one per usable core: the CPU affinity, "
+        "capped by the cgroup's CPU quota, e.g. a container's `cpus:`; 1 = a single process, no supervisor; "
+        "memory:// always runs one). Applied at the next restart, not by a reload."
     )
     pid_file: str | None = Field(
         None, description="`flowgate serve` writes its process id here (the supervisor's, with workers); "
@@ -133,10 +136,63 @@ class ServerConfig(Strict):
         raise ValueError(f"must be a whole number from 1 to {MAX_WORKERS}, or auto (got {v!r})")
 
     def worker_count(self) -> int:
-        """``workers`` resolved: ``auto`` is the number of cores this process may run on."""
+        """``workers`` resolved: ``auto`` is the number of cores this process may run on (its CPU
+        affinity), or fewer when its cgroup's CPU quota allows fewer (a container's ``cpus:``)."""
         if self.workers != "auto":
             return self.workers
         try:
-            return max(1, len(os.sched_getaffinity(0)))
+            cores = max(1, len(os.sched_getaffinity(0)))
         except AttributeError:  # not on Linux
-            return max(1, os.cpu_count() or 1)
+            cores = max(1, os.cpu_count() or 1)
+        quota = cgroup_cpu_limit()
+        return min(cores, quota) if quota is not None else cores
+
+
+def cgroup_cpu_limit(proc: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int | None:
+    """The CPUs this process's cgroup quota allows, rounded up (``cpu.max`` of cgroup v2, or
+    ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` of v1, the smallest along the path to the root, as
+    Go's runtime and libuv read it); None without a quota. Docker's ``--cpus``/compose's ``cpus:``
+    set a quota, not an affinity, so ``sched_getaffinity`` alone would count every core of the host."""
+    try:
+        lines = Path(proc).read_text().splitlines()
+    except OSError:
+        return None
+    dirs: list[Path] = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":  # cgroup v2
+            dirs += _up(Path(root), path)
+        elif "cpu" in controllers.split(","):
+            for mount in (Path(root) / controllers, Path(root) / "cpu", Path(root) / "cpu,cpuacct"):
+                if mount.is_dir():
+                    dirs += _up(mount, path)
+                    break
+    limits = [n for n in map(_quota, dirs) if n is not None]
+    return min(limits) if limits else None
+
+
+def _up(mount: Path, path: str) -> list[Path]:
+    """``mount``/``path`` and each parent up to ``mount`` (in a container, ``path`` may name the
+    host's view of the cgroup while ``mount`` is the container's own: then ``mount`` alone is read)."""
+    out, here = [], mount / path.strip("/")
+    while True:
+        out.append(here)
+        if here == mount or mount not in here.parents:
+            return out if out[-1] == mount else [*out, mount]
+        here = here.parent
+
+
+def _quota(d: Path) -> int | None:
+    try:
+        raw = (d / "cpu.max").read_text().split()
+        quota, period = raw[0], raw[1] if len(raw) > 1 else "100000"
+    except (OSError, IndexError):
+        try:
+            quota, period = (d / "cpu.cfs_quota_us").read_text().strip(), (d / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:  # "max": no quota
+        return None
+    return max(1, math.ceil(q / p)) if q > 0 and p > 0 else None

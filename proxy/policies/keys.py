@@ -5,7 +5,7 @@ the admin API live in the store (their SHA-256, never the secret); each process 
 of them and the store's ``keys_version`` it was read at:
 
 - a copy older than :data:`FRESH_S` is re-validated before it answers (one read of the version;
-  the records are read again only when the version moved); :meth:`KeyRing.watch` does this in the
+  the records are read again only when the version moved); the watcher (:func:`watch`) does this in the
   background every ``FRESH_S / 2``, so a request does not normally wait for the store;
 - a secret the copy does not know is checked against the store's version at once (a key made on
   another replica a moment ago works at once); concurrent checks share one read, and the same
@@ -153,19 +153,25 @@ class KeyRing:
             self._version = version
         self._checked = started
 
-    async def watch(self, in_force: Callable[[], KeyRing] | None = None) -> None:
-        """Re-validate the copy every ``fresh_s / 2`` until cancelled (a failure is retried).
-        ``in_force``: the ring to keep current, asked each round (a reload puts a new one in force)."""
-        while True:
-            ring = in_force() if in_force is not None else self
-            with contextlib.suppress(StoreUnavailable):
-                await ring.sync()
-            await asyncio.sleep(ring.fresh_s / 2)
+
+async def watch(current: Callable[[], KeyRing]) -> None:
+    """Re-validate the key ring in force (``current()``: a reload puts a new one in force) every
+    ``fresh_s / 2`` until cancelled; a failure is retried, whatever it is (the watcher never dies)."""
+    while True:
+        ring = current()
+        try:
+            await ring.sync()
+        except StoreUnavailable:
+            pass  # requests for store keys fail closed meanwhile
+        except Exception:
+            log.exception("keys_sync_failed")
+        await asyncio.sleep(ring.fresh_s / 2)
 
 
 # --- making a key (the admin API's POST /admin/v1/keys and `flowgate keys create`)
 MAX_EXPIRES_IN_S = 10 * 365 * 86400
 NAME = r"^[A-Za-z0-9_.\-]{1,128}$"
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"  # no CR-LF, no terminal escapes (a listing prints it), not empty
 
 
 class KeySpec(BaseModel):
@@ -177,12 +183,22 @@ class KeySpec(BaseModel):
     policies: list[Literal["Execute", "Admin"]] = Field(
         default_factory=lambda: ["Execute"], min_length=1, description="Execute runs flows; Admin uses /admin/v1.")
     id: str | None = Field(None, pattern=NAME, description="The key's id (default: key_ and 16 hex digits).")
-    tenant: str | None = Field(None, max_length=256, description="Only flows of this tenant.")
-    workspace: str | None = Field(None, max_length=256, description="Only flows of this workspace.")
+    tenant: str | None = Field(None, max_length=256, pattern=PRINTABLE, description="Only flows of this tenant.")
+    workspace: str | None = Field(None, max_length=256, pattern=PRINTABLE, description="Only flows of this workspace.")
     envs: list[Env] | None = Field(None, min_length=1, description="Only these environments.")
-    expires_in_s: int | None = Field(None, ge=1, le=MAX_EXPIRES_IN_S,
+    expires_in_s: int | None = Field(None, ge=1, le=MAX_EXPIRES_IN_S, strict=True,
                                      description="The key stops working this many seconds after it is made.")
     rate_limit: KeyRateLimit | None = Field(None, description="Per-key rate limits.")
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _whole_limits(cls, v: Any) -> Any:
+        """JSON numbers only (lax parsing took true as 1 request a minute, "5" as 5)."""
+        if isinstance(v, dict):
+            for name, value in v.items():
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                    raise ValueError(f"{name} must be a whole number")
+        return v
 
     @field_validator("envs", mode="before")
     @classmethod
@@ -200,6 +216,13 @@ def new_secret() -> str:
 
 def key_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def key_fingerprint(key: KeyConfig) -> str:
+    """Which secret a key id stood for (16 hex digits of its digest): a stream token records it, so a
+    token outlives neither its key's revocation nor a new key given the same id (a config key rotated
+    by a reload, an API key re-made with the revoked one's id)."""
+    return key.sha256[:16]
 
 
 class KeyConflict(Exception):
@@ -258,9 +281,9 @@ async def all_keys(config: Config, store: Store) -> list[dict]:
 
 async def revoke_key(config: Config, store: Store, key_id: str) -> bool:
     """Delete a store key: True when it existed. Raises :class:`KeyConflict` for a config file's key."""
-    if config.key_by_id(key_id) is not None:
-        raise KeyConflict(f"{key_id!r} is a key of the config file: remove it there and reload")
-    deleted = await store.delete_key(key_id)
+    deleted = await store.delete_key(key_id)  # first: a store key the config shadowed later is revocable too
     if deleted:
         log.info("key_revoked", key_id=key_id)
+    elif config.key_by_id(key_id) is not None:
+        raise KeyConflict(f"{key_id!r} is a key of the config file: remove it there and reload")
     return deleted

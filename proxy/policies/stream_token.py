@@ -19,7 +19,7 @@ from ..errors import InvalidToken
 from ..run import Run
 from ..store import Store
 from .base import Policy
-from .keys import KeyRing
+from .keys import KeyRing, key_fingerprint
 
 TOKEN_PREFIX = "pub_tok_"
 TOKEN_RE = re.compile(r"pub_tok_[A-Za-z0-9_-]{32}")
@@ -67,8 +67,9 @@ class StreamToken(Policy):
         run.key = key
         run.owner = record.get("owner")
         run.bound_flow = record.get("flow_id")
-        if key is None or key.owner != run.owner:
-            self._refuse(run, "key_revoked")
+        fingerprint = record.get("key_fp")  # (None: a token minted before tokens recorded it)
+        if key is None or key.owner != run.owner or (fingerprint is not None and fingerprint != key_fingerprint(key)):
+            self._refuse(run, "key_revoked")  # revoked, expired, or its id now names another secret
 
     @staticmethod
     def _refuse(run: Run, reason: str) -> None:

@@ -105,6 +105,13 @@ async def test_an_id_taken_by_the_config_or_the_store_is_409(client):
     ({"owner": "acme", "sha256": "0" * 64}, "sha256"),
     ({"owner": "acme", "rate_limit": {"requests_per_minute": 0}}, "rate_limit"),
     ({"owner": "acme", "id": "bad id!"}, "id"),
+    ({"owner": "acme", "rate_limit": {"requests_per_minute": True}}, "rate_limit"),
+    ({"owner": "acme", "rate_limit": {"requests_per_minute": "5"}}, "rate_limit"),
+    ({"owner": "acme", "rate_limit": {"concurrent_runs": 2.5}}, "rate_limit"),
+    ({"owner": "acme", "tenant": "t1\r\nX-Evil: 1"}, "tenant"),
+    ({"owner": "acme", "workspace": "\x1b[2Jw1"}, "workspace"),
+    ({"owner": "acme", "tenant": ""}, "tenant"),
+    ({"owner": "acme", "tenant": "t" * 10_000}, "tenant"),
 ])
 async def test_bad_bodies_400_name_the_field_and_change_nothing(client, body, field):
     body_resp = await _problem(await client.post("/admin/v1/keys", headers=AUTH, json=body), 400, "bad_request")
@@ -157,7 +164,8 @@ async def test_accounts_credits_and_ledger(client):
     granted = await client.post("/admin/v1/accounts/acme/credits", headers=AUTH, json={"amount": 500})
     assert granted.status == 200 and (await granted.json())["balance"] == 100500
     for bad in ({"amount": 0}, {"amount": -5}, {"amount": 1.5}, {"amount": "5"}, {"amount": True}, {},
-                {"amount": 2**63}, {"amount": 5, "note": "x"}):
+                {"amount": 2**63}, {"amount": 2**53}, {"amount": 2**53 + 1}, {"amount": 2**64}, {"amount": 1e308},
+                {"amount": 5, "note": "x"}):
         await _problem(await client.post("/admin/v1/accounts/acme/credits", headers=AUTH, json=bad), 400,
                        "bad_request")
     assert (await (await client.get("/admin/v1/accounts/acme", headers=AUTH)).json())["balance"] == 100500
@@ -193,3 +201,131 @@ async def test_secrets_never_reach_the_log(client, capfd):
     assert made["id"] in err  # the key's id is logged (created, revoked)
     for secret in (made["secret"], sha(made["secret"]), ADMIN_SECRET, sha(ADMIN_SECRET)):
         assert secret not in err
+
+
+# --- hostile inputs found in review ------------------------------------------------------------
+@pytest.mark.parametrize("q", ["since=nan", "since=NaN", "until=inf", "since=-inf", "since=1e999",
+                               "limit=%C2%B2", "limit=" + "9" * 5000, "limit=%D9%A1", "limit=+5", "limit=%205"])
+async def test_ledger_garbage_bounds_are_400_not_a_store_error(client, q):
+    """nan went to Redis as a score bound (its error: a 503 and an error log); ² passes isdigit() but
+    not int(); 5000 digits pass isdigit() and fail int() (a 500 each)."""
+    body = await _problem(await client.get(f"/admin/v1/accounts/acme/ledger?{q}", headers=AUTH), 400, "bad_request")
+    assert "since" in body["detail"] or "until" in body["detail"] or "limit" in body["detail"]
+
+
+def _entries(n: int, ties: int = 1, start: float = 1_700_000_000.0) -> list[dict]:
+    """n ledger entries, ``ties`` of them at each instant (settlements on replicas at the same µs)."""
+    return [{"job_id": f"job{i:06d}", "owner": "acme", "flow": "wf_text", "credits": 1,
+             "ended_at": start + i // ties} for i in range(n)]
+
+
+@pytest.mark.parametrize("ties", [1, 3, 7])
+async def test_an_ndjson_export_is_read_and_written_a_page_at_a_time(client, monkeypatch, ties):
+    import proxy.api.admin as admin
+    from proxy.context import GATEWAY
+
+    monkeypatch.setattr(admin, "LEDGER_PAGE", 5)
+    store = client.app[GATEWAY].store
+    store.inner.ledgers["acme"] = _entries(53, ties)
+    asked: list[int | None] = []
+    real = store.ledger
+
+    async def counted(account, since=None, limit=None):
+        asked.append(limit)
+        return await real(account, since=since, limit=limit)
+
+    monkeypatch.setattr(store, "ledger", counted)
+    nd = await client.get("/admin/v1/accounts/acme/ledger", headers={**AUTH, "Accept": "application/x-ndjson"})
+    assert nd.status == 200 and nd.headers["Content-Type"].startswith("application/x-ndjson")
+    assert nd.headers.get("Transfer-Encoding") == "chunked"  # streamed, not one body
+    ids = [orjson.loads(line)["job_id"] for line in (await nd.read()).splitlines()]
+    assert ids == [f"job{i:06d}" for i in range(53)]  # every entry once, oldest first, across tied pages
+    assert max(asked) <= 5 + ties and len(asked) >= 53 // 5  # never the whole ledger at once
+    # the window and the limit across pages; JSON gives the same entries
+    since, until = 1_700_000_000.0 + 10 // ties, 1_700_000_000.0 + 40 // ties
+    want = [e["job_id"] for e in store.inner.ledgers["acme"] if since <= e["ended_at"] < until]
+    for accept in ("application/x-ndjson", "application/json"):
+        resp = await client.get(f"/admin/v1/accounts/acme/ledger?since={since}&until={until}&limit=17",
+                                headers={**AUTH, "Accept": accept})
+        raw = await resp.read()
+        got = ([orjson.loads(x)["job_id"] for x in raw.splitlines()] if "ndjson" in accept
+               else [e["job_id"] for e in orjson.loads(raw)["entries"]])
+        assert got == want[:17]
+
+
+async def test_an_ndjson_export_cut_by_the_store_is_not_a_complete_body(client, monkeypatch):
+    import aiohttp
+
+    import proxy.api.admin as admin
+    from proxy.context import GATEWAY
+    from proxy.errors import StoreUnavailable
+
+    monkeypatch.setattr(admin, "LEDGER_PAGE", 5)
+    store = client.app[GATEWAY].store
+    store.inner.ledgers["acme"] = _entries(30)
+    real, calls = store.ledger, []
+
+    async def failing(account, since=None, limit=None):
+        calls.append(since)
+        if len(calls) > 2:
+            raise StoreUnavailable("gone")
+        return await real(account, since=since, limit=limit)
+
+    monkeypatch.setattr(store, "ledger", failing)
+    nd = await client.get("/admin/v1/accounts/acme/ledger", headers={**AUTH, "Accept": "application/x-ndjson"})
+    assert nd.status == 200
+    with pytest.raises(aiohttp.ClientError):  # no last chunk: the reader knows it is cut
+        await nd.read()
+    calls.clear()
+    monkeypatch.setattr(store, "ledger", lambda *a, **k: (_ for _ in ()).throw(StoreUnavailable("down")))
+    await _problem(await client.get("/admin/v1/accounts/acme/ledger", headers={**AUTH, "Accept":
+                                                                                "application/x-ndjson"}),
+                   503, "store_unavailable")
+
+
+@pytest.mark.parametrize("value", ["2", True, 2.0, 1e308, -1, 0])
+async def test_expires_in_s_is_a_whole_number_not_a_string_or_bool(client, value):
+    """"2" became 2 and true became 1 s (pydantic's lax mode), unlike the credits grant's amount."""
+    body = await _problem(await client.post("/admin/v1/keys", headers=AUTH,
+                                            json={"owner": "acme", "expires_in_s": value}), 400, "bad_request")
+    assert "expires_in_s" in body["detail"]
+
+
+async def test_a_token_does_not_outlive_its_key_through_a_new_key_with_the_same_id(client):
+    """Revoke key "k", make a new "k" (same owner): the old key's unspent token was honoured again."""
+    made = await (await client.post("/admin/v1/keys", headers=AUTH, json={"owner": "acme", "id": "k"})).json()
+    tok = await (await client.get("/api/v1/token", headers={"x-api-key": made["secret"]})).json()
+    assert (await client.delete("/admin/v1/keys/k", headers=AUTH)).status == 204
+    again = await client.post("/admin/v1/keys", headers=AUTH, json={"owner": "acme", "id": "k"})
+    assert again.status == 201
+    assert (await client.post(f"/api/v1/run/wf_text/stream?token={tok['token']}")).status == 401
+    fresh = await (await client.get("/api/v1/token", headers={"x-api-key": (await again.json())["secret"]})).json()
+    assert (await client.post(f"/api/v1/run/wf_text/stream?token={fresh['token']}")).status == 200
+
+
+async def test_a_store_key_shadowed_by_a_config_key_id_can_still_be_revoked(gateway, text_upstream):
+    """An API key "ops" exists; the operator then adds a config key "ops": DELETE said 409 (a config
+    key) and the API key could never be revoked."""
+    from proxy.config import parse_config
+    from proxy.context import GATEWAY
+    from proxy.front.reload import apply
+    from proxy.policies.keys import KeySpec, create_key
+
+    cfg = admin_config(text_upstream.url)
+    client = await gateway(cfg)
+    gw = client.app[GATEWAY]
+    secret, _ = await create_key(gw.config, gw.store, KeySpec(owner="acme", id="ops"))
+    cfg["keys"].append({"id": "ops", "sha256": sha("fg_test_config_ops"), "owner": "acme"})
+    await apply(gw, parse_config(cfg))  # a reload
+    assert (await client.post("/api/v1/run/wf_text", headers={"x-api-key": secret})).status == 200
+    assert (await client.delete("/admin/v1/keys/ops", headers=AUTH)).status == 204
+    await asyncio.sleep(0.6)
+    assert (await client.post("/api/v1/run/wf_text", headers={"x-api-key": secret})).status == 401
+    await _problem(await client.delete("/admin/v1/keys/ops", headers=AUTH), 409, "conflict")  # the config's
+
+
+@pytest.mark.parametrize("path", ["/admin/v1/keys/a%2Fb", "/admin/v1/keys/..%2F..%2Fkeys", "/admin/v1/keys/a%0D%0Ab",
+                                  "/admin/v1/keys/" + "x" * 10000, "/admin/v1/keys/%E2%80%AE"])
+async def test_revoking_junk_ids_is_a_problem_not_a_crash(client, path):
+    resp = await client.delete(path, headers=AUTH)
+    assert resp.status in (400, 404) and resp.headers["Content-Type"].startswith("application/problem+json")

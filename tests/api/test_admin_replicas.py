@@ -118,3 +118,35 @@ async def test_the_admin_api_on_its_own_port(tmp_path):
     finally:
         rep.stop()
         await runner.cleanup()
+
+
+async def test_a_key_revoked_through_one_worker_is_refused_by_every_worker_within_a_second(upstream, tmp_path):
+    """One `flowgate serve` with two workers (each its own KeyRing): made through one, it runs on
+    both at once; revoked through one, both answer 401 within a second; each connection is new, so
+    the kernel spreads them over the workers (SO_REUSEPORT), and the access lines say both answered."""
+    from tests.conftest import stream_chunks
+    from tests.front.served import Served, served_config
+
+    async def text(request, seen):
+        return await stream_chunks(request, ["hello ", "world"])
+
+    upstream.handle("/text", text)
+    cfg = served_config(upstream.url, tmp_path)
+    cfg["keys"] = admin_config(upstream.url)["keys"]
+    server = await Served(tmp_path, cfg).start()
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            async with s.post(f"{server.url}/admin/v1/keys", headers=ADMIN, json={"owner": "acme"}) as resp:
+                made = await resp.json()
+            assert [await _run(s, server.url, made["secret"]) for _ in range(20)] == [200] * 20
+            async with s.delete(f"{server.url}/admin/v1/keys/{made['id']}", headers=ADMIN) as resp:
+                assert resp.status == 204
+            revoked_at = time.monotonic()
+            await asyncio.sleep(1.0)
+            mark = len(server.events("access"))
+            assert [await _run(s, server.url, made["secret"]) for _ in range(20)] == [401] * 20
+            assert time.monotonic() - revoked_at < 3
+        after = server.events("access")[mark:]
+        assert len({line["worker"] for line in after if line.get("status") == 401}) == 2
+    finally:
+        await server.stop()

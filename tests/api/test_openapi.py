@@ -51,6 +51,11 @@ async def test_the_document_is_valid_and_covers_every_mounted_route(gateway, tex
     assert run_stream["responses"]["401"]["content"]["application/json"]["schema"]["$ref"].endswith("WorkflowError")
     pb = ops[("post", "/api/v1/tenants/{tenantId}/workspaces/{workspaceId}/flows/{flowId}/run")]
     assert "application/problem+json" in pb["responses"]["402"]["content"]
+    # ?protocol=ui on the workflow stream route (the AI SDK UI message stream): described, with its media type
+    params = {p["name"]: p for p in run_stream["parameters"]}
+    assert params["protocol"]["schema"]["enum"] == ["text", "ui"]
+    assert set(run_stream["responses"]["200"]["content"]) == {"text/plain", "text/event-stream"}
+    assert "x-vercel-ai-ui-message-stream" in run_stream["responses"]["200"]["headers"]
     lf = ops[("post", "/langflow/api/v1/run/{flowIdOrName}")]
     assert "text/event-stream" in lf["responses"]["200"]["content"]
     assert set(doc["components"]["securitySchemes"]) >= {"apiKeyHeader", "bearer", "streamToken"}

@@ -84,3 +84,35 @@ def test_healthcheck(tmp_path):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_healthcheck_over_tls_with_workers(tmp_path):
+    """server.tls set (and two workers): the probe speaks https to the listener and trusts the
+    configured certificate, whatever its names (the image's HEALTHCHECK has no other option)."""
+    from tests.front.tlskit import make_certs, tls_settings
+
+    certs = make_certs(tmp_path)
+    port = free_port()
+    raw = base_config("http://127.0.0.1:9", store=f"sqlite:///{tmp_path / 'fg.db'}",
+                      server={"port": port, "host": "0.0.0.0", "workers": 2, "tls": tls_settings(certs)})
+    cfg = tmp_path / "fg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(cfg)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while (up := flowgate("healthcheck", "--config", str(cfg))).returncode != 0:
+            assert time.monotonic() < deadline, up.stderr
+            time.sleep(0.2)
+        assert up.stdout.strip() == f"https://127.0.0.1:{port}/healthz: ok"
+        # another certificate than the configured one is not this gateway
+        (tmp_path / "other").mkdir()
+        other = make_certs(tmp_path / "other")
+        raw["server"]["tls"] = tls_settings(other)
+        cfg2 = tmp_path / "other.yaml"
+        cfg2.write_text(yaml.safe_dump(raw))
+        wrong = flowgate("healthcheck", "--config", str(cfg2))
+        assert wrong.returncode == 1 and "unreachable" in wrong.stderr and "CERTIFICATE_VERIFY_FAILED" in wrong.stderr
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -93,3 +93,46 @@ async def test_concurrent_unknown_secrets_share_reads(ring):
     before = store.version_reads
     await asyncio.gather(*(keys.by_hash(key_digest(f"fg_x{i}")) for i in range(200)))
     assert store.version_reads - before <= 3
+
+
+async def test_the_watcher_keeps_the_ring_in_force_current_after_a_reload(ring):
+    """A reload puts a new KeyRing in force; the watcher kept re-validating the first one, so every
+    request with a store key after a quiet half second waited for a store read on the hot path."""
+    from proxy.policies.keys import watch
+
+    keys, config, store = ring
+    current = {"ring": keys}
+    task = asyncio.create_task(watch(lambda: current["ring"]))
+    try:
+        await asyncio.sleep(0.05)
+        reloaded = KeyRing(config, store, fresh_s=0.2)
+        current["ring"] = reloaded
+        await asyncio.sleep(0.35)
+        assert time.monotonic() - reloaded._checked < 0.2  # kept current without a request
+    finally:
+        task.cancel()
+
+
+async def test_the_watcher_survives_an_unexpected_store_error(ring):
+    """Only StoreUnavailable was retried: anything else (a record the store cannot decode) ended the
+    watcher for good, silently."""
+    from proxy.policies.keys import watch
+
+    keys, _, store = ring
+    failures = iter([ValueError("corrupt record"), RuntimeError("bug")])
+    real = store.keys_version
+
+    async def flaky() -> int:
+        err = next(failures, None)
+        if err is not None:
+            raise err
+        return await real()
+
+    store.keys_version = flaky
+    task = asyncio.create_task(watch(lambda: keys))
+    try:
+        await asyncio.sleep(0.4)
+        assert not task.done()
+        assert time.monotonic() - keys._checked < 0.2
+    finally:
+        task.cancel()

@@ -359,7 +359,7 @@ async def test_a_sighup_storm_while_the_server_starts_neither_kills_it_nor_is_lo
         server.write(grown(cfg))
         started = "worker_started" if workers > 1 else "listening"
         sent = 0
-        while len(server.events(started)) < workers:
+        while sent < 3 or len(server.events(started)) < workers:  # (a fast start may beat the first one)
             assert server.proc.poll() is None, f"killed by a SIGHUP while starting: {server.text()[-2000:]}"
             os.kill(server.proc.pid, signal.SIGHUP)
             sent += 1

@@ -81,12 +81,13 @@ class _Conn:
         self.writing_paused = False
 
 
-def _pump(output: str, hooks=(), quiet=()):
-    """A streaming pump on a fake transport, its compiled path made as Pump.start makes it."""
+def _pump(output: str, hooks=(), quiet=(), protocol: str = "text"):
+    """A streaming pump on a fake transport, its compiled path made as Pump.start makes it (a
+    ``protocol`` backend's body; passed through where the output is the same format)."""
     run = Run(request=None, dialect="workflow", route="stream", flow_ref="wf", env=Env.Production,  # type: ignore[arg-type]
               stream=True, body=b"")
     run.flow = SimpleNamespace(id="wf")  # type: ignore[assignment]
-    pump = Pump(run, _Upstream(), new_decoder("text"), new_encoder(output), output == "text",  # type: ignore[arg-type]
+    pump = Pump(run, _Upstream(), new_decoder(protocol), new_encoder(output, run), output == protocol,  # type: ignore[arg-type]
                 Chain.of_hooks(list(hooks), list(quiet)))
     transport = _Transport()
     pump.sink = ClientSink(transport, True, _Conn())

@@ -8,22 +8,18 @@ import asyncio
 import json
 import math
 import time
-from types import SimpleNamespace
 
 import aiohttp
 import orjson
 import pytest
 
-from proxy.env import Env
-from proxy.policies import Chain
-from proxy.protocols import new_decoder, new_encoder
-from proxy.run import Run
+from proxy.protocols import new_decoder
 from proxy.stream.pump import Pump
-from proxy.stream.sinks import ClientSink
 from tests.conftest import base_config, stream_chunks
 from tests.policies.test_credits import settled
 from tests.stream.test_pump import open_stream
-from tests.stream.test_textpath import TextPath, _config, _Conn, _split_everywhere, _Transport, _unframe, _Upstream
+from tests.stream.test_textpath import TextPath, _config, _split_everywhere, _unframe
+from tests.stream.test_textpath import _pump as text_pump
 from tests.upstream.hostile import CHUNKED_HEAD, backend_fixture  # noqa: F401 - the `backend` fixture
 
 
@@ -51,18 +47,7 @@ GENERATED = "Grüße, 世界! tokens…" + "x" + "and more"
 
 
 def _pump(output: str, hooks=(), quiet=(), protocol: str = "langflow"):
-    run = Run(request=None, dialect="workflow", route="stream", flow_ref="wf", env=Env.Production,  # type: ignore[arg-type]
-              stream=True, body=b"")
-    run.flow = SimpleNamespace(id="wf")  # type: ignore[assignment]
-    pump = Pump(run, _Upstream(), new_decoder(protocol), new_encoder(output, run), False,  # type: ignore[arg-type]
-                Chain.of_hooks(list(hooks), list(quiet)))
-    transport = _Transport()
-    pump.sink = ClientSink(transport, True, _Conn())
-    pump.resp = object()  # type: ignore[assignment]
-    pump.write = pump.sink.out.append
-    pump.fast = pump.fast_path()
-    pump.done = asyncio.get_running_loop().create_future()
-    return pump, transport
+    return text_pump(output, hooks, quiet, protocol)
 
 
 def _run(pump: Pump, chunks, *, compiled: bool) -> None:

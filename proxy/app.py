@@ -49,6 +49,9 @@ async def unknown_routes(request: web.Request, handler):
                                 "not_found" if exc.status == 404 else "method_not_allowed", headers=headers)
 
 
+unknown_routes.front_skips = True  # type: ignore[attr-defined] # aiohttp's router raises these, never a front route
+
+
 def create_app(config: Config) -> web.Application:
     app = web.Application(
         client_max_size=config.server.max_body_bytes + 1,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -30,6 +31,21 @@ def test_a_run_cannot_be_renamed():
     with pytest.raises(AttributeError):
         run.job_id = "backend-job"  # type: ignore[misc]
     assert run.job_id == first and len(first) == 26
+
+
+def test_job_ids_are_ulids_in_time_order():
+    """The hand-written encoding reads back with python-ulid as the time it was made, and sorts by it."""
+    from ulid import ULID
+
+    before = time.time()
+    ids = [new_job_id() for _ in range(2000)]
+    after = time.time()
+    for job_id in ids:
+        parsed = ULID.from_str(job_id)
+        assert str(parsed) == job_id and before - 0.001 <= parsed.timestamp <= after + 0.001
+    assert len(set(ids)) == len(ids)
+    stamps = [ULID.from_str(j).milliseconds for j in ids]
+    assert stamps == sorted(stamps)
 
 
 async def test_a_backend_that_repeats_its_job_id_gets_three_runs(upstream, gateway, store_url):

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..context import GATEWAY, Gateway
 from ..dialects.workflow import key_from_headers
 from ..errors import BadRequest, GatewayError, NotFound, problem_response, problem_type
+from ..logging import bind as bind_log
 from ..policies.api_key import identify, require
 from ..policies.keys import KeyConflict, KeySpec, all_keys, create_key, revoke_key
 from ..run import MAX_TOKENS
@@ -67,7 +68,7 @@ def admin_route(handler):
         gw = request.app[GATEWAY]
         try:
             key = await identify(gw.keys, key_from_headers(request, "Admin"))
-            structlog.contextvars.bind_contextvars(key_id=key.id)
+            bind_log(key_id=key.id)
             require(key, "Admin")
             return await handler(request, gw)
         except GatewayError as err:

@@ -7,12 +7,12 @@ job answers 404, exactly like a job that does not exist.
 
 from __future__ import annotations
 
-import structlog
 from aiohttp import web
 from orjson import dumps
 
 from ..context import GATEWAY
 from ..errors import BadRequest, GatewayError, NotFound, Unauthorized, problem_response, problem_type
+from ..logging import bind as bind_log
 from ..policies.api_key import identify, require
 
 RECORD_FIELDS = ("job_id", "backend_job_id", "flow", "env", "dialect", "status", "outcome", "reason", "input_tokens",
@@ -29,7 +29,7 @@ async def get_job(request: web.Request) -> web.Response:
         if not secret:
             raise Unauthorized("an API key with the Execute policy is required")
         key = await identify(gw.keys, secret)
-        structlog.contextvars.bind_contextvars(key_id=key.id)  # on the access line, a 403's too
+        bind_log(key_id=key.id)  # on the access line, a 403's too
         require(key, "Execute")
         entry = await gw.store.ledger_entry(key.owner, request.match_info["jobId"])
         if entry is None:  # unknown, or another owner's: the same answer

@@ -23,6 +23,7 @@ from ..context import GATEWAY, Gateway
 from ..dialects import Collected, Dialect
 from ..errors import BackendTimeout, BadRequest, GatewayError, RequestTimeout, RunFailed
 from ..http1.headers import JOB_ID_HEADER
+from ..logging import bind as bind_log
 from ..policies import Chain, Policy
 from ..protocols import new_decoder, new_encoder
 from ..protocols.chat import JSON, ChatRequestError, backend_body
@@ -49,7 +50,7 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
         m.child(m.REJECTIONS, dialect.name, err.kind).inc()
         return _error(dialect, err, cors)
     request[RUN] = run
-    structlog.contextvars.bind_contextvars(job_id=run.job_id)
+    bind_log(job_id=run.job_id)
     admitted: list[Policy] = []
     try:
         chain = chains[run.credential_kind]
@@ -68,7 +69,7 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
             raise RequestTimeout("the request body did not arrive within the run's maximum duration") from None
         if dialect.maps_chat:
             _map_chat(run)
-        structlog.contextvars.bind_contextvars(flow=run.flow_id, key_id=run.key_id, env=run.env.value)
+        bind_log(flow=run.flow_id, key_id=run.key_id, env=run.env.value)
         return await _execute(gw, chain, run, dialect, cors)
     except GatewayError as err:
         if run.outcome is None:  # refused before anything reached a backend
@@ -128,7 +129,7 @@ async def _execute(gw: Gateway, chain: Chain, run: Run, dialect: Dialect, cors: 
                 # the backend's own id (the connection keeps it only if it is a plain token): recorded, never a key
                 run.backend_job_id = upstream.headers.get(JOB_ID_HEADER)
                 if run.backend_job_id is not None:
-                    structlog.contextvars.bind_contextvars(backend_job_id=run.backend_job_id)
+                    bind_log(backend_job_id=run.backend_job_id)
                 pump = Pump(run, upstream, decoder, encoder, passthrough, chain)
                 if run.stream:
                     await pump.start(pump.response_headers({**cors, **run.response_headers}))

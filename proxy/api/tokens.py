@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import time
 
-import structlog
 from aiohttp import web
 
 from .. import metrics as m
 from ..context import GATEWAY
 from ..dialects.workflow import WorkflowDialect, key_from_headers
 from ..errors import BadRequest, GatewayError, NotFound
+from ..logging import bind as bind_log
 from ..policies.api_key import identify, require
 from ..policies.keys import key_fingerprint
 from ..policies.rate_limit import check_rate
@@ -38,7 +38,7 @@ async def mint_token(request: web.Request, dialect: WorkflowDialect) -> web.Resp
         secret = key_from_headers(request)
         ttl = _ttl(request.query.get("ttl"), cfg.limits.token_ttl_s, cfg.limits.token_ttl_max_s)
         key = await identify(gw.keys, secret)
-        structlog.contextvars.bind_contextvars(key_id=key.id)  # on the access line, the 403's too
+        bind_log(key_id=key.id)  # on the access line, the 403's too
         require(key, "Execute")
         rate_headers: dict[str, str] = {}
         await check_rate(gw.store, key, rate_headers)

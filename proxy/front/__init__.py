@@ -107,7 +107,9 @@ class FrontServer:
 
 
 def _with_middlewares(app: web.Application) -> Callable[[Handler], Handler]:
-    middlewares = list(app.middlewares)
+    """The app's middlewares around a route's handler, less those that only act on aiohttp's own
+    routing (``front_skips``: a route served here was matched, so they would only add a frame)."""
+    middlewares = [mw for mw in app.middlewares if not getattr(mw, "front_skips", False)]
 
     def wrap(handler: Handler) -> Handler:
         for mw in reversed(middlewares):

@@ -120,3 +120,31 @@ async def test_a_dropped_table_is_made_again_and_each_write_of_the_batch_runs_on
         assert (await s.rate_hit("b", 10, 60)).remaining == 8
     finally:
         await s.close()
+
+
+async def test_the_purge_keeps_each_flows_last_runs_and_reads_no_table_whole(tmp_path, monkeypatch):
+    """Settlements alone purge (a deployment without stream tokens too): each flow keeps its last
+    USAGE_KEEP runs; expired tokens go by their expiry index, old usage by its key."""
+    import proxy.store.sqlite as sqlite_store
+    from proxy.store.base import USAGE_KEEP
+
+    monkeypatch.setattr(sqlite_store, "PURGE_EVERY", 50)
+    s = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    await s.start()
+    await s.seed_account("a", 10**9)
+    await s.put_token("old", {"owner": "a"}, time.time() - 7200)  # an hour past its expiry
+    for i in range(USAGE_KEEP + 120):
+        for flow in ("f1", "f2"):
+            await s.open_hold(f"{flow}-{i:04d}", "a", 5, time.time() + 60, {})
+            await s.settle(f"{flow}-{i:04d}", "a", 1, {"outcome": "completed", "flow": flow, "output_tokens": i})
+    db = s.inner.db.inline
+    counts = dict(db.execute("SELECT flow, count(*) FROM usage GROUP BY flow").fetchall())
+    assert all(USAGE_KEEP <= n < USAGE_KEEP + 50 for n in counts.values()), counts  # (not 220 each: purged)
+    assert await s.recent_usage("a", "f1", 3) == [USAGE_KEEP + 119, USAGE_KEEP + 118, USAGE_KEEP + 117]
+    assert (await s.consume_token("old"))[0] == "unknown"  # purged
+    plans = [" ".join(str(r[-1]) for r in db.execute(f"EXPLAIN QUERY PLAN {q}", args).fetchall()) for q, args in [
+        ("DELETE FROM tokens WHERE expires_at < ?", (0,)),
+        ("DELETE FROM usage WHERE account = ?1 AND flow = ?2 AND ended_at < (SELECT ended_at FROM usage "
+         "WHERE account = ?1 AND flow = ?2 ORDER BY ended_at DESC LIMIT 1 OFFSET ?3)", ("a", "f1", 99))]]
+    assert all("SCAN" not in plan for plan in plans), plans
+    await s.close()

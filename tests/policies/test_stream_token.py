@@ -108,3 +108,38 @@ async def test_malformed_token_costs_no_store_round_trip(client, monkeypatch):
     assert calls == []
     assert (await spend(client, "pub_tok_" + "a" * 32))[0] == 401
     assert len(calls) == 1
+
+
+async def test_tokens_carry_their_mint_time_so_the_store_keeps_them_in_mint_order(client):
+    """The digest starts with the mint time (ms): tokens minted in turn sort in turn in the store;
+    the rest is 144 random bits (tokens minted in the same millisecond differ)."""
+    import base64
+    import time
+
+    from proxy.policies.stream_token import TOKEN_RE, new_token, token_digest
+
+    before = time.time_ns() // 1_000_000
+    tokens = [(await mint(client))[1]["token"] for _ in range(5)]
+    after = time.time_ns() // 1_000_000
+    for token in tokens:
+        assert TOKEN_RE.fullmatch(token)
+        assert before <= int.from_bytes(base64.urlsafe_b64decode(token[8:16]), "big") <= after
+    digests = [token_digest(t) for t in tokens]
+    assert [d[:12] for d in digests] == sorted(d[:12] for d in digests) and len(set(digests)) == 5
+    same_ms = {new_token(now_ms=after) for _ in range(1000)}
+    assert len(same_ms) == 1000 and len({t[16:] for t in same_ms}) == 1000
+
+
+async def test_a_token_minted_before_tokens_carried_a_time_is_spent_once(client):
+    """A token of the old form (192 random bits, stored under its SHA-256 alone) still spends once:
+    a rolling upgrade does not strand the tokens the old replicas minted."""
+    import hashlib
+    import time
+
+    store = client.app[GATEWAY].store
+    legacy = "pub_tok_" + "Zm9v" * 8  # its first 6 bytes read as a time 3,500 years away
+    await store.put_token(hashlib.sha256(legacy.encode()).hexdigest(),
+                          {"owner": "acme", "key_id": "key_acme", "flow_id": None}, time.time() + 60)
+    status, _ = await spend(client, legacy)
+    assert status == 200
+    assert (await spend(client, legacy))[0] == 401

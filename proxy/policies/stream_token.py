@@ -49,14 +49,29 @@ def new_token(now_ms: int | None = None) -> str:
     return TOKEN_PREFIX + base64.urlsafe_b64encode(ms.to_bytes(6, "big") + raw).decode()
 
 
+# base64url's alphabet (by value) onto the same characters in ASCII order: the first 8 characters
+# of a token (its 48-bit mint time) then sort as the times do, without decoding them
+_B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_ORDERED = str.maketrans(_B64URL, "".join(sorted(_B64URL)))
+_window: list = [-1, "", ""]  # the second it was computed for, and the bounds of "a time near now"
+
+
+def _near_now() -> tuple[str, str]:
+    second = int(time.time())
+    if second != _window[0]:
+        now_ms = second * 1000
+        _window[:] = [second, *(base64.urlsafe_b64encode(ms.to_bytes(6, "big")).decode().translate(_ORDERED)
+                                for ms in (max(0, now_ms - _LEGACY_MS), now_ms + _LEGACY_MS))]
+    return _window[1], _window[2]
+
+
 def token_digest(token: str) -> str:
-    """What the store keys a token by: its mint time in hex and its SHA-256 (for a well-formed token)."""
+    """What the store keys a token by: its mint time (8 characters that sort as the time does) and
+    its SHA-256; a token of the old form (no time near now in front) by its SHA-256 alone."""
     sha = hashlib.sha256(token.encode("ascii")).hexdigest()
-    try:
-        ms = int.from_bytes(base64.urlsafe_b64decode(token[8:16]), "big")
-    except ValueError:
-        return sha
-    return sha if abs(ms - time.time_ns() // 1_000_000) > _LEGACY_MS else f"{ms:012x}{sha}"
+    stamp = token[8:16].translate(_ORDERED)
+    low, high = _near_now()
+    return stamp + sha if low <= stamp <= high else sha
 
 
 class StreamToken(Policy):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from bisect import bisect_left, insort
 from collections import deque
 
 import structlog
@@ -36,10 +37,11 @@ def percentile(samples: list[int], pct: float) -> int:
 
 
 class _FlowUsage:
-    __slots__ = ("samples", "read_at", "reading", "estimate")
+    __slots__ = ("samples", "ordered", "read_at", "reading", "estimate")
 
     def __init__(self, keep: int) -> None:
         self.samples: deque[int] = deque(maxlen=keep)  # newest first
+        self.ordered: list[int] = []  # the same samples, sorted (a settlement inserts one: no sort per run)
         self.read_at = -math.inf
         self.reading: asyncio.Future | None = None
         self.estimate: int | None = None  # tokens; None: no history
@@ -64,7 +66,9 @@ class HoldSizer:
         return usage
 
     def _estimate(self, usage: _FlowUsage) -> None:
-        usage.estimate = percentile(list(usage.samples), self.pct) if usage.samples else None
+        """The percentile of ``usage.ordered`` (nearest rank, as :func:`percentile`)."""
+        ordered = usage.ordered
+        usage.estimate = ordered[max(0, math.ceil(self.pct / 100 * len(ordered)) - 1)] if ordered else None
 
     async def first_hold_tokens(self, account: str, flow: str) -> int:
         """The first hold of a run of ``flow``, in tokens: floor <= estimate <= quantum."""
@@ -88,6 +92,7 @@ class HoldSizer:
         else:
             usage.samples.clear()
             usage.samples.extend(samples)
+            usage.ordered = sorted(usage.samples)
             self._estimate(usage)
             usage.read_at = time.monotonic()
         finally:
@@ -96,5 +101,9 @@ class HoldSizer:
     def settled(self, flow: str, output_tokens: int) -> None:
         """A completed run of ``flow`` settled here: it counts at once (the store has it too)."""
         usage = self._flow(flow)
-        usage.samples.appendleft(output_tokens)
+        samples = usage.samples
+        if len(samples) == samples.maxlen:  # the oldest leaves the window
+            del usage.ordered[bisect_left(usage.ordered, samples[-1])]
+        samples.appendleft(output_tokens)
+        insort(usage.ordered, output_tokens)
         self._estimate(usage)

@@ -6,6 +6,8 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.errors import StoreUnavailable
 from proxy.policies.hold_size import HoldSizer, percentile
@@ -89,3 +91,21 @@ async def test_a_store_that_answers_garbage_keeps_runs_admitted():
 
     sizer = HoldSizer(Broken([]), limits())
     assert await sizer.first_hold_tokens("acme", "wf") == 1000  # no estimate: one quantum, no error
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 5000), max_size=40), st.lists(st.integers(0, 5000), max_size=300),
+       st.integers(1, 100), st.integers(1, 100))
+def test_the_kept_order_gives_the_percentile_of_the_window(read, settled, keep, pct):
+    """Settlements insert into a sorted copy of the window (no sort per run): after any reads and
+    settlements the estimate is the percentile of exactly the last ``keep`` samples."""
+    sizer = HoldSizer(FakeStore(read), SimpleNamespace(credit_hold_percentile=pct, credit_hold_window_runs=keep,
+                                                        credit_hold_refresh_s=60, credit_quantum_tokens=10**9,
+                                                        credit_hold_floor_tokens=0))
+    usage = sizer._flow("f")
+    usage.samples.extend(read)
+    usage.ordered = sorted(usage.samples)
+    for tokens in settled:
+        sizer.settled("f", tokens)
+        assert usage.ordered == sorted(usage.samples)
+        assert usage.estimate == percentile(list(usage.samples), pct)

@@ -57,23 +57,25 @@ from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_GET_LENGTH
 from libc.math cimport INFINITY
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from proxy.http1.chunks cimport one_chunk
 
 from proxy.http1.chunks import JOIN_BELOW
-from proxy.protocols._lines import LineTooLong
+from proxy.protocols._lines import MAX_LINE_BYTES, LineTooLong
 from proxy.protocols.ai_sdk import AiSdkDecoder
 from proxy.protocols.langflow import LangflowDecoder
+from proxy.protocols.sse import SseDecoder
 from proxy.protocols.text import TextDecoder
 
 from orjson import JSONDecodeError, loads
 
 cdef Py_ssize_t SMALL = JOIN_BELOW  # below it a piece and its framing are one write (proxy.http1.chunks)
 cdef long long NO_LIMIT = 1 << 62
+cdef Py_ssize_t MAX_LINE = MAX_LINE_BYTES
 cdef enum:
-    TEXT, LANGFLOW, AI_SDK  # the backend protocols read here
+    TEXT, LANGFLOW, AI_SDK, SSE  # the backend protocols read here
 
 
 cdef inline double _monotonic() noexcept nogil:  # time.monotonic()'s clock
@@ -99,6 +101,28 @@ cdef bint _ascii(bytes data) noexcept:
     return True
 
 
+cdef object _chat_text(bytes value):
+    """The text an SSE event of ``value`` alone gives as :class:`SseDecoder
+    <proxy.protocols.sse.SseDecoder>` reads it (an OpenAI chat/completion chunk: its first
+    choice's ``delta.content``, or ``text``), when that is all the decoder would make of it (a
+    non-empty string, no ``usage``); else None."""
+    try:
+        obj = loads(value)
+    except JSONDecodeError:
+        return None
+    if type(obj) is not dict:
+        return None
+    choices = obj.get("choices")
+    if type(choices) is not list or not choices or obj.get("usage") is not None:
+        return None
+    choice = choices[0]
+    if type(choice) is not dict:
+        return None
+    delta = choice.get("delta")
+    text = delta.get("content") if type(delta) is dict else choice.get("text")
+    return text if type(text) is str and text else None
+
+
 cdef class TextPath:
     """The compiled front of one run's :class:`~proxy.stream.pump.Pump` (see the module docstring)."""
 
@@ -119,7 +143,8 @@ cdef class TextPath:
     def takes(decoder, bint passthrough):
         """Whether this path reads what ``decoder`` reads: text; Langflow's events and the AI SDK's
         data stream, transcoded."""
-        return type(decoder) is TextDecoder or (type(decoder) in (LangflowDecoder, AiSdkDecoder) and not passthrough)
+        return type(decoder) is TextDecoder or \
+            (type(decoder) in (LangflowDecoder, AiSdkDecoder, SseDecoder) and not passthrough)
 
     def __init__(self, pump, sink, list quiet, encode_text):
         """``pump``: the run's pump (its sink is ``sink``, a ClientSink; its decoder one that
@@ -133,7 +158,7 @@ cdef class TextPath:
             self.kind = TEXT
             self.decode = pump.decoder.text
         else:
-            self.kind = LANGFLOW if type(self.decoder) is LangflowDecoder else AI_SDK
+            self.kind = {LangflowDecoder: LANGFLOW, AiSdkDecoder: AI_SDK, SseDecoder: SSE}[type(self.decoder)]
             self.lines = pump.decoder.lines
             if self.kind == LANGFLOW:
                 self.emitted = pump.decoder.emitted
@@ -244,7 +269,7 @@ cdef class TextPath:
         """A line-framed body: the complete lines of what arrived, each read here or handed over."""
         lines = self.lines
         cdef const char *p = PyBytes_AS_STRING(data)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), start = 0, end, stop
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), start = 0, end, stop, nxt
         cdef const char *nl
         if memchr(p, c'\n', n) == NULL:  # no line ends here: held as it came (joined once, when one does)
             try:
@@ -267,22 +292,58 @@ cdef class TextPath:
                 break
             end = nl - p
             stop = end - 1 if end > start and p[end - 1] == c'\r' else end
-            if stop > start:
+            nxt = end + 1  # where the next line begins
+            if self.kind == SSE:  # (a blank line is an SSE event's end)
+                nxt = self._sse(data, start, stop, nxt, n, now)
+            elif stop > start:
                 if self.kind == LANGFLOW:
                     self._event(data[start:stop], now)
                 else:
                     self._part(data[start:stop], now)
-                if pump.ended or pump.held is not None:  # the run ended, or a hook awaits: the rest is the pump's
-                    lines.buf = b""
-                    if end + 1 < n and not pump.ended:
-                        self.hand_over()
-                        pump.take(data[end + 1:])
-                        self.limits()
-                    return 0
-            start = end + 1
+            else:
+                start = nxt
+                continue
+            if pump.ended or pump.held is not None:  # the run ended, or a hook awaits: the rest is the pump's
+                lines.buf = b""
+                if nxt < n and not pump.ended:
+                    self.hand_over()
+                    pump.take(data[nxt:])
+                    self.limits()
+                return 0
+            start = nxt
         lines.buf = data[start:] if start < n else b""
         lines.size = n - start
         return 0
+
+    cdef Py_ssize_t _sse(self, bytes data, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t nxt, Py_ssize_t n,
+                         double now) except -1:
+        """One SSE line (``data[start:stop]``, the next one begins at ``nxt``). A ``data:`` line that
+        is a whole event on its own (nothing pending in the decoder, its blank line in hand) and
+        holds a chat/completion chunk with text (:func:`_chat_text`) is read here, blank line
+        included; any other line goes to the decoder, as its ``feed`` would give it, and its
+        events to the pump. Returns where the line after the one(s) read begins."""
+        cdef const char *p = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t v = start + 5, after = -1
+        if stop - start > 5 and memcmp(p + start, b"data:", 5) == 0:
+            if p[v] == c' ':
+                v += 1
+            if nxt < n and p[nxt] == c'\n':
+                after = nxt + 1
+            elif nxt + 1 < n and p[nxt] == c'\r' and p[nxt + 1] == c'\n':
+                after = nxt + 2
+            decoder = self.decoder
+            if after > 0 and stop - v <= MAX_LINE and not decoder._data and not decoder._event:
+                text = _chat_text(data[v:stop])
+                if text is not None:
+                    self._text(b"", text, PyUnicode_GET_LENGTH(text), now)
+                    return after
+        events = []
+        self.decoder.line(data[start:stop], events)
+        if events:
+            self.hand_over()
+            self.pump.decoded_events(events)
+            self.limits()
+        return nxt
 
     cdef int _part(self, bytes line, double now) except -1:
         """One AI SDK part: a text part (``0:"text"``) here, as ``AiSdkDecoder.line`` reads it;

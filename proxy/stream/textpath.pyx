@@ -57,13 +57,14 @@ from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_GET_LENGTH
 from libc.math cimport INFINITY
-from libc.string cimport memchr, memcmp, memcpy
+from libc.string cimport memchr, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from proxy.http1.chunks cimport one_chunk
+from proxy.stream.tokenlines cimport part_text, sse_text
 
 from proxy.http1.chunks import JOIN_BELOW
-from proxy.protocols._lines import MAX_LINE_BYTES, LineTooLong
+from proxy.protocols._lines import LineTooLong
 from proxy.protocols.ai_sdk import AiSdkDecoder
 from proxy.protocols.langflow import LangflowDecoder
 from proxy.protocols.sse import SseDecoder
@@ -73,7 +74,6 @@ from orjson import JSONDecodeError, loads
 
 cdef Py_ssize_t SMALL = JOIN_BELOW  # below it a piece and its framing are one write (proxy.http1.chunks)
 cdef long long NO_LIMIT = 1 << 62
-cdef Py_ssize_t MAX_LINE = MAX_LINE_BYTES
 cdef enum:
     TEXT, LANGFLOW, AI_SDK, SSE  # the backend protocols read here
 
@@ -99,28 +99,6 @@ cdef bint _ascii(bytes data) noexcept:
             return False
         i += 1
     return True
-
-
-cdef object _chat_text(bytes value):
-    """The text an SSE event of ``value`` alone gives as :class:`SseDecoder
-    <proxy.protocols.sse.SseDecoder>` reads it (an OpenAI chat/completion chunk: its first
-    choice's ``delta.content``, or ``text``), when that is all the decoder would make of it (a
-    non-empty string, no ``usage``); else None."""
-    try:
-        obj = loads(value)
-    except JSONDecodeError:
-        return None
-    if type(obj) is not dict:
-        return None
-    choices = obj.get("choices")
-    if type(choices) is not list or not choices or obj.get("usage") is not None:
-        return None
-    choice = choices[0]
-    if type(choice) is not dict:
-        return None
-    delta = choice.get("delta")
-    text = delta.get("content") if type(delta) is dict else choice.get("text")
-    return text if type(text) is str and text else None
 
 
 cdef class TextPath:
@@ -317,46 +295,29 @@ cdef class TextPath:
 
     cdef Py_ssize_t _sse(self, bytes data, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t nxt, Py_ssize_t n,
                          double now) except -1:
-        """One SSE line (``data[start:stop]``, the next one begins at ``nxt``). A ``data:`` line that
-        is a whole event on its own (nothing pending in the decoder, its blank line in hand) and
-        holds a chat/completion chunk with text (:func:`_chat_text`) is read here, blank line
-        included; any other line goes to the decoder, as its ``feed`` would give it, and its
-        events to the pump. Returns where the line after the one(s) read begins."""
-        cdef const char *p = PyBytes_AS_STRING(data)
-        cdef Py_ssize_t v = start + 5, after = -1
-        if stop - start > 5 and memcmp(p + start, b"data:", 5) == 0:
-            if p[v] == c' ':
-                v += 1
-            if nxt < n and p[nxt] == c'\n':
-                after = nxt + 1
-            elif nxt + 1 < n and p[nxt] == c'\r' and p[nxt + 1] == c'\n':
-                after = nxt + 2
-            decoder = self.decoder
-            if after > 0 and stop - v <= MAX_LINE and not decoder._data and not decoder._event:
-                text = _chat_text(data[v:stop])
-                if text is not None:
-                    self._text(b"", text, PyUnicode_GET_LENGTH(text), now)
-                    return after
-        events = []
-        self.decoder.line(data[start:stop], events)
-        if events:
-            self.hand_over()
-            self.pump.decoded_events(events)
-            self.limits()
+        """One SSE line (``data[start:stop]``, the next begins at ``nxt``): a whole event of text
+        (:func:`~proxy.stream.tokenlines.sse_text`) here, with its blank line; any other line to
+        the decoder and its events to the pump. Returns where the next line to read begins."""
+        cdef Py_ssize_t after = -1
+        text = sse_text(data, start, stop, nxt, n, self.decoder, &after)
+        if text is not None:
+            self._text(b"", text, PyUnicode_GET_LENGTH(text), now)
+            return after
+        self._line(data[start:stop])
         return nxt
 
     cdef int _part(self, bytes line, double now) except -1:
         """One AI SDK part: a text part (``0:"text"``) here, as ``AiSdkDecoder.line`` reads it;
         any other to the decoder and its events to the pump."""
-        cdef const char *p = PyBytes_AS_STRING(line)
-        if PyBytes_GET_SIZE(line) >= 2 and p[0] == c'0' and p[1] == c':':
-            try:
-                value = loads(memoryview(line)[2:])
-            except JSONDecodeError:
-                return 0  # skipped, as the decoder skips it
-            if type(value) is str and value:
-                self._text(b"", value, PyUnicode_GET_LENGTH(value), now)
-            return 0
+        text = part_text(line)
+        if text is None:
+            self._line(line)
+        elif text:
+            self._text(b"", text, PyUnicode_GET_LENGTH(text), now)
+        return 0
+
+    cdef int _line(self, bytes line) except -1:
+        """A line for the decoder: its events to the pump."""
         events = []
         self.decoder.line(line, events)
         if events:

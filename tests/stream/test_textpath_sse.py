@@ -5,6 +5,7 @@ compiled path on and off."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -126,6 +127,30 @@ async def test_token_events_take_no_python_hook_below_the_quiet_limit():
     pump.fast.end()  # type: ignore[union-attr]
     assert calls == ["Token", "Token", "End"]  # "d" (4 > 3, then 7) and "fgh" (8 > 7)
     assert b"".join(_unframe(transport.writes)) == b"abcdefghi"
+
+
+async def test_a_hook_that_awaits_mid_read_holds_the_rest_of_it_in_order():
+    """A hook awaits at a token read in C with more events after it in the same read: those wait
+    for it (in arrival order, the pump's) and the decoder reads them as it would have."""
+    gate = asyncio.Event()
+
+    def hook(run, ev):
+        return gate.wait() if run.meter.chars == 2 else None
+
+    pump, transport = _pump("text", [hook], [lambda run: (1, math.inf) if run.meter.chars < 2 else (None, math.inf)])
+    rest = chunk("a") + chunk("b") + b"event: ping\n" + chunk("c") + b"data: {\"choices\":[{\"delta\":"
+    pump.fast.body(b": first\n\n")  # type: ignore[union-attr]
+    pump.fast.body(rest)  # type: ignore[union-attr]
+    pump.fast.body(b'{"content":"d"}}]}\n\n' + chunk("e") + b"data: [DONE]\n\n")  # type: ignore[union-attr]
+    pump.fast.flush()  # type: ignore[union-attr]
+    assert pump.upstream.paused and pump.held is not None  # type: ignore[attr-defined]
+    gate.set()
+    pump.fast.end()  # type: ignore[union-attr]
+    assert await asyncio.wait_for(pump.done, 5) == "completed"  # type: ignore[arg-type]
+    pump.flush()
+    pump.detach()
+    assert b"".join(_unframe(transport.writes)) == b"abcde" and pump.run.meter.chars == 5
+    assert _state(pump.decoder) == ("", [], 0, b"", 0)
 
 
 def _hostile_long_line(over: bool) -> list[bytes]:

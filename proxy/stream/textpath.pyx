@@ -26,8 +26,8 @@ a whole event (nothing pending in :class:`~proxy.protocols.sse.SseDecoder`, its 
 hand); every other line (comments, ``event:``, multi-line data, ``[DONE]``, usage, errors, a data
 line whose blank line has not arrived) goes to ``SseDecoder.line`` as its ``feed`` gives it, so
 its state is the Python path's at every byte. NDJSON stays on the Python pump: its lines are
-Items, which the pump must see, and a line handed to the decoder from here cost about what the
-pump's own path costs (``bench.micro``, an AI SDK data part: 3.3 µs here, 3.7 on the pump).
+Items, which the pump must see, and a line handed to a decoder from here costs what the pump's
+own path costs, within the noise (``bench.micro``, an AI SDK data part: 3.5-3.9 µs, 3.6-4.0 µs).
 
 Where it sits: it is the run's body consumer in the pump's place (:meth:`Pump.fast_path
 <proxy.stream.pump.Pump.fast_path>` makes one), and receives body pieces exactly as the pump

@@ -14,7 +14,7 @@ COPY proxy ./proxy
 # the package and its runtime dependencies only (no dev extras); the compiled paths must be built
 RUN python -m venv /opt/flowgate \
  && /opt/flowgate/bin/pip install --no-cache-dir . \
- && /opt/flowgate/bin/python -c "import proxy.stream.textpath, proxy.upstream.chunked"
+ && /opt/flowgate/bin/python -c "import proxy.stream.textpath, proxy.stream.tokenlines, proxy.upstream.chunked"
 
 FROM python:3.11-slim
 COPY --from=build /opt/flowgate /opt/flowgate

@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py proxy/stream/textpath.pyx proxy/upstream/chunked.pyx proxy/http1/chunks.py proxy/http1/chunks.pxd
+$(VENV)/.installed: pyproject.toml setup.py proxy/stream/textpath.pyx proxy/stream/tokenlines.pyx proxy/stream/tokenlines.pxd proxy/upstream/chunked.pyx proxy/http1/chunks.py proxy/http1/chunks.pxd
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -1,7 +1,10 @@
 """CPU of the pump's per-chunk path alone, in-process: one 21-byte line from a text backend,
 passed through (workflow), transcoded to a JSON array (profitbase) and to the AI SDK UI message
-stream (workflow with ``?protocol=ui``), and the same line as a Langflow ``token`` event
-transcoded to the workflow route's text; with the credit check on and the socket write stubbed;
+stream (workflow with ``?protocol=ui``), and the same line as a Langflow ``token`` event and as an
+SSE event holding an OpenAI chat chunk, each transcoded to the workflow route's text; then a line
+the compiled path hands to its decoder (an AI SDK data part, ``2:``) beside the Python pump
+reading an NDJSON line of the same value (the measurement that keeps NDJSON on the Python pump:
+``proxy/stream/textpath.pyx``); with the credit check on and the socket write stubbed;
 through the Python pump (``Pump.body`` + ``Pump.flush``) and through the compiled path (the
 chunked-body reader's ``data_received`` with the piece in its HTTP chunk framing, as the socket
 delivers it, then ``TextPath``). A hot-cache figure: under load the same code runs colder.
@@ -28,6 +31,12 @@ from proxy.upstream.connection import ChunkedBody
 LINE = b"L12:123456789012345;\n"
 EVENT = json.dumps({"event": "token", "data": {"chunk": LINE.decode(), "id": "msg-1",
                                                "timestamp": "2026-12-01T00:00:00.000000Z"}}).encode() + b"\n\n"
+SSE_EVENT = b"data: " + json.dumps({
+    "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1767225600, "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "delta": {"content": LINE.decode()}, "logprobs": None, "finish_reason": None}]},
+    separators=(",", ":")).encode() + b"\n\n"
+ITEM = json.dumps({"step": 1, "text": LINE.decode()}, separators=(",", ":")).encode()
+LINES = {"text": LINE, "langflow": EVENT, "sse": SSE_EVENT, "ai-sdk": b"2:[" + ITEM + b"]\n", "ndjson": ITEM + b"\n"}
 
 
 class _Upstream:
@@ -54,7 +63,7 @@ class _Conn:
 
 
 async def per_chunk_us(output: str, compiled: bool = False, n: int = 200_000, protocol: str = "text") -> float:
-    line = LINE if protocol == "text" else EVENT
+    line = LINES[protocol]
     run = Run(request=None, dialect="workflow", route="stream", flow_ref="wf", env=Env.Production,  # type: ignore[arg-type]
               stream=True, body=b"")
     run.flow = SimpleNamespace(id="wf_lines")  # type: ignore[assignment]
@@ -89,9 +98,12 @@ async def main() -> None:
     for protocol, output, label in (("text", "text", "passed through (workflow)"),
                                     ("text", "json-array", "transcoded (profitbase)"),
                                     ("text", "ui", "transcoded (workflow ?protocol=ui)"),
-                                    ("langflow", "text", "Langflow event to text (workflow)")):
+                                    ("langflow", "text", "Langflow event to text (workflow)"),
+                                    ("sse", "text", "SSE chat chunk to text (workflow)"),
+                                    ("ai-sdk", "json-array", "AI SDK data part, an Item (profitbase)"),
+                                    ("ndjson", "json-array", "NDJSON line, an Item (profitbase)")):
         print(f"{label}, Python pump: {await per_chunk_us(output, protocol=protocol):.2f} µs per chunk")
-        if TextPath is not None:
+        if TextPath is not None and protocol != "ndjson":
             us = await per_chunk_us(output, compiled=True, protocol=protocol)
             print(f"{label}, compiled path: {us:.2f} µs per chunk")
 

@@ -14,6 +14,10 @@ from .events import End, Error, Event, Item, Token, usage_from
 
 
 class SseDecoder(LineDecoder):
+    """``lines``, ``_data`` and ``_event`` are read by the compiled text path
+    (:mod:`proxy.stream.tokenlines`), which takes a whole event of text itself only when nothing
+    is pending here, and gives this decoder every other line (:meth:`line`)."""
+
     __slots__ = ("_event", "_data", "_size")
 
     def __init__(self) -> None:

@@ -16,11 +16,12 @@ Two things suspend the flow, each by pausing the upstream socket until it is ove
 
 How the client's stream ends is :mod:`proxy.stream.ending`'s.
 
-A streamed ``text`` body has a compiled front (:mod:`proxy.stream.textpath`, chosen in
-:meth:`Pump.fast_path`): it takes the common chunk itself and calls into this class for the rest
-(the first chunk, a policy's limit crossed, a hold, back-pressure, the end); its module docstring
-says what it keeps between those calls. Whatever you change here about what a chunk does, the
-parity tests in ``tests/stream/test_textpath.py`` hold both to it.
+A streamed ``text`` body (and a transcoded Langflow, AI SDK or SSE one) has a compiled front
+(:mod:`proxy.stream.textpath`, chosen in :meth:`Pump.fast_path`): it takes the common chunk itself
+and calls into this class for the rest (the first chunk, a policy's limit crossed, a hold,
+back-pressure, the end); its module docstring says what it keeps between those calls. Whatever you
+change here about what a chunk does, the parity tests in ``tests/stream/test_textpath*.py`` hold
+both to it.
 """
 
 from __future__ import annotations
@@ -116,9 +117,9 @@ class Pump:
 
     def fast_path(self):
         """The compiled per-chunk path (:mod:`proxy.stream.textpath`) for a streamed body it reads
-        (text; Langflow events, transcoded), when it was built, the chain's hooks all say when they
-        are quiet, and the output format can encode a piece of text directly; else None (this
-        pump's own path)."""
+        (text; Langflow events, AI SDK data streams and SSE, transcoded), when it was built, the
+        chain's hooks all say when they are quiet, and the output format can encode a piece of
+        text directly; else None (this pump's own path)."""
         if TextPath is None or self.chain.quiet is None or not TextPath.takes(self.decoder, self.passthrough) \
                 or type(self.sink) is not ClientSink:
             return None

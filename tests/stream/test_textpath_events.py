@@ -78,6 +78,7 @@ async def test_the_compiled_path_takes_langflow_events_transcoded_only():
 @pytest.mark.parametrize("output", ["text", "json-array", "ui"])
 async def test_every_split_of_an_event_stream_reads_as_the_python_pump_reads_it(output):
     for chunks in _split_everywhere(EVENTS):
+        chunks = [frame("vertices_sorted", {}), *chunks]  # (the first piece is the pump's on either path)
         fast, fast_t = _pump(output)
         _run(fast, chunks, compiled=True)
         slow, slow_t = _pump(output)
@@ -308,6 +309,7 @@ AI_SDK = b"".join([
 @pytest.mark.parametrize("output", ["text", "json-array"])
 async def test_every_split_of_an_ai_sdk_stream_reads_as_the_python_pump_reads_it(output):
     for chunks in _split_everywhere(AI_SDK):
+        chunks = [b'f:{"messageId":"msg-0"}\n', *chunks]  # (the first piece is the pump's on either path)
         fast, fast_t = _pump(output, protocol="ai-sdk")
         assert isinstance(fast.fast, TextPath)
         _run(fast, chunks, compiled=True)

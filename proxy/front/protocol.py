@@ -174,15 +174,18 @@ class FrontProtocol(Endings, asyncio.Protocol):
 
     # --- the request's callbacks -------------------------------------------------------------------
     def start_stream(self, status: int, headers: Mapping[str, str]) -> ClientSink:
-        """Send the status line and headers of a chunked response; its body goes through the sink."""
+        """The status line and headers of a chunked response; its body goes through the sink. They
+        leave in the sink's first write, with the body's first bytes when those are in hand in the
+        same step (a prologue, or a backend body that came with its head): one write, not two."""
         assert self.transport is not None and not self.streamed
         head = [status_line(status), *header_lines(headers), b"Transfer-Encoding: chunked\r\n", date_header()]
         if not self.keep_alive or self.remaining:
             head.append(b"Connection: close\r\n")
         head.append(b"\r\n")
-        self.transport.write(b"".join(head))
         self.streamed = self.sent = True
-        return ClientSink(self.transport, True, self.flow)
+        sink = ClientSink(self.transport, True, self.flow)
+        sink.head = b"".join(head)  # leaves with the sink's first flush (the pump flushes it at once if nothing else)
+        return sink
 
     def body_wanted_now(self) -> None:
         """The handler starts reading the body (the credential, flow and admission passed)."""

@@ -146,6 +146,9 @@ class Pump:
         self.done = asyncio.get_running_loop().create_future()
         self.ctx = contextvars.copy_context()  # background work runs with this run's log context
         self.upstream.attach(self if self.fast is None else self.fast)
+        sink = self.sink
+        if type(sink) is ClientSink and sink.head is not None:  # no body came with the backend's head
+            sink.flush()
         return self.done
 
     def detach(self) -> None:

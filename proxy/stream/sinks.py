@@ -37,13 +37,14 @@ class ClientSink:
 
     ``conn`` is the :class:`Outlet` the response is written through."""
 
-    __slots__ = ("transport", "chunked", "conn", "out")
+    __slots__ = ("transport", "chunked", "conn", "out", "head")
 
     def __init__(self, transport, chunked: bool, conn: Outlet) -> None:
         self.transport = transport
         self.chunked = chunked
         self.conn = conn
         self.out: list[bytes] = []
+        self.head: bytes | None = None  # the response head, when it has not left yet: the next flush sends it first
 
     def write(self, data: bytes) -> None:
         self.out.append(data)
@@ -51,6 +52,8 @@ class ClientSink:
     def flush(self) -> bool:
         """Write what is pending; True when the client's transport is above its high-water mark."""
         out, transport = self.out, self.transport
+        if self.head is not None:
+            return self._flush_head()
         if not out:
             return self.conn.writing_paused
         try:
@@ -64,6 +67,18 @@ class ClientSink:
                 transport.writelines(framed(out))
         finally:
             out.clear()  # the transport has taken (or refused) the bytes; the list serves again
+        return self.conn.writing_paused
+
+    def _flush_head(self) -> bool:
+        """The head and what is pending after it, in one write."""
+        head, out, transport = self.head, self.out, self.transport
+        self.head = None
+        try:
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the client went away")
+            transport.writelines([head, *(framed(out) if self.chunked and out else out)])
+        finally:
+            out.clear()
         return self.conn.writing_paused
 
     async def drain(self) -> None:

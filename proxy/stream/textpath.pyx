@@ -116,7 +116,7 @@ cdef class TextPath:
     cdef object lines, emitted  # a Langflow decoder's
     cdef list out, counts, quiet
     cdef tuple bounds  # the histogram's, shared by every stream
-    cdef bint passthrough, chunked
+    cdef bint passthrough, chunked, head_pending
     cdef int kind
     cdef long long max_chars, chars_base
     cdef double until
@@ -150,6 +150,7 @@ cdef class TextPath:
                 self.emitted = pump.decoder.emitted
         self.out = sink.out
         self.transport = sink.transport
+        self.head_pending = sink.head is not None  # the response head leaves with the first flush: the sink's
         self.chunked = sink.chunked
         self.conn = sink.conn
         self.gap = pump.gap
@@ -375,7 +376,9 @@ cdef class TextPath:
     def flush(self):
         cdef list out = self.out
         transport = self.transport
-        if len(out) == 1 and self.chunked and PyBytes_GET_SIZE(out[0]) < SMALL and transport is not None \
+        if self.head_pending:  # the first flush is the sink's (the head and these bytes in one write)
+            self.head_pending = False
+        elif len(out) == 1 and self.chunked and PyBytes_GET_SIZE(out[0]) < SMALL and transport is not None \
                 and not transport.is_closing():
             framed = one_chunk(out[0])
             out.clear()

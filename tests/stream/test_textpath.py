@@ -372,3 +372,31 @@ async def test_the_ui_stream_takes_the_compiled_path_for_a_text_backend(upstream
     body = await (await open_stream(client, "workflow-ui", flow)).read()
     assert body.endswith(b"data: [DONE]\n\n") and b'"type":"finish"' in body
     assert len(made) == 1 and isinstance(made[0], TextPath) is compiled
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+async def test_the_response_head_leaves_with_the_first_bytes_in_one_write(compiled):
+    """The front's head waits in the sink for the first flush of the same step: a backend body that
+    came with its head reaches the client in one write with it (not two), on either path; then the
+    compiled path writes alone again."""
+    pump, transport = _pump("text")
+    pump.sink.head = b"HTTP/1.1 200 OK\r\n\r\n"
+    pump.fast = pump.fast_path()  # (made after the head, as Pump.start makes it)
+    consumer = pump.fast if compiled else pump
+    consumer.body(b"ab")
+    consumer.flush()
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\n2\r\nab\r\n"] and pump.sink.head is None
+    consumer.body(b"cd")
+    consumer.flush()
+    assert transport.writes[1:] == [b"2\r\ncd\r\n"]
+
+
+async def test_a_head_with_nothing_after_it_leaves_alone_and_once():
+    pump, transport = _pump("text")
+    pump.sink.head = b"HTTP/1.1 200 OK\r\n\r\n"
+    pump.sink.flush()
+    pump.sink.flush()
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\n"]
+    pump.sink.head = b"H\r\n\r\n"  # and a stream that ends before any body: head and terminator in one write
+    await pump.sink.end()
+    assert transport.writes[1:] == [b"H\r\n\r\n0\r\n\r\n"]

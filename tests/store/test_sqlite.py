@@ -155,11 +155,13 @@ async def test_a_file_of_the_previous_schema_opens_and_its_holds_settle_once(tmp
     added): it opens, loses the one index and gains the other, and its open holds, tokens and a
     lost account are served as before; a second process opening the same file changes nothing."""
     import sqlite3
-    import subprocess
+
+    from proxy.store.sqlite import SCHEMA
 
     path = tmp_path / "old.sqlite"
-    old_schema = subprocess.run(["git", "show", "ba2c3b5:proxy/store/sqlite.py"], capture_output=True, text=True,
-                                check=True).stdout.split('SCHEMA = """', 1)[1].split('"""', 1)[0]
+    old_schema = SCHEMA.replace("CREATE INDEX IF NOT EXISTS tokens_expiry ON tokens (expires_at);", "").replace(
+        "DROP INDEX IF EXISTS holds_expiry;", "CREATE INDEX IF NOT EXISTS holds_expiry ON holds (expires_at);")
+    assert old_schema.count("holds_expiry") == 1 and "tokens_expiry" not in old_schema
     db = sqlite3.connect(path)
     db.executescript(old_schema)
     db.close()

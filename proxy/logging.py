@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json as stdjson
 import logging
 import sys
 import time
@@ -112,6 +113,15 @@ def request_fields(_logger: object, _name: str, event: dict) -> dict:
     return event
 
 
+def dumps(event: dict, default=repr) -> bytes:
+    """orjson, or the standard library's json for what orjson refuses even with ``default`` (a lone
+    surrogate, an integer over 64 bits): a field never fails the request that logs it."""
+    try:
+        return orjson.dumps(event, default=default)
+    except TypeError:
+        return stdjson.dumps(event, default=repr).encode()
+
+
 _STDERR = _Stderr()
 _direct_access: list[bool] = [False]  # JSON lines at info or below: the access line skips structlog's dispatch
 
@@ -130,9 +140,9 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
         structlog.processors.format_exc_info if json else structlog.dev.set_exc_info,
     ]
     if json:
-        processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
+        processors.append(structlog.processors.JSONRenderer(serializer=dumps))
     else:
-        processors += [structlog.dev.ConsoleRenderer(), lambda _l, _n, line: line.encode()]
+        processors += [structlog.dev.ConsoleRenderer(), lambda _l, _n, line: line.encode("utf-8", "backslashreplace")]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
@@ -239,5 +249,5 @@ def _access_line(fields: dict) -> None:
     process_fields(None, "info", event)
     event["level"] = "info"
     redact(None, "info", iso_timestamp(None, "info", event))
-    _STDERR.write(orjson.dumps(event, default=repr) + b"\n")
+    _STDERR.write(dumps(event) + b"\n")
     _STDERR.flush()

@@ -36,6 +36,7 @@ _pool = b""
 # a token whose first 6 bytes are no time near now was minted before tokens carried one (its
 # digest is its SHA-256 alone); a random prefix falls in this window with odds of ~1 in a million
 _LEGACY_MS = 2 * 86_400_000
+_past_ms = [_LEGACY_MS]  # how old a time-keyed token may be and still be spent: widened by allow_lifetime
 
 
 def new_token(now_ms: int | None = None) -> str:
@@ -61,8 +62,18 @@ def _near_now() -> tuple[str, str]:
     if second != _window[0]:
         now_ms = second * 1000
         _window[:] = [second, *(base64.urlsafe_b64encode(ms.to_bytes(6, "big")).decode().translate(_ORDERED)
-                                for ms in (max(0, now_ms - _LEGACY_MS), now_ms + _LEGACY_MS))]
+                                for ms in (max(0, now_ms - _past_ms[0]), now_ms + _LEGACY_MS))]
     return _window[1], _window[2]
+
+
+def allow_lifetime(ttl_max_s: int) -> None:
+    """Tokens may live ``ttl_max_s`` (``limits.token_ttl_max_s`` has no upper bound) and answer
+    "expired" an hour after: the window's past side covers that, or a token older than 2 days
+    would be looked up under its legacy key and not found. Only ever widened (the process's configs)."""
+    past = (ttl_max_s + 2 * 3600) * 1000
+    if past > _past_ms[0]:
+        _past_ms[0] = past
+        _window[0] = -1
 
 
 def token_digest(token: str) -> str:
@@ -85,6 +96,7 @@ class StreamToken(Policy):
     def __init__(self, config: Config, store: Store, keys: KeyRing) -> None:
         super().__init__(config, store)
         self.keys = keys
+        allow_lifetime(config.limits.token_ttl_max_s)
 
     async def on_request(self, run: Run) -> None:
         token = run.credential or ""

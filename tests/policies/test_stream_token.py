@@ -155,3 +155,47 @@ def test_the_stored_prefix_sorts_as_the_mint_times_do(a, b):
     ta, tb = new_token(now_ms=a), new_token(now_ms=b)
     pa, pb = ta[8:16].translate(_ORDERED), tb[8:16].translate(_ORDERED)
     assert (pa < pb) == (a < b) and (pa == pb) == (a == b)
+
+
+async def test_a_token_with_a_lifetime_over_two_days_is_spent_until_it_expires(upstream, gateway, monkeypatch):
+    """An operator may allow tokens longer than the ±2 days that tell a time-keyed token from an
+    old one (``token_ttl_max_s`` has no upper bound): such a token, spent 2.5 days after its mint
+    and before its expiry, is still found under the key it was stored by."""
+    import time
+    import types
+
+    import proxy.policies.stream_token as stream_token
+
+    async def text(request, seen):
+        return await stream_chunks(request, ["hi"])
+
+    upstream.handle("/text", text)
+    cfg = base_config(upstream.url)
+    cfg["limits"] = {"token_ttl_max_s": 3 * 86400}
+    client = await gateway(cfg)
+    status, body = await mint(client, ttl=str(3 * 86400))
+    assert status == 200 and body["ttl"] == 3 * 86400
+    later = time.time() + 2.5 * 86400  # the store keeps the token until its expiry, 0.5 day on
+    monkeypatch.setattr(stream_token, "time", types.SimpleNamespace(time=lambda: later,
+                                                                    time_ns=lambda: int(later * 1e9)))
+    assert (await spend(client, body["token"]))[0] == 200
+    assert (await spend(client, body["token"]))[0] == 401
+
+
+@pytest.mark.parametrize("offset_ms", [-2 * 86_400_000 - 1, -2 * 86_400_000, 2 * 86_400_000, 2 * 86_400_000 + 1000,
+                                       2**48 - 1, 0])
+async def test_a_crafted_time_prefix_never_finds_another_tokens_record(client, offset_ms):
+    """Prefixes at and across the window's edges, the far past and the far future: the key is the
+    whole token's SHA-256 (with or without the stamp), so only the token minted spends its record."""
+    import time
+
+    from proxy.policies.stream_token import new_token, token_digest
+
+    _, body = await mint(client)
+    real = body["token"]
+    now = time.time_ns() // 1_000_000
+    ms = offset_ms if offset_ms in (0, 2**48 - 1) else now + offset_ms
+    crafted = new_token(now_ms=ms)[:16] + real[16:]  # another prefix, the real token's random part
+    assert token_digest(crafted) != token_digest(real) and token_digest(crafted)[-64:] != token_digest(real)[-64:]
+    assert (await spend(client, crafted))[0] == 401
+    assert (await spend(client, real))[0] == 200

@@ -148,3 +148,50 @@ async def test_the_purge_keeps_each_flows_last_runs_and_reads_no_table_whole(tmp
          "WHERE account = ?1 AND flow = ?2 ORDER BY ended_at DESC LIMIT 1 OFFSET ?3)", ("a", "f1", 99))]]
     assert all("SCAN" not in plan for plan in plans), plans
     await s.close()
+
+
+async def test_a_file_of_the_previous_schema_opens_and_its_holds_settle_once(tmp_path):
+    """A database written by a gateway before the holds' expiry index was dropped (and the tokens'
+    added): it opens, loses the one index and gains the other, and its open holds, tokens and a
+    lost account are served as before; a second process opening the same file changes nothing."""
+    import sqlite3
+
+    from proxy.store.sqlite import SCHEMA
+
+    path = tmp_path / "old.sqlite"
+    old_schema = SCHEMA.replace("CREATE INDEX IF NOT EXISTS tokens_expiry ON tokens (expires_at);", "").replace(
+        "DROP INDEX IF EXISTS holds_expiry;", "CREATE INDEX IF NOT EXISTS holds_expiry ON holds (expires_at);")
+    assert old_schema.count("holds_expiry") == 1 and "tokens_expiry" not in old_schema
+    db = sqlite3.connect(path)
+    db.executescript(old_schema)
+    db.close()
+    s = open_store(f"sqlite:///{path}")
+    await s.start()
+    await s.seed_account("a", 1000)
+    await s.open_hold("old-hold", "a", 50, time.time() - 5, {})
+    await s.put_token("t1", {"owner": "a"}, time.time() + 60)
+    await s.close()
+    for _ in range(2):  # (the second opening: an index already dropped, one already there)
+        s = open_store(f"sqlite:///{path}")
+        await s.start()
+        await s.close()
+    s = open_store(f"sqlite:///{path}")
+    await s.start()
+    try:
+        names = {r[0] for r in s.inner.db.inline.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "holds_expiry" not in names and "tokens_expiry" in names
+        assert [h.job_id for h in await s.expired_holds(["a", "b"])] == ["old-hold"]
+        assert (await s.settle("old-hold", "a", 30, {"outcome": "completed", "flow": "f"}))["credits"] == 30
+        assert await s.settle("old-hold", "a", 30, {"outcome": "completed", "flow": "f"}) is None
+        assert (await s.get_account("a")).balance == 970 and (await s.get_account("a")).held == 0
+        assert (await s.consume_token("t1"))[0] == "ok" and (await s.consume_token("t1"))[0] == "used"
+        await s.seed_account("lost", 100)
+        await s.open_hold("lost-hold", "lost", 10, time.time() + 60, {})
+        s.inner.db.inline.execute("DELETE FROM accounts WHERE account = 'lost'")  # the store lost it mid-run
+        s.inner.db.inline.commit()
+        await s.settle("lost-hold", "lost", 7, {"outcome": "completed", "flow": "f"}, initial=100)
+        assert (await s.get_account("lost")).balance == 93 and (await s.get_account("lost")).held == 0
+        await s.settle("other-job", "a", 5, {"outcome": "completed", "flow": "f"}, initial=100)  # no hold
+        assert (await s.get_account("a")).balance == 965
+    finally:
+        await s.close()

@@ -7,6 +7,8 @@ import asyncio
 import json
 import time
 
+import pytest
+
 from proxy.upstream import Limits, UpstreamPool
 from tests.upstream.hostile import (  # noqa: F401 - backend_fixture: the `backend` fixture
     CHUNKED_HEAD,
@@ -84,3 +86,21 @@ async def test_a_client_that_does_not_read_does_not_time_the_backend_out():
     finally:
         await pool.close()
         server.close()
+
+
+@PATHS
+@pytest.mark.parametrize("dialect", ["profitbase", "workflow", "workflow-ui"])
+async def test_the_response_head_reaches_the_client_while_the_backend_is_silent(backend, gateway, compiled, dialect):
+    """The front sends its head with the body's first bytes when they come with the backend's head;
+    when only the head came, it leaves at once (the client sees the 200 and its headers long before
+    the backend's first byte), then the body follows and ends cleanly."""
+    b = await backend(lambda n: [CHUNKED_HEAD, 1.5, b"5\r\nhello\r\n0\r\n\r\n"])
+    client = await gateway(config(b.url, compiled, read_timeout_s=5))
+    from tests.stream.test_pump import open_stream
+
+    started = time.monotonic()
+    resp = await open_stream(client, dialect, "wf_text")
+    assert resp.status == 200 and resp.headers.get("flow-job-id")
+    assert time.monotonic() - started < 1.0
+    assert b"hello" in await resp.read()
+    assert time.monotonic() - started >= 1.4

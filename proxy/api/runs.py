@@ -140,11 +140,15 @@ async def _execute(gw: Gateway, chain: Chain, run: Run, dialect: Dialect, cors: 
                 outcome = await pump.pump()
         except TimeoutError:
             outcome = DEADLINE
-            if pump is None or (run.stream and pump.resp is None):
+            done = pump.done if pump is not None else None
+            if done is not None and done.done() and not done.cancelled():
+                outcome = done.result()  # the stream had ended (and was closed) before the cap fired
+            elif pump is None or (run.stream and pump.resp is None):
                 m.child(m.BACKEND_FAILURES, run.target.backend if run.target else "", "timeout").inc()
                 run.extra["backend_error"] = "no answer before the run's maximum duration"
                 raise BackendTimeout("the run reached its maximum duration before the backend answered") from None
-            pump.message = DEADLINE_MESSAGE
+            else:
+                pump.message = DEADLINE_MESSAGE
         except ConnectionResetError:  # the client went away while the response was prepared
             outcome = CLIENT_DISCONNECTED
         run.outcome = outcome

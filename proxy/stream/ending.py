@@ -1,6 +1,7 @@
 """The end of a client's stream, once its pump stopped: how it ends depends on the outcome.
 
-- completed: the encoder's closing bytes (e.g. ``]``), then a clean chunked end;
+- completed: the encoder's closing bytes (e.g. ``]``), then a clean chunked end (on flowgate's
+  front the pump writes these itself as the backend's body ends: ``Pump._close_now``);
 - deadline / backend error / credits cut: the format's error event and a clean end where the
   format has one (Langflow events), else the body is aborted so the client sees an incomplete
   response, never a clean end.
@@ -19,7 +20,7 @@ async def finish(pump: Pump, outcome: str) -> None:
     client's connection."""
     pump.detach()
     sink = pump.sink
-    if sink is None or pump.resp is None:
+    if sink is None or pump.resp is None or sink.ended:  # (a completed stream the pump ended itself)
         return
     if outcome == COMPLETED:
         if not pump.passthrough:

@@ -372,5 +372,25 @@ class Pump:
         if self.ended:
             return
         self.ended = True
+        if outcome == COMPLETED and self.resp is not None and type(self.sink) is ClientSink:
+            try:
+                self._close_now()
+            except ConnectionResetError:
+                outcome = CLIENT_DISCONNECTED
         if self.done is not None and not self.done.done():
             self.done.set_result(outcome)
+
+    def _close_now(self) -> None:
+        """A completed stream on flowgate's front ends here, as the backend's body ends: the
+        encoder's closing bytes and the chunked terminator leave with what this read left pending,
+        in one write, rather than one more write once the handler runs again
+        (:func:`proxy.stream.ending.finish` then finds the stream ended)."""
+        sink = self.sink
+        assert sink is not None
+        if not (sink.chunked and sink.conn.joins_eof):
+            return
+        if not self.passthrough:
+            closing = self.encoder.close()
+            if closing:
+                sink.write(closing)
+        sink.end_now()

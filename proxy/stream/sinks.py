@@ -37,7 +37,7 @@ class ClientSink:
 
     ``conn`` is the :class:`Outlet` the response is written through."""
 
-    __slots__ = ("transport", "chunked", "conn", "out", "head")
+    __slots__ = ("transport", "chunked", "conn", "out", "head", "ended")
 
     def __init__(self, transport, chunked: bool, conn: Outlet) -> None:
         self.transport = transport
@@ -45,6 +45,7 @@ class ClientSink:
         self.conn = conn
         self.out: list[bytes] = []
         self.head: bytes | None = None  # the response head, when it has not left yet: the next flush sends it first
+        self.ended = False  # the body's end was written (or handed to aiohttp)
 
     def write(self, data: bytes) -> None:
         self.out.append(data)
@@ -84,14 +85,22 @@ class ClientSink:
     async def drain(self) -> None:
         await self.conn.drain()
 
+    def end_now(self) -> bool:
+        """On flowgate's front: what is pending and the chunked terminator (a zero-length chunk) in
+        one write, now; True when it did. Elsewhere False: aiohttp ends its response itself (:meth:`end`)."""
+        if not (self.chunked and self.conn.joins_eof):
+            return False
+        self.ended = True
+        self.out.append(b"")
+        self.flush()
+        self.conn.eof_sent = True
+        return True
+
     async def end(self) -> None:
-        """Send what is pending and end the body. On flowgate's front both leave in one write (a
-        zero-length chunk is the chunked terminator); aiohttp ends its response itself, after."""
-        if self.chunked and self.conn.joins_eof:
-            self.out.append(b"")
-            self.flush()
-            self.conn.eof_sent = True
+        """Send what is pending and end the body (once)."""
+        if self.ended or self.end_now():
             return
+        self.ended = True
         self.flush()
         await self.conn.write_eof()
 

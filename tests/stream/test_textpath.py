@@ -123,6 +123,11 @@ def _split_everywhere(data: bytes):
     yield [data[i:i + 1] for i in range(len(data))]
 
 
+def _body(pump, transport) -> bytes:
+    """What the client got, its run's own job id (in a completed UI stream's finish part) made common."""
+    return b"".join(_unframe(transport.writes)).replace(pump.run.job_id.encode(), b"JOB")
+
+
 @pytest.mark.parametrize("output", ["text", "json-array", "langflow", "ui"])
 async def test_every_split_writes_and_meters_what_the_python_pump_does(output):
     body = TEXT.encode()
@@ -400,3 +405,29 @@ async def test_a_head_with_nothing_after_it_leaves_alone_and_once():
     pump.sink.head = b"H\r\n\r\n"  # and a stream that ends before any body: head and terminator in one write
     await pump.sink.end()
     assert transport.writes[1:] == [b"H\r\n\r\n0\r\n\r\n"]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("output", ["text", "json-array"])
+async def test_a_body_that_ends_in_the_read_of_its_last_bytes_ends_the_stream_in_that_write(compiled, output):
+    """As the chunked reader calls them (pieces, end, then the read's flush): the head, the pieces,
+    the encoder's closing bytes and the chunked terminator leave in one write; the handler's
+    finish() then writes nothing more."""
+    from proxy.run import COMPLETED
+    from proxy.stream.ending import finish
+
+    pump, transport = _pump(output)
+    pump.sink.head = b"H\r\n\r\n"
+    pump.fast = pump.fast_path()
+    consumer = pump.fast if compiled else pump
+    for piece in (b"ab", b"cd"):
+        consumer.body(piece)
+    consumer.end()
+    consumer.flush()
+    assert pump.done.result() == COMPLETED and pump.sink.ended
+    assert len(transport.writes) == 1 and transport.writes[0].startswith(b"H\r\n\r\n")
+    assert transport.writes[0].endswith(b"0\r\n\r\n")
+    body = b"".join(_unframe([transport.writes[0][len(b"H\r\n\r\n"):]]))
+    assert body == (b"abcd" if output == "text" else b'"ab","cd"]')
+    await finish(pump, COMPLETED)
+    assert len(transport.writes) == 1

@@ -18,7 +18,7 @@ from proxy.stream.pump import Pump
 from tests.conftest import base_config, stream_chunks
 from tests.policies.test_credits import settled
 from tests.stream.test_pump import open_stream
-from tests.stream.test_textpath import TextPath, _config, _split_everywhere, _unframe
+from tests.stream.test_textpath import TextPath, _body, _config, _split_everywhere, _unframe
 from tests.stream.test_textpath import _pump as text_pump
 from tests.upstream.hostile import CHUNKED_HEAD, backend_fixture  # noqa: F401 - the `backend` fixture
 
@@ -61,11 +61,15 @@ def _run(pump: Pump, chunks, *, compiled: bool) -> None:
 
 def _text(output: str, writes: list[bytes]) -> str:
     body = b"".join(_unframe(writes))
-    if output == "ui":  # SSE parts (no prologue nor finish here: the handler writes those)
-        parts = [json.loads(event.removeprefix(b"data: ")) for event in body.split(b"\n\n") if event]
+    if output == "ui":  # SSE parts (no prologue here: the handler writes it; the closing parts end a completed run)
+        parts = [json.loads(event.removeprefix(b"data: ")) for event in body.split(b"\n\n")
+                 if event and event != b"data: [DONE]"]
         assert parts[0] == {"type": "text-start", "id": "text-0"}
-        return "".join(p["delta"] for p in parts[1:])
-    return body.decode() if output == "text" else "".join(json.loads(b"[" + body + b"]"))  # (no prologue here)
+        return "".join(p["delta"] for p in parts[1:] if p["type"] == "text-delta")
+    if output == "text":
+        return body.decode()
+    # (no prologue here; a completed run's closing "]" is the pump's)
+    return "".join(json.loads(b"[" + body + (b"" if body.endswith(b"]") else b"]")))
 
 
 async def test_the_compiled_path_takes_langflow_events_transcoded_only():
@@ -90,7 +94,7 @@ async def test_every_split_of_an_event_stream_reads_as_the_python_pump_reads_it(
         assert (fast.run.bytes_in, fast.run.bytes_out) == (slow.run.bytes_in, slow.run.bytes_out), chunks
         assert fast.decoder.emitted == slow.decoder.emitted == {"m1": len("Grüße, 世界! tokens…and more"), "7": 1}
         assert _text(output, fast_t.writes) == _text(output, slow_t.writes) == GENERATED, chunks
-        assert b"".join(_unframe(fast_t.writes)) == b"".join(_unframe(slow_t.writes)), chunks
+        assert _body(fast, fast_t) == _body(slow, slow_t), chunks
 
 
 async def test_token_events_take_no_python_hook_below_the_quiet_limit():
@@ -320,4 +324,4 @@ async def test_every_split_of_an_ai_sdk_stream_reads_as_the_python_pump_reads_it
         assert fast.run.meter == slow.run.meter, chunks
         assert fast.run.meter.chars == len("Grüße, 世界! tokens…") and fast.run.meter.reported_output == 9
         assert (fast.run.bytes_in, fast.run.bytes_out) == (slow.run.bytes_in, slow.run.bytes_out), chunks
-        assert b"".join(_unframe(fast_t.writes)) == b"".join(_unframe(slow_t.writes)), chunks
+        assert _body(fast, fast_t) == _body(slow, slow_t), chunks

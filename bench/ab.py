@@ -4,8 +4,10 @@ backend and load generator on core 0, rounds alternating between them.
 
     .venv/bin/python -m bench.ab /path/to/tree-a /path/to/tree-b --kind key --runs 3000 --rounds 4
 
-``--kind`` ``key`` (an API key on the profitbase route) or ``token`` (a token minted per run,
-then the workflow route). A tree whose config schema predates ``server.workers`` gets its config
+``--kind`` ``key`` (an API key on the profitbase route), ``token`` (a token minted per run,
+then the workflow route) or ``events`` (a token, then a Langflow-event backend transcoded to text);
+``--scenario streams`` compares CPU per line of 200 streams × 100 lines × 20 ms instead of CPU per
+short run. A tree whose config schema predates ``server.workers`` gets its config
 without it.
 """
 
@@ -23,7 +25,7 @@ import aiohttp
 import yaml
 
 from .common import flowgate_config, free_port, spawn, wait_port
-from .scenarios import Path_, scenario_short
+from .scenarios import Path_, scenario_short, scenario_streams
 
 
 def _config(tmp: Path, tree: Path, port: int, bport: int, name: str) -> Path:
@@ -64,10 +66,15 @@ async def main(args) -> None:
                 await scenario_short(s, path, 500, args.conc)
             for _ in range(args.rounds):
                 for tree, path in gateways:
-                    out = await scenario_short(s, path, args.runs, args.conc)
-                    results[tree].append(round(out["cpu_us_per_run"]))
+                    if args.scenario == "streams":
+                        out = await scenario_streams(s, path, 200)
+                        results[tree].append(round(out["cpu_us_per_line"], 2))
+                    else:
+                        out = await scenario_short(s, path, args.runs, args.conc)
+                        results[tree].append(round(out["cpu_us_per_run"]))
+        unit = "CPU µs per line" if args.scenario == "streams" else "CPU µs per run"
         for tree, values in results.items():
-            print(f"{args.kind} path, CPU µs per run, {tree}: {sorted(values)}")
+            print(f"{args.kind} path, {unit}, {tree}: {sorted(values)}")
     finally:
         for proc in procs:
             proc.terminate()
@@ -76,7 +83,8 @@ async def main(args) -> None:
 def cli() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("trees", nargs=2)
-    ap.add_argument("--kind", choices=["key", "token"], default="key")
+    ap.add_argument("--kind", choices=["key", "token", "events"], default="key")
+    ap.add_argument("--scenario", choices=["short", "streams"], default="short")
     ap.add_argument("--runs", type=int, default=3000)
     ap.add_argument("--conc", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=4)

@@ -63,8 +63,11 @@ async def handle_run(request: web.Request, dialect: Dialect, route: str) -> web.
         # timer and the run's own cap (a body trickled past it would outlive the run's credit hold);
         # a 413/408 here releases the hold through on_complete (a spent token stays spent)
         try:
-            async with asyncio.timeout_at(run.deadline):
+            if getattr(request, "body_complete", False):  # (flowgate's front: it came with the head)
                 run.body = await dialect.read_body(request)
+            else:
+                async with asyncio.timeout_at(run.deadline):
+                    run.body = await dialect.read_body(request)
         except TimeoutError:
             raise RequestTimeout("the request body did not arrive within the run's maximum duration") from None
         if dialect.maps_chat:

@@ -249,10 +249,11 @@ class FrontProtocol(Endings, asyncio.Protocol):
             body.finish()
         else:
             self.expect_continue = head.expect is not None and not rest
-            self.pause_reading()  # nothing more is read until the handler wants the body
         self.task = self.server.loop.create_task(self._serve(request, handler))
         if rest:
-            self._received(rest)
+            self._received(rest)  # (a body that came with its head is the request's already)
+        if self.remaining:
+            self.pause_reading()  # nothing more is read until the handler wants the body
 
     def _reject(self, status: int, reason: str) -> None:
         """A head the front refuses: one short log line, a fixed answer, a lingering close."""

@@ -145,6 +145,12 @@ class FrontRequest:
         return bool(self.content_length)
 
     @property
+    def body_complete(self) -> bool:
+        """The whole body is here (it came with the head): reading it cannot wait."""
+        content = self.content
+        return content.done and content.error is None
+
+    @property
     def transport(self) -> asyncio.Transport | None:
         return self.flow.transport
 

@@ -113,7 +113,8 @@ class Pump:
         opening = self.encoder.open()
         if opening and not self.passthrough:
             self.sink.write(opening)
-            self.sink.flush()
+            if self.sink.head is None:  # (else it leaves with the head, at the first flush: see pump())
+                self.sink.flush()
 
     def fast_path(self):
         """The compiled per-chunk path (:mod:`proxy.stream.textpath`) for a streamed body it reads

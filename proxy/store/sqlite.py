@@ -288,13 +288,15 @@ class SqliteStore:
 
     async def expired_holds(self, accounts: list[str], now: float | None = None, limit: int = 100) -> list[Hold]:
         now = time.time() if now is None else now
-        wanted = set(accounts)
+        wanted = orjson.dumps(list(accounts))
 
         def fn(db: sqlite3.Connection) -> list[Hold]:
+            # the accounts filtered before the limit: another account's expired holds never hide these
             rows = db.execute(
                 "SELECT job_id, account, amount, metered, input_tokens, output_tokens, expires_at, meta "
-                "FROM holds WHERE expires_at < ? ORDER BY expires_at LIMIT ?", (now, limit)).fetchall()
-            return [Hold(*r[:7], meta=orjson.loads(r[7])) for r in rows if r[1] in wanted]
+                "FROM holds WHERE expires_at < ? AND account IN (SELECT value FROM json_each(?)) "
+                "ORDER BY expires_at LIMIT ?", (now, wanted, limit)).fetchall()
+            return [Hold(*r[:7], meta=orjson.loads(r[7])) for r in rows]
 
         return await self._call(fn)
 

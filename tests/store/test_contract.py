@@ -121,6 +121,17 @@ async def test_settle_from_checkpoint_and_expired_holds(store):
     assert acct == Account(958, 100, 42)
 
 
+async def test_expired_holds_of_other_accounts_never_hide_this_replicas(store):
+    """The sweeper asks for its own accounts: more than ``limit`` expired holds of another account
+    (one a reload removed, or another deployment's) must not stand in front of them."""
+    await store.seed_account("acme", 1000)
+    await store.seed_account("gone", 10_000)
+    for i in range(12):
+        await store.open_hold(f"gone-{i}", "gone", 1, NOW - 100 + i, {})
+    await store.open_hold("ours", "acme", 1, NOW - 1, {})
+    assert [h.job_id for h in await store.expired_holds(["acme"], now=NOW, limit=10)] == ["ours"]
+
+
 async def test_settle_without_hold_and_allow_overrun(store):
     await store.seed_account("acme", 10)
     await store.open_hold("o", "acme", 100, NOW + 60, {})

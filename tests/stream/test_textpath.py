@@ -123,6 +123,31 @@ def _split_everywhere(data: bytes):
     yield [data[i:i + 1] for i in range(len(data))]
 
 
+def _quiet_hook(protocol: str):
+    """A pump whose one hook records each event it sees and then sets the quiet limit 3 characters
+    further (the compiled path must call it only past the limit); returns (pump, transport, calls)."""
+    calls: list[str] = []
+    limit = {"chars": 3}
+
+    def hook(run, ev):
+        calls.append(type(ev).__name__)
+        limit["chars"] = run.meter.chars + 3
+
+    pump, transport = _pump("text", [hook], [lambda run: (limit["chars"], math.inf)], protocol)
+    return pump, transport, calls
+
+
+async def _release_held(pump, gate) -> None:
+    """A pump holding pieces behind an awaiting hook: the hook's gate opens, the body ends, the run
+    completes and the pump stops."""
+    assert pump.upstream.paused and pump.held is not None
+    gate.set()
+    pump.fast.end()
+    assert await asyncio.wait_for(pump.done, 5) == "completed"
+    pump.flush()
+    pump.detach()
+
+
 def _body(pump, transport) -> bytes:
     """What the client got, its run's own job id (in a completed UI stream's finish part) made common."""
     return b"".join(_unframe(transport.writes)).replace(pump.run.job_id.encode(), b"JOB")

@@ -18,7 +18,7 @@ from proxy.stream.pump import Pump
 from tests.conftest import base_config, stream_chunks
 from tests.policies.test_credits import settled
 from tests.stream.test_pump import open_stream
-from tests.stream.test_textpath import TextPath, _body, _config, _split_everywhere, _unframe
+from tests.stream.test_textpath import TextPath, _body, _config, _quiet_hook, _release_held, _split_everywhere, _unframe
 from tests.stream.test_textpath import _pump as text_pump
 from tests.upstream.hostile import CHUNKED_HEAD, backend_fixture  # noqa: F401 - the `backend` fixture
 
@@ -98,14 +98,7 @@ async def test_every_split_of_an_event_stream_reads_as_the_python_pump_reads_it(
 
 
 async def test_token_events_take_no_python_hook_below_the_quiet_limit():
-    calls: list[str] = []
-    limit = {"chars": 3}
-
-    def hook(run, ev):
-        calls.append(type(ev).__name__)
-        limit["chars"] = run.meter.chars + 3
-
-    pump, transport = _pump("text", [hook], [lambda run: (limit["chars"], math.inf)])
+    pump, transport, calls = _quiet_hook("langflow")
     tokens = [frame("token", {"chunk": c, "id": "m"}) for c in ("ab", "c", "d", "e", "fgh", "i")]
     _run(pump, [frame("vertices_sorted", {}), *tokens, frame("end", {"result": {}})], compiled=True)
     # the first chunk (no events) is the pump's; then only tokens past the limit and the end
@@ -126,12 +119,7 @@ async def test_a_hook_that_awaits_mid_chunk_holds_the_rest_of_it_in_order():
     pump.fast.body(rest[:-7] + b"")  # type: ignore[union-attr]  (the last event split in two reads)
     pump.fast.body(rest[-7:] + frame("end", {"result": {}}))  # type: ignore[union-attr]
     pump.fast.flush()  # type: ignore[union-attr]
-    assert pump.upstream.paused and pump.held is not None  # type: ignore[attr-defined]
-    gate.set()
-    pump.fast.end()  # type: ignore[union-attr]
-    assert await asyncio.wait_for(pump.done, 5) == "completed"  # type: ignore[arg-type]
-    pump.flush()
-    pump.detach()
+    await _release_held(pump, gate)
     assert _text("text", transport.writes) == "abcd" and pump.run.meter.chars == 4
 
 

@@ -19,7 +19,7 @@ from proxy.protocols.sse import SseDecoder
 from tests.conftest import stream_chunks
 from tests.policies.test_credits import settled
 from tests.stream.test_pump import open_stream
-from tests.stream.test_textpath import TextPath, _body, _config, _split_everywhere, _unframe
+from tests.stream.test_textpath import TextPath, _body, _config, _quiet_hook, _release_held, _split_everywhere, _unframe
 from tests.stream.test_textpath import _pump as text_pump
 
 
@@ -113,14 +113,7 @@ async def test_every_split_of_an_sse_stream_reads_as_the_python_pump_reads_it(ou
 
 
 async def test_token_events_take_no_python_hook_below_the_quiet_limit():
-    calls: list[str] = []
-    limit = {"chars": 3}
-
-    def hook(run, ev):
-        calls.append(type(ev).__name__)
-        limit["chars"] = run.meter.chars + 3
-
-    pump, transport = _pump("text", [hook], [lambda run: (limit["chars"], math.inf)])
+    pump, transport, calls = _quiet_hook("sse")
     chunks = [b": first\n\n", *[chunk(c) for c in ("ab", "c", "d", "e", "fgh", "i")], b"data: [DONE]\n\n"]
     for piece in chunks:
         pump.fast.body(piece)  # type: ignore[union-attr]
@@ -144,12 +137,7 @@ async def test_a_hook_that_awaits_mid_read_holds_the_rest_of_it_in_order():
     pump.fast.body(rest)  # type: ignore[union-attr]
     pump.fast.body(b'{"content":"d"}}]}\n\n' + chunk("e") + b"data: [DONE]\n\n")  # type: ignore[union-attr]
     pump.fast.flush()  # type: ignore[union-attr]
-    assert pump.upstream.paused and pump.held is not None  # type: ignore[attr-defined]
-    gate.set()
-    pump.fast.end()  # type: ignore[union-attr]
-    assert await asyncio.wait_for(pump.done, 5) == "completed"  # type: ignore[arg-type]
-    pump.flush()
-    pump.detach()
+    await _release_held(pump, gate)
     assert b"".join(_unframe(transport.writes)) == b"abcde" and pump.run.meter.chars == 5
     assert _state(pump.decoder) == ("", [], 0, b"", 0)
 

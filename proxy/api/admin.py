@@ -9,10 +9,8 @@ in the answer to the ``POST`` that made the key; listings show neither secrets n
 
 from __future__ import annotations
 
-import math
 import re
 import time
-from datetime import UTC, datetime
 
 import structlog
 from aiohttp import web
@@ -26,6 +24,7 @@ from ..logging import bind as bind_log
 from ..policies.api_key import identify, require
 from ..policies.keys import KeyConflict, KeySpec, all_keys, create_key, revoke_key
 from ..run import MAX_TOKENS
+from ..store.base import instant
 
 PREFIX = "/admin/v1"
 MAX_ADMIN_BODY = 64 * 1024
@@ -179,15 +178,8 @@ def _when(raw: str | None, name: str) -> float | None:
     """``since``/``until``: epoch seconds or an ISO 8601 date/time (UTC when no zone is given)."""
     if raw is None or raw == "":
         return None
-    try:
-        value = float(raw)
-    except ValueError:
-        try:
-            dt = datetime.fromisoformat(raw)
-            value = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
-        except (ValueError, OverflowError):
-            value = math.nan
-    if not math.isfinite(value):  # nan, inf, 1e999: no instant (and Redis refuses a nan bound)
+    value = instant(raw)
+    if value is None:
         raise BadRequest(f"{name} must be epoch seconds or an ISO 8601 date/time")
     return value
 

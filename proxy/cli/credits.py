@@ -8,6 +8,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
+from ..store.base import instant
 from .common import account, load, with_store
 
 
@@ -63,12 +64,7 @@ def parse_since(raw: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if raw[-1:] in units and raw[:-1].isdigit():
         return time.time() - int(raw[:-1]) * units[raw[-1]]
-    try:
-        return float(raw)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(raw)
-    except ValueError:
+    value = instant(raw)
+    if value is None:
         sys.exit(f"flowgate: --since {raw!r}: use epoch seconds, an ISO date, or 90s/15m/24h/7d")
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+    return value

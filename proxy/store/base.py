@@ -4,7 +4,9 @@ helpers every implementation uses the same way (:mod:`proxy.store` says the sema
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
@@ -122,6 +124,21 @@ def key_record(record: dict) -> dict:
     if not isinstance(out["id"], str) or not isinstance(out["sha256"], str):
         raise ValueError("a key record needs a string id and sha256")
     return out
+
+
+def instant(raw: str) -> float | None:
+    """A ledger bound as given by an operator (the admin API's ``since``/``until``, ``flowgate
+    ledger --since``): epoch seconds or an ISO 8601 date/time (UTC when no zone is given); None
+    for anything else, NaN and the infinities included (no instant; Redis refuses a NaN bound)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            dt = datetime.fromisoformat(raw)
+            value = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+        except (ValueError, OverflowError):
+            return None
+    return value if math.isfinite(value) else None
 
 
 def ledger_entry(hold: Hold | None, job_id: str, account: str, charge: int, entry: dict, now: float) -> dict:

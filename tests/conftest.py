@@ -101,6 +101,24 @@ class Upstream:
         return self.requests[-1]
 
 
+class Flood:
+    """A backend handler that sends ``total`` bytes of text as fast as its client reads them (64 KiB
+    writes); ``sent`` is how far it got: what a test of back-pressure reads."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.sent = total, 0
+
+    async def __call__(self, request: web.Request, seen) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await resp.prepare(request)
+        piece = b"x" * 65536
+        while self.sent < self.total:
+            await resp.write(piece)
+            self.sent += len(piece)
+        await resp.write_eof()
+        return resp
+
+
 async def stream_chunks(request: web.Request, chunks, *, delay: float = 0.0, content_type: str = "text/plain",
                         headers: dict[str, str] | None = None) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": content_type, **(headers or {})})

@@ -22,7 +22,7 @@ from aiohttp import web
 from proxy.config import parse_config
 from proxy.config.tls import cert_fingerprint
 from proxy.front.tls import TlsListener, reload_tls
-from tests.conftest import SECRET, base_config, free_port
+from tests.conftest import SECRET, Flood, base_config, free_port
 from tests.front.raw import FAST, STREAM, WF_STREAM, closed, config, post
 from tests.front.served import Served, served_config
 from tests.front.tlskit import (
@@ -114,19 +114,10 @@ async def test_a_client_that_reads_nothing_pauses_the_backend_over_tls(upstream,
     """Back-pressure through the TLS transport: the backend could send 64 MiB at once; while the
     client reads nothing only buffers' worth leaves it; then everything arrives intact."""
     certs = make_certs(tmp_path)
-    total, piece, sent = 64 << 20, b"x" * 65536, 0
+    total = 64 << 20
 
-    async def bulk(request, seen):
-        nonlocal sent
-        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        await resp.prepare(request)
-        while sent < total:
-            await resp.write(piece)
-            sent += len(piece)
-        await resp.write_eof()
-        return resp
-
-    upstream.handle("/text", bulk)
+    flood = Flood(total)
+    upstream.handle("/text", flood)
     cfg = config(upstream, tls=tls_settings(certs))
     cfg["accounts"]["acme"]["initial_credits"] = 10**9
     runner, port, _ = await serve_in_process(cfg)
@@ -136,7 +127,7 @@ async def test_a_client_that_reads_nothing_pauses_the_backend_over_tls(upstream,
                                     ssl=client_context(certs)) as resp:
                 assert resp.status == 200
                 await asyncio.sleep(1.0)
-                assert sent < 32 << 20, f"the backend sent {sent >> 20} MiB to a TLS client that read nothing"
+                assert flood.sent < 32 << 20, f"{flood.sent >> 20} MiB sent to a TLS client that read nothing"
                 received = 0
                 while chunk := await resp.content.readany():
                     received += chunk.count(b"x")

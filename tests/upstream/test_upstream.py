@@ -10,7 +10,7 @@ from aiohttp import web
 
 from proxy.http1.request import request_head
 from proxy.upstream import UpstreamPool, endpoint
-from tests.conftest import SECRET, base_config, stream_chunks
+from tests.conftest import SECRET, Flood, base_config, stream_chunks
 
 RUN = "/api/v1/run/wf_text"
 
@@ -118,20 +118,10 @@ async def test_a_malformed_or_missing_answer_is_502(gateway, answer):
 async def test_a_slow_client_pauses_the_backend_instead_of_filling_memory(upstream, gateway):
     """The backend could send 128 MiB at once; while the client reads nothing the gateway stops
     reading the backend, so only socket buffers' worth leaves it. Then everything arrives intact."""
-    total, piece = 128 << 20, b"x" * 65536
-    sent = 0
+    total = 128 << 20
 
-    async def bulk(request, seen):
-        nonlocal sent
-        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        await resp.prepare(request)
-        while sent < total:
-            await resp.write(piece)
-            sent += len(piece)
-        await resp.write_eof()
-        return resp
-
-    upstream.handle("/text", bulk)
+    flood = Flood(total)
+    upstream.handle("/text", flood)
     cfg = base_config(upstream.url)
     cfg["accounts"]["acme"]["initial_credits"] = 10**9
     client = await gateway(cfg)
@@ -139,7 +129,7 @@ async def test_a_slow_client_pauses_the_backend_instead_of_filling_memory(upstre
                              headers={"x-api-key": SECRET})
     assert resp.status == 200
     await asyncio.sleep(1.0)
-    assert sent < 48 << 20, f"the backend sent {sent >> 20} MiB to a client that read nothing"
+    assert flood.sent < 48 << 20, f"the backend sent {flood.sent >> 20} MiB to a client that read nothing"
     received = 0
     while chunk := await resp.content.readany():
         received += chunk.count(b"x")

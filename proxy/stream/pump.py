@@ -388,7 +388,7 @@ class Pump:
         (:func:`proxy.stream.ending.finish` then finds the stream ended)."""
         sink = self.sink
         assert sink is not None
-        if not (sink.chunked and sink.conn.joins_eof):
+        if not sink.joins_eof:  # (aiohttp's front: finish() writes the closing bytes, then aiohttp the end)
             return
         if not self.passthrough:
             closing = self.encoder.close()

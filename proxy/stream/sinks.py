@@ -33,7 +33,8 @@ class ClientSink:
     """Body bytes for the client's transport, framed as HTTP/1.1 chunks when the response is
     chunked. ``write`` is synchronous, so the pump can write from the upstream's ``data_received``;
     ``flush`` sends what the pieces of one socket read produced in one write (one syscall, however
-    many chunks the read held). The status line and headers are already sent when it is made.
+    many chunks the read held). On flowgate's front the status line and headers wait in ``head`` and
+leave with the first flush; on aiohttp's they are sent when it is made.
 
     ``conn`` is the :class:`Outlet` the response is written through."""
 
@@ -51,36 +52,29 @@ class ClientSink:
         self.out.append(data)
 
     def flush(self) -> bool:
-        """Write what is pending; True when the client's transport is above its high-water mark."""
-        out, transport = self.out, self.transport
-        if self.head is not None:
-            return self._flush_head()
-        if not out:
+        """Write what is pending (after the head, when it has not left yet: one write);
+        True when the client's transport is above its high-water mark."""
+        out, transport, head = self.out, self.transport, self.head
+        if not out and head is None:
             return self.conn.writing_paused
-        try:
-            if transport is None or transport.is_closing():
-                raise ConnectionResetError("the client went away")
-            if not self.chunked:
-                transport.writelines(out)
-            elif len(out) == 1 and len(out[0]) < JOIN_BELOW:
-                transport.write(one_chunk(out[0]))
-            else:
-                transport.writelines(framed(out))
-        finally:
-            out.clear()  # the transport has taken (or refused) the bytes; the list serves again
-        return self.conn.writing_paused
-
-    def _flush_head(self) -> bool:
-        """The head and what is pending after it, in one write."""
-        head, out, transport = self.head, self.out, self.transport
         self.head = None
         try:
             if transport is None or transport.is_closing():
                 raise ConnectionResetError("the client went away")
-            transport.writelines([head, *(framed(out) if self.chunked and out else out)])
+            if head is None and self.chunked and len(out) == 1 and len(out[0]) < JOIN_BELOW:
+                transport.write(one_chunk(out[0]))
+            else:
+                pieces = framed(out) if self.chunked else out
+                transport.writelines(pieces if head is None else [head, *pieces])
         finally:
-            out.clear()
+            out.clear()  # the transport has taken (or refused) the bytes; the list serves again
         return self.conn.writing_paused
+
+    @property
+    def joins_eof(self) -> bool:
+        """Whether the body's end is this sink's to write (flowgate's front: a zero-length chunk
+        with the last bytes), not aiohttp's."""
+        return self.chunked and self.conn.joins_eof
 
     async def drain(self) -> None:
         await self.conn.drain()
@@ -88,7 +82,7 @@ class ClientSink:
     def end_now(self) -> bool:
         """On flowgate's front: what is pending and the chunked terminator (a zero-length chunk) in
         one write, now; True when it did. Elsewhere False: aiohttp ends its response itself (:meth:`end`)."""
-        if not (self.chunked and self.conn.joins_eof):
+        if not self.joins_eof:
             return False
         self.ended = True
         self.out.append(b"")

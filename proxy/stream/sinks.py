@@ -34,7 +34,7 @@ class ClientSink:
     chunked. ``write`` is synchronous, so the pump can write from the upstream's ``data_received``;
     ``flush`` sends what the pieces of one socket read produced in one write (one syscall, however
     many chunks the read held). On flowgate's front the status line and headers wait in ``head`` and
-leave with the first flush; on aiohttp's they are sent when it is made.
+    leave with the first flush; on aiohttp's they are sent when it is made.
 
     ``conn`` is the :class:`Outlet` the response is written through."""
 

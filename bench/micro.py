@@ -72,9 +72,7 @@ async def per_chunk_us(output: str, compiled: bool = False, n: int = 200_000, pr
     credits = Credits(None, None)  # type: ignore[arg-type]
     pump = Pump(run, _Upstream(), new_decoder(protocol), new_encoder(output, run), output == protocol,  # type: ignore[arg-type]
                 Chain.of_hooks([credits.on_event], [credits.quiet]))
-    sink = object.__new__(ClientSink)
-    sink.transport, sink.chunked, sink.out = _Transport(), True, []
-    sink.conn = SimpleNamespace(writing_paused=False)
+    sink = ClientSink(_Transport(), True, SimpleNamespace(writing_paused=False, joins_eof=True, eof_sent=False))
     pump.sink, pump.resp, pump.write = sink, object(), sink.out.append  # type: ignore[assignment]
     pump.done = asyncio.get_running_loop().create_future()
     if compiled:

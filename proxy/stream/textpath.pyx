@@ -9,9 +9,9 @@ common case of a chunk in C: count the gap, meter, compare with the policies' qu
 and write. Python runs again only where something happens.
 
 For a backend that speaks ``langflow`` (transcoded: the workflow route's text, profitbase's JSON
-array) it also splits the events into lines and reads the common one, a ``token`` event, itself:
-orjson parses the line (from C: no Python frame), and the chunk's text goes on as a text piece
-does, with the message's count in the decoder's ``emitted`` kept as
+array) it also splits the events into lines and reads the common one, a ``token`` event, itself
+(scanned in C: :func:`~proxy.stream.tokenlines.langflow_token`; orjson parses a line of another
+shape), and the chunk's text goes on as a text piece does, with the message's count in the decoder's ``emitted`` kept as
 :meth:`LangflowDecoder.frame <proxy.protocols.langflow.LangflowDecoder.frame>` keeps it. Every
 other event (a message, usage, the end, an error, a line that is not JSON) goes to that decoder
 and its events to the pump (``Pump.decoded_events``). The incomplete last line stays in the
@@ -69,7 +69,7 @@ from libc.string cimport memchr, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from proxy.http1.chunks cimport one_chunk
-from proxy.stream.tokenlines cimport part_text, sse_text
+from proxy.stream.tokenlines cimport langflow_token, part_text, sse_text
 
 from proxy.http1.chunks import JOIN_BELOW
 from proxy.protocols._lines import LineTooLong
@@ -284,7 +284,7 @@ cdef class TextPath:
                 nxt = self._sse(data, start, stop, nxt, n, now)
             elif stop > start:
                 if self.kind == LANGFLOW:
-                    self._event(data[start:stop], now)
+                    self._event(data, start, stop, now)
                 else:
                     self._part(data[start:stop], now)
             else:
@@ -335,31 +335,36 @@ cdef class TextPath:
             self.limits()
         return 0
 
-    cdef int _event(self, bytes line, double now) except -1:
-        """One Langflow event line: a ``token`` event here (as ``LangflowDecoder.frame`` reads
-        it), any other to the decoder and its events to the pump."""
-        try:
-            frame = loads(line)
-        except JSONDecodeError:
-            return 0  # skipped, as the decoder skips it
-        if type(frame) is not dict:
-            return 0
-        if frame.get("event") == "token":
-            data = frame.get("data")
-            if type(data) is dict:
-                chunk = data.get("chunk")
+    cdef int _event(self, bytes data, Py_ssize_t start, Py_ssize_t stop, double now) except -1:
+        """One Langflow event line (``data[start:stop]``): a ``token`` event here (as
+        ``LangflowDecoder.frame`` reads it), any other to the decoder and its events to the pump."""
+        token = langflow_token(data, start, stop)
+        if token is None:
+            try:
+                frame = loads(memoryview(data)[start:stop])
+            except JSONDecodeError:
+                return 0  # skipped, as the decoder skips it
+            if type(frame) is not dict:
+                return 0
+            if frame.get("event") != "token":
+                events = []
+                self.decoder.frame(frame, events)
+                if events:
+                    self.hand_over()
+                    self.pump.decoded_events(events)
+                    self.limits()
+                return 0
+            token = ("", None)
+            payload = frame.get("data")
+            if type(payload) is dict:
+                chunk = payload.get("chunk")
                 if type(chunk) is str and chunk:
-                    msg_id = str(data.get("id", ""))
-                    emitted = self.emitted
-                    emitted[msg_id] = emitted.get(msg_id, 0) + PyUnicode_GET_LENGTH(chunk)
-                    self._text(b"", chunk, PyUnicode_GET_LENGTH(chunk), now)
-            return 0
-        events = []
-        self.decoder.frame(frame, events)
-        if events:
-            self.hand_over()
-            self.pump.decoded_events(events)
-            self.limits()
+                    token = (chunk, str(payload.get("id", "")))
+        chunk, msg_id = token
+        if chunk:
+            emitted = self.emitted
+            emitted[msg_id] = emitted.get(msg_id, 0) + PyUnicode_GET_LENGTH(chunk)
+            self._text(b"", chunk, PyUnicode_GET_LENGTH(chunk), now)
         return 0
 
     cdef int _to_pump(self, bytes data) except -1:

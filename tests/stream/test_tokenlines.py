@@ -1,0 +1,147 @@
+"""The Langflow ``token`` event scanner (proxy/stream/tokenlines.pyx, ``langflow_token``): what it
+takes it reads exactly as orjson + ``LangflowDecoder.frame`` read the line; what it does not take
+(None) the text path parses. Held to orjson on Langflow's own lines, on hand-made hostile ones and
+on generated ones (hypothesis)."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from proxy.stream.tokenlines import scan_langflow_token as scan  # noqa: E402 - built, once past that import
+
+from proxy.protocols.events import Token
+from proxy.protocols.langflow import LangflowDecoder
+from tests.stream.test_textpath import TextPath  # noqa: F401 - skips (or fails: REQUIRE_NATIVE=1) unbuilt
+
+
+def _reads(line: bytes):
+    """What the Python decoder makes of the line: ``(text, emitted)``, or None for a line it does
+    not read as a token event."""
+    try:
+        frame = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if type(frame) is not dict or frame.get("event") != "token":
+        return None
+    decoder, out = LangflowDecoder(), []
+    decoder.frame(frame, out)
+    return "".join(e.text for e in out if isinstance(e, Token)), decoder.emitted
+
+
+def _scanned(line: bytes):
+    got = scan(line)
+    if got is None:
+        return None
+    chunk, msg_id = got
+    return chunk, ({msg_id: len(chunk)} if chunk else {})
+
+
+def _agrees(line: bytes) -> bool:
+    """True when the scanner took the line (and then it must read as the decoder does)."""
+    got = _scanned(line)
+    if got is not None:
+        assert got == _reads(line), line
+    return got is not None
+
+
+LANGFLOW = [  # json.dumps as Langflow writes its events: ", " and ": ", non-ASCII as \\u escapes
+    {"event": "token", "data": {"chunk": "Hello", "id": "c1b5", "timestamp": "2026-12-01 00:00:00 UTC"}},
+    {"event": "token", "data": {"chunk": " wörld 😀\n\t\"q\" \\ / \x00\x1f", "id": "m"}},
+    {"data": {"id": "m", "chunk": "order"}, "event": "token"},
+    {"event": "token", "data": {"chunk": "", "id": "m"}},
+    {"event": "token", "data": {"id": "m"}},
+    {"event": "token", "data": {}},
+    {"event": "token", "data": "not an object"},
+    {"event": "token"},
+    {"event": "token", "data": {"chunk": "no id"}},
+    {"event": "token", "data": {"chunk": "x", "id": ""}},
+    {"event": "token", "data": {"chunk": "\u2028\uffff\U0010ffff", "id": "\u00e9"}},
+]
+
+
+@pytest.mark.parametrize("frame", LANGFLOW)
+@pytest.mark.parametrize("separators", [(", ", ": "), (",", ":")])
+def test_langflow_token_events_are_scanned_as_they_parse(frame, separators):
+    for ascii_only in (True, False):
+        line = json.dumps(frame, separators=separators, ensure_ascii=ascii_only).encode()
+        taken = _agrees(line)
+        assert taken or not line.isascii(), line  # every ASCII token line of these shapes is scanned
+
+
+HOSTILE = [
+    b'{"event": "token", "data": {"chunk": "a", "chunk": "b"}}',  # the last key wins
+    b'{"event": "token", "data": {"chunk": "a", "id": "1", "id": "2"}}',
+    b'{"event": "token", "data": {"chunk": "a"}, "data": "b"}',  # data, then not an object
+    b'{"event": "token", "data": "b", "data": {"chunk": "c"}}',
+    b'{"event": "end", "event": "token", "data": {"chunk": "a"}}',
+    b'{"event": "token", "event": "end", "data": {"chunk": "a"}}',
+    b' \t{ "event" :"token" , "data":{ "chunk" : "ws" } } \r',
+    b'{"event": "token", "data": {"chunk": "a"}} x',  # trailing junk: not JSON
+    b'{"event": "token", "data": {"chunk": "a"}',  # unterminated
+    b'{"event": "token", "data": {"chunk": "a}}',
+    b'{"event": "token", "data": {"chunk": "a",}}',  # trailing comma
+    b'{"event": "token", "data": {"chunk": "a"},}',
+    b'{"event": "token" "data": {"chunk": "a"}}',
+    b'{"event": "tok\\u0065n", "data": {"chunk": "escaped name"}}',
+    b'{"ev\\u0065nt": "token", "data": {"chunk": "escaped key"}}',
+    b'{"event": "token", "data": {"ch\\u0075nk": "escaped inner key"}}',
+    b'{"event": "token", "data": {"chunk": "lone \\ud800 high"}}',
+    b'{"event": "token", "data": {"chunk": "lone \\udc00 low"}}',
+    b'{"event": "token", "data": {"chunk": "\\ud83d\\u0041 bad pair"}}',
+    b'{"event": "token", "data": {"chunk": "\\ud83d\\ude00 pair"}}',
+    b'{"event": "token", "data": {"chunk": "\\U0041 bad escape"}}',
+    b'{"event": "token", "data": {"chunk": "\\x41 bad escape"}}',
+    b'{"event": "token", "data": {"chunk": "\\u00g1 bad hex"}}',
+    b'{"event": "token", "data": {"chunk": "\\u00e"}}',
+    b'{"event": "token", "data": {"chunk": "tab\tinside"}}',  # a raw control character
+    b'{"event": "token", "data": {"chunk": "\xc3\xa9 raw UTF-8"}}',
+    b'{"event": "token", "data": {"chunk": "\xff invalid UTF-8"}}',
+    b'{"event": "token", "data": {"chunk": "a", "id": 5}}',
+    b'{"event": "token", "data": {"chunk": "a", "id": null}}',
+    b'{"event": "token", "data": {"chunk": ["a"]}}',
+    b'{"event": "token", "data": {"chunk": "a", "meta": {"x": 1}}}',
+    b'{"event": "token", "data": {"chunk": "a"}, "extra": [1]}',
+    b'{"event": ["token"], "data": {"chunk": "a"}}',
+    b'{"event": "token", "data": {"chunk": "\\\\"}}',
+    b'{"event": "token", "data": {"chunk": "\\"}}',
+    b'{"event": "token", "data": {"chunk": "a\\"}}',
+    b'{}', b'[]', b'{"event": "token"', b'"token"', b'{"event": }', b'{"": "token"}',
+    b'{"event": "token", "data": {"": ""}}', b'{"event": "token", "data": {"chunk": "\\/"}}',
+]
+
+
+@pytest.mark.parametrize("line", HOSTILE)
+def test_hostile_lines_read_as_orjson_reads_them_or_go_to_orjson(line):
+    _agrees(line)
+    for cut in range(len(line)):  # every prefix, as a line cut short
+        _agrees(line[:cut])
+
+
+def test_a_well_formed_pair_and_whitespace_are_scanned_not_parsed():
+    assert scan(b'{"event": "token", "data": {"chunk": "\\ud83d\\ude00 pair"}}') == ("😀 pair", "")
+    assert scan(b' \t{ "event" :"token" , "data":{ "chunk" : "ws" } } \r') == ("ws", "")
+    assert scan(b'{"event": "token", "data": {"chunk": "a", "chunk": "b", "id": "1", "id": "2"}}') == ("b", "2")
+    assert scan(b'{"event": "token", "data": {"chunk": "a"}, "data": "b"}') == ("", None)
+    assert scan(b'{"event": "end", "data": {"result": "x"}}') is None  # another event: the decoder's
+
+
+_text = st.text(st.characters(codec="utf-8"), max_size=8)
+_keys = st.sampled_from(["event", "data", "chunk", "id", "timestamp", "x"]) | _text
+_scalar = _text | st.sampled_from(["token", "end", ""]) | st.integers() | st.none() | st.booleans()
+_inner = st.dictionaries(_keys, _scalar | st.lists(_scalar, max_size=2), max_size=4)
+_frames = st.dictionaries(_keys, _scalar | _inner, max_size=4) | st.builds(
+    lambda d, e: {"event": e, "data": d}, _inner, st.sampled_from(["token", "end", "tok"]))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frame=_frames, compact=st.booleans(), ascii_only=st.booleans(), cut=st.integers(0, 200),
+       junk=st.sampled_from([b"", b" ", b"\r", b"x", b"}", b'"', b"\\", b","]))
+def test_generated_lines_read_as_orjson_reads_them(frame, compact, ascii_only, cut, junk):
+    line = json.dumps(frame, separators=(",", ":") if compact else (", ", ": "), ensure_ascii=ascii_only).encode()
+    _agrees(line)
+    _agrees(line[:cut] + junk + line[cut:])  # a byte put anywhere
+    _agrees(line[:cut] + line[cut + 1:])  # a byte taken anywhere

@@ -5,17 +5,19 @@ on generated ones (hypothesis)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from proxy.stream.tokenlines import scan_langflow_token as scan  # noqa: E402 - built, once past that import
 
 from proxy.protocols.events import Token
 from proxy.protocols.langflow import LangflowDecoder
 from tests.stream.test_textpath import TextPath  # noqa: F401 - skips (or fails: REQUIRE_NATIVE=1) unbuilt
+
+scan = importlib.import_module("proxy.stream.tokenlines").scan_langflow_token  # built, once past that import
 
 
 def _reads(line: bytes):

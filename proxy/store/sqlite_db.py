@@ -12,13 +12,14 @@ Batches first run inline on the event loop on a connection with ``busy_timeout=0
 transaction takes tens of microseconds, far less than a thread hand-off); if another process holds
 the write lock, the batch moves to one dedicated thread whose connection waits up to
 ``busy_timeout`` for it, so the loop never waits on a lock. The inline connection never checkpoints
-the WAL itself (no fsync on the loop); the thread does, every two seconds. Past the busy timeout a
-call raises StoreUnavailable.
+the WAL itself (no fsync on the loop); the thread does, every two seconds, and restarts it once it
+is long. Past the busy timeout a call raises StoreUnavailable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,12 @@ from ..errors import StoreUnavailable
 T = TypeVar("T")
 
 CHECKPOINT_EVERY_S = 2.0  # PASSIVE, on the store thread: keeps the WAL (and its index searches) short
+# A WAL file past this size is checkpointed whole and truncated (looked at every WAL_CHECK_EVERY_S).
+# A PASSIVE checkpoint never does it: the WAL starts again from its beginning only once every frame
+# is copied back, and under steady load frames arrive while it copies, so the file grew without
+# bound (550 MB after 100,000 token runs, each store operation ~25 % dearer: docs/benchmark.md).
+WAL_RESTART_BYTES = 64 << 20
+WAL_CHECK_EVERY_S = 0.25
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -54,6 +61,7 @@ class LoopDatabase:
         self._db: sqlite3.Connection | None = None  # the store thread's connection
         self._inline: sqlite3.Connection | None = None  # the event loop's (busy_timeout 0)
         self._checkpointer: asyncio.Future | None = None
+        self._restarting = False  # a TRUNCATE checkpoint is pending: batches go to the store thread
         self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]] = []
 
     @property
@@ -159,6 +167,8 @@ class LoopDatabase:
             results: list[tuple[bool, Any]] = [(False, StoreUnavailable("the store is not started"))] * len(batch)
         else:
             try:
+                if self._restarting:  # the WAL's restart waits for the write lock: the batch waits behind it
+                    raise sqlite3.OperationalError("database is locked")
                 results = self._run_restoring(self._inline, fns)
             except sqlite3.OperationalError as exc:
                 if _is_busy(exc):  # another process holds the write lock: wait for it off the loop
@@ -210,17 +220,36 @@ class LoopDatabase:
             self._db = self._connect(self.busy_timeout_ms, autocheckpoint=True)
         self._db.executescript(self.schema)
 
-    def _checkpoint_wal(self) -> None:
+    def _checkpoint_wal(self, restart: bool) -> None:
+        """PASSIVE (writers go on); ``restart``: TRUNCATE, the WAL copied back whole and emptied,
+        which writers wait for: this process's queue behind it on this thread (were they to go on
+        inline, the checkpoint's busy handler could wait for a free moment for a long time), other
+        processes' wait for the lock as for any writer. The loop never waits."""
         if self._db is not None:
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self._db.execute(f"PRAGMA wal_checkpoint({'TRUNCATE' if restart else 'PASSIVE'})").fetchone()
+
+    def _wal_bytes(self) -> int:
+        try:
+            return os.stat(self.path + "-wal").st_size
+        except OSError:
+            return 0
 
     async def _checkpoint_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
-            await asyncio.sleep(CHECKPOINT_EVERY_S)
+            await asyncio.sleep(WAL_CHECK_EVERY_S)
+            restart = self._wal_bytes() >= WAL_RESTART_BYTES
+            if not restart and loop.time() - last < CHECKPOINT_EVERY_S:
+                continue
+            last = loop.time()
+            self._restarting = restart  # until it is done, this process's writes queue behind it
             try:
-                await asyncio.get_running_loop().run_in_executor(self._pool, self._checkpoint_wal)
+                await loop.run_in_executor(self._pool, self._checkpoint_wal, restart)
             except sqlite3.Error:
                 pass
+            finally:
+                self._restarting = False
 
     async def start(self) -> None:
         if self._pool is None:

@@ -195,3 +195,46 @@ async def test_a_file_of_the_previous_schema_opens_and_its_holds_settle_once(tmp
         assert (await s.get_account("a")).balance == 965
     finally:
         await s.close()
+
+
+async def test_the_wal_stays_bounded_under_writes_that_never_pause(tmp_path, monkeypatch):
+    """Under steady load a PASSIVE checkpoint never lets the WAL start again (frames arrive while it
+    copies): past its limit the WAL is checkpointed whole and truncated, writers waiting on the
+    store thread meanwhile (none fails, none is lost). Without the restart this file reached
+    tens of MB in the same second and a half."""
+    from proxy.store import sqlite_db
+
+    monkeypatch.setattr(sqlite_db, "WAL_RESTART_BYTES", 256 << 10)
+    monkeypatch.setattr(sqlite_db, "WAL_CHECK_EVERY_S", 0.02)
+    path = tmp_path / "busy.db"
+    s = open_store(f"sqlite:///{path}")
+    await s.start()
+    await s.seed_account("a", 10**9)
+    wal = tmp_path / "busy.db-wal"
+    sizes: list[int] = []
+    stop = time.monotonic() + 1.5
+    charged = 0
+
+    async def writer(w: int) -> None:
+        nonlocal charged
+        i = 0
+        while time.monotonic() < stop:
+            job = f"w{w}-{i}"
+            await s.put_token(f"{job}-t", {"owner": "a", "key_id": "k", "pad": "x" * 200}, time.time() + 60)
+            assert await s.open_hold(job, "a", 10, time.time() + 60, {"pad": "y" * 200}) == 10
+            await s.settle(job, "a", 3, {"ended_at": time.time(), "pad": "z" * 200})
+            charged += 3
+            i += 1
+
+    async def watch() -> None:
+        while time.monotonic() < stop:
+            sizes.append(wal.stat().st_size if wal.exists() else 0)
+            await asyncio.sleep(0.005)
+
+    await asyncio.gather(watch(), *(writer(w) for w in range(20)))
+    account = await s.get_account("a")
+    assert (account.balance, account.held, account.spent) == (10**9 - charged, 0, charged)
+    assert charged > 3 * 2000, "the writers did not keep the store busy"
+    assert max(sizes) < 8 << 20, sizes[::10]
+    assert any(b < a for a, b in zip(sizes, sizes[1:], strict=False)), "the WAL was never emptied"
+    await s.close()

@@ -62,6 +62,7 @@ class LoopDatabase:
         self._inline: sqlite3.Connection | None = None  # the event loop's (busy_timeout 0)
         self._checkpointer: asyncio.Future | None = None
         self._restarting = False  # a TRUNCATE checkpoint is pending: batches go to the store thread
+        self._on_thread = 0  # batches on the store thread, not yet done: later ones queue behind them
         self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]] = []
 
     @property
@@ -167,12 +168,15 @@ class LoopDatabase:
             results: list[tuple[bool, Any]] = [(False, StoreUnavailable("the store is not started"))] * len(batch)
         else:
             try:
-                if self._restarting:  # the WAL's restart waits for the write lock: the batch waits behind it
+                # the WAL's restart waits for the write lock, and batches already on the store
+                # thread commit first (a caller's writes commit in the order it made them): behind them
+                if self._restarting or self._on_thread:
                     raise sqlite3.OperationalError("database is locked")
                 results = self._run_restoring(self._inline, fns)
             except sqlite3.OperationalError as exc:
                 if _is_busy(exc):  # another process holds the write lock: wait for it off the loop
                     task = asyncio.get_running_loop().run_in_executor(self._pool, self._run_restoring, self._db, fns)
+                    self._on_thread += 1
                     task.add_done_callback(lambda t: self._deliver(batch, t))
                     return
                 results = [(False, exc)]
@@ -181,6 +185,7 @@ class LoopDatabase:
         self._settle_futures(batch, results)
 
     def _deliver(self, batch: list, task: asyncio.Future) -> None:
+        self._on_thread -= 1
         try:
             results = task.result()
         except Exception as exc:
@@ -220,13 +225,29 @@ class LoopDatabase:
             self._db = self._connect(self.busy_timeout_ms, autocheckpoint=True)
         self._db.executescript(self.schema)
 
-    def _checkpoint_wal(self, restart: bool) -> None:
+    def _checkpoint_wal(self, restart: bool) -> bool:
         """PASSIVE (writers go on); ``restart``: TRUNCATE, the WAL copied back whole and emptied,
         which writers wait for: this process's queue behind it on this thread (were they to go on
         inline, the checkpoint's busy handler could wait for a free moment for a long time), other
-        processes' wait for the lock as for any writer. The loop never waits."""
-        if self._db is not None:
-            self._db.execute(f"PRAGMA wal_checkpoint({'TRUNCATE' if restart else 'PASSIVE'})").fetchone()
+        processes' wait for the lock as for any writer. The loop never waits. True when every frame
+        was copied back (and, restarting, the WAL emptied); False: a reader holds older frames, or
+        the write lock stayed busy.
+
+        A restart holds the write lock while it waits for readers (a report, a backup, an operator's
+        shell), and every writer of every process waits with it: it waits half the busy timeout at
+        most, so that another process's writer, waiting the whole of it, never fails for it."""
+        db = self._db
+        if db is None:
+            return False
+        if not restart:
+            _, log, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            return copied >= log
+        db.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms // 2}")
+        try:
+            busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        finally:
+            db.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+        return not busy
 
     def _wal_bytes(self) -> int:
         try:
@@ -237,19 +258,29 @@ class LoopDatabase:
     async def _checkpoint_forever(self) -> None:
         loop = asyncio.get_running_loop()
         last = loop.time()
+        blocked = False  # the last restart waited its whole time in vain (for a reader of older frames)
         while True:
             await asyncio.sleep(WAL_CHECK_EVERY_S)
             restart = self._wal_bytes() >= WAL_RESTART_BYTES
             if not restart and loop.time() - last < CHECKPOINT_EVERY_S:
                 continue
             last = loop.time()
-            self._restarting = restart  # until it is done, this process's writes queue behind it
             try:
-                await loop.run_in_executor(self._pool, self._checkpoint_wal, restart)
+                # after a restart that waited in vain, first PASSIVE (writers go on): the next one only
+                # once no reader holds older frames (else it would stall every writer again, every look)
+                if restart and blocked:
+                    if not await loop.run_in_executor(self._pool, self._checkpoint_wal, False):
+                        continue
+                self._restarting = restart  # until it is done, this process's writes queue behind it
+                began = loop.time()
+                try:
+                    done = await loop.run_in_executor(self._pool, self._checkpoint_wal, restart)
+                finally:
+                    self._restarting = False
+                # (not another process's checkpoint under way: that one answers at once)
+                blocked = restart and not done and loop.time() - began >= self.busy_timeout_ms / 2000
             except sqlite3.Error:
                 pass
-            finally:
-                self._restarting = False
 
     async def start(self) -> None:
         if self._pool is None:

@@ -40,12 +40,21 @@ lint: install
 	$(BIN)/ruff check proxy tests
 
 # Side-by-side benchmark (direct, nginx, flowgate); not part of `make test`. Needs Debian's nginx.
+# BENCH_PYTHON=/usr/bin/python3.11: flowgate runs on that interpreter (a venv of it with flowgate's
+# dependencies, .venv-bench), the tree's code as it is; by default on the .venv's own.
+BENCH_PYTHON ?=
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+ifneq ($(BENCH_PYTHON),)
+	test -x .venv-bench/bin/python || $(BENCH_PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install --quiet .
+	FLOWGATE_BENCH_PYTHON=$(CURDIR)/.venv-bench/bin/python $(BIN)/python -m bench.run $(BENCH_ARGS)
+else
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+endif
 
 acceptance: install
 	$(BIN)/python -m bench.acceptance
 
 clean:
-	rm -rf $(VENV) .pytest_cache .flowgate-demo .hypothesis $(SDK)/node_modules
+	rm -rf $(VENV) .venv-bench .pytest_cache .flowgate-demo .hypothesis $(SDK)/node_modules

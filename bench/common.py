@@ -114,5 +114,28 @@ def flowgate_config(tmp: Path, port: int, backend_port: int, *, store: str | Non
     return path
 
 
+def gateway_python() -> str:
+    """The interpreter flowgate runs on in the bench: ``FLOWGATE_BENCH_PYTHON`` (``make bench
+    BENCH_PYTHON=...`` makes a venv of it with flowgate's dependencies), else this one. Either runs
+    this tree's code (``-m proxy`` from the tree, its compiled modules as ``make install`` built them)."""
+    return os.environ.get("FLOWGATE_BENCH_PYTHON") or sys.executable
+
+
+def describe_python(python: str) -> str:
+    """The interpreter, its version and how its executable holds the interpreter: CPython built
+    with ``--enable-shared`` and no profile-guided build (pyenv's default) runs flowgate ~9 %
+    dearer than a distribution's or the official Docker image's optimized build (docs/benchmark.md)."""
+    version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    exe = os.path.realpath(subprocess.run([python, "-c", "import sys; print(sys.executable)"], capture_output=True,
+                                          text=True, check=True).stdout.strip())
+    try:
+        libs = subprocess.run(["ldd", exe], capture_output=True, text=True, timeout=10).stdout
+        linked = ", libpython a shared library" if "libpython" in libs else ", libpython linked in"
+    except (OSError, subprocess.SubprocessError):
+        linked = ""
+    return f"CPython {version} ({exe}{linked})"
+
+
 def start_flowgate(cfg: Path, core: int | None) -> subprocess.Popen:
-    return spawn([sys.executable, "-m", "proxy", "serve", "--config", str(cfg)], core)
+    return spawn([gateway_python(), "-m", "proxy", "serve", "--config", str(cfg)], core)

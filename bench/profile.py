@@ -31,7 +31,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .common import flowgate_config, free_port, spawn, wait_port
+from .common import describe_python, flowgate_config, free_port, gateway_python, spawn, wait_port
 from .scenarios import Path_, scenario_short
 
 # (step, frame pattern): a frame is "function (file)"; the innermost frame that matches decides
@@ -98,7 +98,7 @@ async def main(args) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="flowgate-profile-"))
     bport, port = free_port(), free_port()
     procs = [spawn([sys.executable, "-m", "bench.backend", str(bport)], 0)]
-    gateway = spawn([sys.executable, "-m", "proxy", "serve", "--config",
+    gateway = spawn([gateway_python(), "-m", "proxy", "serve", "--config",
                      str(flowgate_config(tmp, port, bport, name="profile"))], 1)
     procs.append(gateway)
     raw = tmp / "stacks.txt"
@@ -118,7 +118,7 @@ async def main(args) -> None:
     counts, total = shares(raw)
     per_run = out["cpu_us_per_run"]
     print(f"\n{args.kind} path: {args.runs} short runs at {args.conc} concurrent, {per_run:.0f} µs of gateway CPU "
-          f"per run, {total} samples\n")
+          f"per run, {total} samples; flowgate on {describe_python(gateway_python())}\n")
     print("| step | share | µs per run |\n|---|---|---|")
     for step, n in counts.most_common():
         print(f"| {step} | {100 * n / total:.1f} % | {per_run * n / total:.0f} |")

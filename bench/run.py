@@ -37,7 +37,7 @@ from pathlib import Path
 import aiohttp
 
 from . import tls
-from .common import flowgate_config, free_port, spawn, start_flowgate, wait_port
+from .common import describe_python, flowgate_config, free_port, gateway_python, spawn, start_flowgate, wait_port
 from .report import FLOWGATE, merge_rounds, plot, table
 from .scenarios import Path_, scenario_bulk, scenario_idle, scenario_latency, scenario_short, scenario_streams
 
@@ -166,9 +166,12 @@ async def main(args) -> None:
                 for name, rounds_done in per_path.items():
                     results[name][key] = merge_rounds(rounds_done)
         OUT.mkdir(exist_ok=True)
-        (OUT / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+        interpreter = describe_python(gateway_python())
+        (OUT / "results.json").write_text(json.dumps({"args": vars(args), "gateway_python": interpreter,
+                                                      "results": results}, indent=1))
         plot(results, OUT / "bench.png")
         print()
+        print(f"flowgate on {interpreter}\n")
         print(table(results, args))
         if args.tls:
             print("\nTLS on the listener (each proxy's HTTPS run / its plain run):\n" + tls.table(results))

@@ -6,6 +6,7 @@ backend and load generator on core 0, rounds alternating between them.
 
 ``--kind`` ``key`` (an API key on the profitbase route), ``token`` (a token minted per run,
 then the workflow route) or ``events`` (a token, then a Langflow-event backend transcoded to text);
+``--scenario latency`` the p99 line latency of 1,000 streams × 40 lines × 250 ms;
 ``--scenario streams`` compares CPU per line of 200 streams × 100 lines × 20 ms instead of CPU per
 short run. A tree whose config schema predates ``server.workers`` gets its config
 without it.
@@ -25,7 +26,7 @@ import aiohttp
 import yaml
 
 from .common import flowgate_config, free_port, spawn, wait_port
-from .scenarios import Path_, scenario_short, scenario_streams
+from .scenarios import Path_, scenario_latency, scenario_short, scenario_streams
 
 
 def _config(tmp: Path, tree: Path, port: int, bport: int, name: str) -> Path:
@@ -69,10 +70,14 @@ async def main(args) -> None:
                     if args.scenario == "streams":
                         out = await scenario_streams(s, path, 200)
                         results[tree].append(round(out["cpu_us_per_line"], 2))
+                    elif args.scenario == "latency":
+                        out = await scenario_latency(s, path, 1000)
+                        results[tree].append(round(out["p99_ms"], 2))
                     else:
                         out = await scenario_short(s, path, args.runs, args.conc)
                         results[tree].append(round(out["cpu_us_per_run"]))
-        unit = "CPU µs per line" if args.scenario == "streams" else "CPU µs per run"
+        unit = {"streams": "CPU µs per line", "latency": "p99 line latency (ms), 1000 streams"}.get(
+            args.scenario, "CPU µs per run")
         for tree, values in results.items():
             print(f"{args.kind} path, {unit}, {tree}: {sorted(values)}")
     finally:
@@ -84,7 +89,7 @@ def cli() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("trees", nargs=2)
     ap.add_argument("--kind", choices=["key", "token", "events"], default="key")
-    ap.add_argument("--scenario", choices=["short", "streams"], default="short")
+    ap.add_argument("--scenario", choices=["short", "streams", "latency"], default="short")
     ap.add_argument("--runs", type=int, default=3000)
     ap.add_argument("--conc", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=4)

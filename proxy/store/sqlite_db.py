@@ -26,9 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
 from ..errors import StoreUnavailable
 
 T = TypeVar("T")
+log = structlog.get_logger("flowgate.store")
 
 CHECKPOINT_EVERY_S = 2.0  # PASSIVE, on the store thread: keeps the WAL (and its index searches) short
 # A WAL file past this size is checkpointed whole and truncated (looked at every WAL_CHECK_EVERY_S).
@@ -279,6 +282,8 @@ class LoopDatabase:
                     self._restarting = False
                 # (not another process's checkpoint under way: that one answers at once)
                 blocked = restart and not done and loop.time() - began >= self.busy_timeout_ms / 2000
+                log.debug("sqlite_checkpoint", mode="truncate" if restart else "passive", complete=done,
+                          ms=round((loop.time() - began) * 1000, 1), wal_bytes=self._wal_bytes())
             except sqlite3.Error:
                 pass
 

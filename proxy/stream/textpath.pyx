@@ -63,7 +63,7 @@ text event; a piece past either is handed to the pump. Adding an ``on_event`` po
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from cpython.unicode cimport PyUnicode_GET_LENGTH
+from cpython.unicode cimport PyUnicode_AsUTF8String, PyUnicode_GET_LENGTH
 from libc.math cimport INFINITY
 from libc.string cimport memchr, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
@@ -76,7 +76,7 @@ from proxy.protocols._lines import LineTooLong
 from proxy.protocols.ai_sdk import AiSdkDecoder
 from proxy.protocols.langflow import LangflowDecoder
 from proxy.protocols.sse import SseDecoder
-from proxy.protocols.text import TextDecoder
+from proxy.protocols.text import TextDecoder, TextEncoder
 
 from orjson import JSONDecodeError, loads
 
@@ -113,10 +113,10 @@ cdef class TextPath:
     """The compiled front of one run's :class:`~proxy.stream.pump.Pump` (see the module docstring)."""
 
     cdef object pump, run, meter, decoder, decode, gap, transport, conn, encode_text
-    cdef object lines, emitted  # a Langflow decoder's
+    cdef object lines, emitted, last_id  # a Langflow decoder's (and the last message id read)
     cdef list out, counts, quiet
     cdef tuple bounds  # the histogram's, shared by every stream
-    cdef bint passthrough, chunked, head_pending
+    cdef bint passthrough, chunked, head_pending, utf8_out  # utf8_out: text out as its UTF-8 (TextEncoder)
     cdef int kind
     cdef long long max_chars, chars_base
     cdef double until
@@ -161,6 +161,7 @@ cdef class TextPath:
         self.passthrough = pump.passthrough
         self.quiet = quiet
         self.encode_text = encode_text
+        self.utf8_out = getattr(encode_text, "__func__", None) is TextEncoder.encode_text
         self.limits()
 
     cpdef hand_over(self):
@@ -246,7 +247,7 @@ cdef class TextPath:
         self.d_chars += k
         if self.passthrough:
             return True
-        piece = self.encode_text(text)
+        piece = PyUnicode_AsUTF8String(text) if self.utf8_out else self.encode_text(text)
         if piece:
             self.out.append(piece)
             self.d_out += PyBytes_GET_SIZE(piece)
@@ -268,7 +269,7 @@ cdef class TextPath:
                 self.pump.decoded_events(events)
                 self.limits()
             return 0
-        if lines.buf:
+        if lines.buf:  # (joined() empties the decoder's buffer)
             data = lines.joined(data)
             p = PyBytes_AS_STRING(data)
             n = PyBytes_GET_SIZE(data)
@@ -298,8 +299,9 @@ cdef class TextPath:
                     self.limits()
                 return 0
             start = nxt
-        lines.buf = data[start:] if start < n else b""
-        lines.size = n - start
+        if start < n:  # an incomplete last line, held as the decoder holds it
+            lines.buf = data[start:]
+            lines.size = n - start
         return 0
 
     cdef Py_ssize_t _sse(self, bytes data, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t nxt, Py_ssize_t n,
@@ -338,7 +340,7 @@ cdef class TextPath:
     cdef int _event(self, bytes data, Py_ssize_t start, Py_ssize_t stop, double now) except -1:
         """One Langflow event line (``data[start:stop]``): a ``token`` event here (as
         ``LangflowDecoder.frame`` reads it), any other to the decoder and its events to the pump."""
-        token = langflow_token(data, start, stop)
+        token = langflow_token(data, start, stop, self.last_id)
         if token is None:
             try:
                 frame = loads(memoryview(data)[start:stop])
@@ -361,6 +363,7 @@ cdef class TextPath:
                 if type(chunk) is str and chunk:
                     token = (chunk, str(payload.get("id", "")))
         chunk, msg_id = token
+        self.last_id = msg_id
         if chunk:
             emitted = self.emitted
             emitted[msg_id] = emitted.get(msg_id, 0) + PyUnicode_GET_LENGTH(chunk)

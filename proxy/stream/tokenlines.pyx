@@ -8,7 +8,11 @@ Langflow's ``token`` event is scanned here without a JSON parse (:func:`langflow
 the scanner does not take the text path parses with orjson, and the frame goes on to the decoder
 when it is not a token."""
 
-from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
+from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8, PyUnicode_GET_LENGTH
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+    void *PyUnicode_DATA(object o)
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp
 
@@ -233,12 +237,14 @@ cdef inline bint _is(const unsigned char *p, Py_ssize_t a, Py_ssize_t b, const c
     return b - a == size and memcmp(p + a, name, size) == 0
 
 
-cdef object langflow_token(bytes line, Py_ssize_t start, Py_ssize_t stop):
+cdef object langflow_token(bytes line, Py_ssize_t start, Py_ssize_t stop, object last_id):
     """The Langflow event line ``line[start:stop]`` when it is a ``token`` event the scanner takes
     (the module's note above): ``(chunk, message id)`` as :meth:`LangflowDecoder.frame
     <proxy.protocols.langflow.LangflowDecoder.frame>` reads them, ``("", None)`` for a token event
     that generates nothing (its ``data`` not an object, no non-empty string ``chunk``); None for
-    any other line (another event, or a shape not scanned: the caller parses it)."""
+    any other line (another event, or a shape not scanned: the caller parses it). A message id
+    equal to ``last_id`` (the previous line's, most often) is that same str object: not made
+    again, its hash already known to the decoder's ``emitted`` dict."""
     cdef const unsigned char *p = <const unsigned char *>(<const char *>line)
     cdef Py_ssize_t i = _ws(p, start, stop), k0, k1, v0, v1
     cdef Py_ssize_t c0 = -1, c1 = -1, m0 = -1, m1 = -1, e0 = -1, e1 = -1
@@ -324,9 +330,14 @@ cdef object langflow_token(bytes line, Py_ssize_t start, Py_ssize_t stop):
         return None
     if data != DATA_OBJECT or c0 < 0 or c1 == c0:
         return "", None
-    return _value(p, c0, c1, c_esc), _value(p, m0, m1, m_esc) if m0 >= 0 else ""
+    if m0 < 0:
+        return _value(p, c0, c1, c_esc), ""
+    if not m_esc and type(last_id) is str and PyUnicode_IS_COMPACT_ASCII(last_id) \
+            and PyUnicode_GET_LENGTH(last_id) == m1 - m0 and memcmp(PyUnicode_DATA(last_id), p + m0, m1 - m0) == 0:
+        return _value(p, c0, c1, c_esc), last_id
+    return _value(p, c0, c1, c_esc), _value(p, m0, m1, m_esc)
 
 
-def scan_langflow_token(bytes line):
+def scan_langflow_token(bytes line, last_id=None):
     """:func:`langflow_token` of a whole line (for tests and ``bench.micro``)."""
-    return langflow_token(line, 0, len(line))
+    return langflow_token(line, 0, len(line), last_id)

@@ -38,20 +38,35 @@ def _reads(line: bytes):
     return "".join(e.text for e in out if isinstance(e, Token)), decoder.emitted
 
 
-def _scanned(line: bytes):
-    got = scan(line)
+def _scanned(line: bytes, last_id=None):
+    got = scan(line, last_id)
     if got is None:
         return None
     chunk, msg_id = got
     return chunk, ({msg_id: len(chunk)} if chunk else {})
 
 
-def _agrees(line: bytes) -> bool:
-    """True when the scanner took the line (and then it must read as the decoder does)."""
-    got = _scanned(line)
+def _agrees(line: bytes, last_id=None) -> bool:
+    """True when the scanner took the line (and then it must read as the decoder does, whatever
+    the previous line's message id was)."""
+    got = _scanned(line, last_id)
     if got is not None:
-        assert got == _reads(line), line
+        assert got == _reads(line), (line, last_id)
     return got is not None
+
+
+def test_a_message_id_like_the_last_one_is_that_same_object():
+    last = "".join(["msg-", "1"])  # (a str made at run time, not an interned constant)
+    chunk, msg_id = scan(b'{"event": "token", "data": {"chunk": "a", "id": "msg-1"}}', last)
+    assert msg_id is last
+    for line, other in ((b'{"event": "token", "data": {"chunk": "a", "id": "msg-2"}}', "msg-2"),
+                        (b'{"event": "token", "data": {"chunk": "a", "id": "msg-"}}', "msg-"),
+                        (b'{"event": "token", "data": {"chunk": "a", "id": "msg-11"}}', "msg-11"),
+                        (b'{"event": "token", "data": {"chunk": "a", "id": "msg\\u002d1"}}', "msg-1")):
+        got = scan(line, last)[1]
+        assert got == other and (got is not last or other == last)
+    assert scan(b'{"event": "token", "data": {"chunk": "a", "id": "\\u00e9"}}', "\u00e9")[1] == "\u00e9"
+    assert scan(b'{"event": "token", "data": {"chunk": "a", "id": "x"}}', b"x")[1] == "x"  # not a str: made
 
 
 LANGFLOW = [  # json.dumps as Langflow writes its events: ", " and ": ", non-ASCII as \\u escapes
@@ -149,6 +164,8 @@ _frames = st.dictionaries(_keys, _scalar | _inner, max_size=4) | st.builds(
 def test_generated_lines_read_as_orjson_reads_them(frame, compact, ascii_only, cut, junk):
     line = json.dumps(frame, separators=(",", ":") if compact else (", ", ": "), ensure_ascii=ascii_only).encode()
     _agrees(line)
+    data = frame.get("data")
+    _agrees(line, data.get("id") if isinstance(data, dict) else None)  # the last line's id the same
     _agrees(line[:cut] + junk + line[cut:])  # a byte put anywhere
     _agrees(line[:cut] + line[cut + 1:])  # a byte taken anywhere
 

@@ -33,7 +33,9 @@ from ..errors import StoreUnavailable
 T = TypeVar("T")
 log = structlog.get_logger("flowgate.store")
 
-CHECKPOINT_EVERY_S = 2.0  # PASSIVE, on the store thread: keeps the WAL (and its index searches) short
+# PASSIVE, on the store thread: a restart then has little left to copy (without them it took 70-90 ms,
+# not 25, and the lines forwarded meanwhile waited for it)
+CHECKPOINT_EVERY_S = 2.0
 # A WAL file past this size is checkpointed whole and truncated (looked at every WAL_CHECK_EVERY_S).
 # A PASSIVE checkpoint never does it: the WAL starts again from its beginning only once every frame
 # is copied back, and under steady load frames arrive while it copies, so the file grew without
@@ -64,7 +66,8 @@ class LoopDatabase:
         self._db: sqlite3.Connection | None = None  # the store thread's connection
         self._inline: sqlite3.Connection | None = None  # the event loop's (busy_timeout 0)
         self._checkpointer: asyncio.Future | None = None
-        self._restarting = False  # a TRUNCATE checkpoint is pending: batches go to the store thread
+        self._restarting = False  # a TRUNCATE checkpoint is under way: batches wait for it (_deferred)
+        self._deferred: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]] = []
         self._on_thread = 0  # batches on the store thread, not yet done: later ones queue behind them
         self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]] = []
 
@@ -163,6 +166,9 @@ class LoopDatabase:
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
+        if self._restarting:  # the WAL restarts: writes wait for it here, in order, and run inline after it
+            self._deferred += batch
+            return
         batch = [(fn, fut) for fn, fut in batch if not fut.cancelled()]
         if not batch:
             return
@@ -171,9 +177,9 @@ class LoopDatabase:
             results: list[tuple[bool, Any]] = [(False, StoreUnavailable("the store is not started"))] * len(batch)
         else:
             try:
-                # the WAL's restart waits for the write lock, and batches already on the store
-                # thread commit first (a caller's writes commit in the order it made them): behind them
-                if self._restarting or self._on_thread:
+                # batches already on the store thread commit first (a caller's writes commit in
+                # the order it made them): behind them
+                if self._on_thread:
                     raise sqlite3.OperationalError("database is locked")
                 results = self._run_restoring(self._inline, fns)
             except sqlite3.OperationalError as exc:
@@ -230,9 +236,11 @@ class LoopDatabase:
 
     def _checkpoint_wal(self, restart: bool) -> bool:
         """PASSIVE (writers go on); ``restart``: TRUNCATE, the WAL copied back whole and emptied,
-        which writers wait for: this process's queue behind it on this thread (were they to go on
-        inline, the checkpoint's busy handler could wait for a free moment for a long time), other
-        processes' wait for the lock as for any writer. The loop never waits. True when every frame
+        which writers wait for: this process's on the loop, not run until it is done (were they to
+        go on inline, the checkpoint's busy handler could wait for a free moment for a long time;
+        run on this thread behind it, their Python contended with the loop for the GIL: lines
+        forwarded meanwhile waited milliseconds), other processes' for the lock as for any writer.
+        The loop never waits. True when every frame
         was copied back (and, restarting, the WAL emptied); False: a reader holds older frames, or
         the write lock stayed busy.
 
@@ -251,6 +259,14 @@ class LoopDatabase:
         finally:
             db.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         return not busy
+
+    def _release_deferred(self) -> None:
+        """The writes that waited for the WAL's restart: first in the next batch, in their order."""
+        deferred, self._deferred = self._deferred, []
+        if deferred:
+            if not self._batch:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._batch[:0] = deferred
 
     def _wal_bytes(self) -> int:
         try:
@@ -274,12 +290,13 @@ class LoopDatabase:
                 if restart and blocked:
                     if not await loop.run_in_executor(self._pool, self._checkpoint_wal, False):
                         continue
-                self._restarting = restart  # until it is done, this process's writes queue behind it
+                self._restarting = restart  # until it is done, this process's writes wait for it
                 began = loop.time()
                 try:
                     done = await loop.run_in_executor(self._pool, self._checkpoint_wal, restart)
                 finally:
                     self._restarting = False
+                    self._release_deferred()
                 # (not another process's checkpoint under way: that one answers at once)
                 blocked = restart and not done and loop.time() - began >= self.busy_timeout_ms / 2000
                 log.debug("sqlite_checkpoint", mode="truncate" if restart else "passive", complete=done,
@@ -312,8 +329,9 @@ class LoopDatabase:
             return
         if self._checkpointer is not None:
             self._checkpointer.cancel()
-        if self._inline is not None:
-            self._inline.close()
+        inline, self._inline = self._inline, None  # (a write made meanwhile fails as "not started")
+        if inline is not None:
+            inline.close()
         if self._db is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, self._db.close)
         self._pool.shutdown(wait=True)

@@ -300,7 +300,7 @@ async def test_a_long_reader_never_makes_the_wal_restart_fail_or_stall_writers(t
 
 
 async def test_a_callers_writes_commit_in_the_order_it_made_them(tmp_path):
-    """A write sent to the store thread (the lock was busy, or the WAL restarting) waits there in
+    """A write sent to the store thread (the lock was busy) waits there in
     the busy handler's sleep; a later write of the same caller (credits' checkpoints are not awaited
     one by one) went inline and committed first, the earlier one then overwriting it."""
     path = str(tmp_path / "o.db")
@@ -321,20 +321,21 @@ async def test_a_callers_writes_commit_in_the_order_it_made_them(tmp_path):
         await db.close()
 
 
-async def test_writes_made_while_the_wal_restarts_wait_for_it_on_the_loop_and_commit_in_order(tmp_path):
-    """Not on the store thread behind the checkpoint: their Python would contend with the loop for
-    the GIL while lines are forwarded. They run inline once it is done, in the order they came."""
+async def test_writes_made_during_a_checkpoint_wait_for_it_on_the_loop_and_commit_in_order(tmp_path):
+    """Not inline meanwhile (a commit's WAL writes could wait in the kernel behind the checkpoint's
+    fsync, the loop with them), not on the store thread behind it (their Python would contend with
+    the loop for the GIL): they run inline once it is done, in the order they came."""
     db = sqlite_db.LoopDatabase(str(tmp_path / "d.db"), 2000,
                                 "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v INTEGER);")
     await db.start()
     try:
         await db.write(lambda c: c.execute("INSERT INTO kv VALUES ('n', 0)"))
-        db._restarting = True  # as the checkpointer sets it for a TRUNCATE
+        db._checkpointing = True  # as the checkpointer sets it
         pending = [db.write(lambda c, i=i: c.execute("UPDATE kv SET v = ? WHERE k = 'n'", (i,))) for i in range(1, 6)]
         await asyncio.sleep(0.05)
         assert not any(f.done() for f in pending) and db._on_thread == 0
         assert await db.call(lambda c: c.execute("SELECT v FROM kv").fetchone()[0]) == 0
-        db._restarting = False
+        db._checkpointing = False
         db._release_deferred()
         await asyncio.gather(*pending)
         assert await db.call(lambda c: c.execute("SELECT v FROM kv").fetchone()[0]) == 5

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -51,6 +52,14 @@ def _start(tmp: Path, tree_arg: str, i: int, bport: int, kind: str, procs: list)
     return str(tree), Path_(str(tree), f"http://127.0.0.1:{port}", proc.pid, kind)
 
 
+async def _scenario(s, path: Path_, args) -> dict:
+    if args.scenario == "streams":
+        return await scenario_streams(s, path, 200)
+    if args.scenario == "latency":
+        return await scenario_latency(s, path, 1000)
+    return await scenario_short(s, path, args.runs, args.conc)
+
+
 async def main(args) -> None:
     os.sched_setaffinity(0, {0})
     tmp = Path(tempfile.mkdtemp(prefix="flowgate-ab-"))
@@ -67,14 +76,17 @@ async def main(args) -> None:
                 await scenario_short(s, path, 500, args.conc)
             for _ in range(args.rounds):
                 for tree, path in gateways:
+                    gc.collect()  # the load generator's GC off while it measures, as in bench.run (its
+                    gc.disable()  # pauses would show as the latency of whichever gateway runs then)
+                    try:
+                        out = await _scenario(s, path, args)
+                    finally:
+                        gc.enable()
                     if args.scenario == "streams":
-                        out = await scenario_streams(s, path, 200)
                         results[tree].append(round(out["cpu_us_per_line"], 2))
                     elif args.scenario == "latency":
-                        out = await scenario_latency(s, path, 1000)
                         results[tree].append(round(out["p99_ms"], 2))
                     else:
-                        out = await scenario_short(s, path, args.runs, args.conc)
                         results[tree].append(round(out["cpu_us_per_run"]))
         unit = {"streams": "CPU µs per line", "latency": "p99 line latency (ms), 1000 streams"}.get(
             args.scenario, "CPU µs per run")

@@ -26,8 +26,7 @@ a whole event (nothing pending in :class:`~proxy.protocols.sse.SseDecoder`, its 
 hand); every other line (comments, ``event:``, multi-line data, ``[DONE]``, usage, errors, a data
 line whose blank line has not arrived) goes to ``SseDecoder.line`` as its ``feed`` gives it, so
 its state is the Python path's at every byte. NDJSON stays on the Python pump: its lines are
-Items, which the pump must see, and a line handed to a decoder from here costs what the pump's
-own path costs, within the noise (``bench.micro``, an AI SDK data part: 3.5-3.9 µs, 3.6-4.0 µs).
+Items the pump must see, and handing them over from here measured no faster (``bench.micro``).
 
 Where it sits: it is the run's body consumer in the pump's place (:meth:`Pump.fast_path
 <proxy.stream.pump.Pump.fast_path>` makes one), and receives body pieces exactly as the pump
@@ -45,9 +44,8 @@ it does for every piece of every other protocol:
 
 The one hand-over. Nothing of the pump's is copied here: its ``ended`` and ``held`` are read
 where they are, per piece. What this path owns is what it counts per piece, kept in C because
-touching Python objects per piece was most of its cost: the bytes in and out, the generated
-characters, the chunk gaps' sum (the gap's bucket count is written in place) and the clock of the
-previous piece. ``hand_over()`` adds the counts to their owners (``run.bytes_in``,
+touching Python objects per piece was most of its cost: bytes in and out, generated characters,
+the chunk gaps' sum (the gap's bucket count is written in place), the previous piece's clock. ``hand_over()`` adds the counts to their owners (``run.bytes_in``,
 ``run.bytes_out``, ``run.meter.chars``, the chunk-gap histogram child) and is called before
 every call into the pump and when the pump detaches it; after every call into the pump, and when
 the pump's hooks ran on their own (a hold's task), ``limits()`` reads the meter and asks the
@@ -69,7 +67,7 @@ from libc.string cimport memchr, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from proxy.http1.chunks cimport one_chunk
-from proxy.stream.tokenlines cimport langflow_token, part_text, sse_text
+from proxy.stream.tokenlines cimport frame_token, langflow_token, part_text, sse_text
 
 from proxy.http1.chunks import JOIN_BELOW
 from proxy.protocols._lines import LineTooLong
@@ -265,9 +263,7 @@ cdef class TextPath:
             except LineTooLong as exc:
                 events = []
                 self.decoder.too_long(exc, events)
-                self.hand_over()
-                self.pump.decoded_events(events)
-                self.limits()
+                self._decoded(events)
             return 0
         if lines.buf:  # (joined() empties the decoder's buffer)
             data = lines.joined(data)
@@ -331,6 +327,10 @@ cdef class TextPath:
         """A line for the decoder: its events to the pump."""
         events = []
         self.decoder.line(line, events)
+        return self._decoded(events)
+
+    cdef int _decoded(self, list events) except -1:
+        """The decoder's events, if any, to the pump (counts handed over first, limits read after)."""
         if events:
             self.hand_over()
             self.pump.decoded_events(events)
@@ -346,22 +346,13 @@ cdef class TextPath:
                 frame = loads(memoryview(data)[start:stop])
             except JSONDecodeError:
                 return 0  # skipped, as the decoder skips it
-            if type(frame) is not dict:
+            if type(frame) is not dict:  # (skipped too)
                 return 0
-            if frame.get("event") != "token":
+            token = frame_token(frame)
+            if token is None:  # another event: the decoder's
                 events = []
                 self.decoder.frame(frame, events)
-                if events:
-                    self.hand_over()
-                    self.pump.decoded_events(events)
-                    self.limits()
-                return 0
-            token = ("", None)
-            payload = frame.get("data")
-            if type(payload) is dict:
-                chunk = payload.get("chunk")
-                if type(chunk) is str and chunk:
-                    token = (chunk, str(payload.get("id", "")))
+                return self._decoded(events)
         chunk, msg_id = token
         self.last_id = msg_id
         if chunk:

@@ -237,6 +237,25 @@ cdef inline bint _is(const unsigned char *p, Py_ssize_t a, Py_ssize_t b, const c
     return b - a == size and memcmp(p + a, name, size) == 0
 
 
+cdef Py_ssize_t _key(const unsigned char *p, Py_ssize_t i, Py_ssize_t stop, Py_ssize_t *k0,
+                     Py_ssize_t *k1) noexcept:
+    """An object's key at ``p[i]`` (a string without escapes: ``p[k0:k1]``), its colon and the
+    whitespace after it: the index of the value's first byte (< ``stop``), or -1."""
+    cdef bint esc
+    if i >= stop or p[i] != c'"':
+        return -1
+    k0[0] = i + 1
+    i = _string(p, i, stop, &esc)
+    if i < 0 or esc:
+        return -1
+    k1[0] = i - 1
+    i = _ws(p, i, stop)
+    if i >= stop or p[i] != c':':
+        return -1
+    i = _ws(p, i + 1, stop)
+    return i if i < stop else -1
+
+
 cdef object langflow_token(bytes line, Py_ssize_t start, Py_ssize_t stop, object last_id):
     """The Langflow event line ``line[start:stop]`` when it is a ``token`` event the scanner takes
     (the module's note above): ``(chunk, message id)`` as :meth:`LangflowDecoder.frame
@@ -256,18 +275,8 @@ cdef object langflow_token(bytes line, Py_ssize_t start, Py_ssize_t stop, object
     if i < stop and p[i] == c'}':
         return None
     while True:
-        if i >= stop or p[i] != c'"':
-            return None
-        k0 = i + 1
-        i = _string(p, i, stop, &esc)
-        if i < 0 or esc:
-            return None
-        k1 = i - 1
-        i = _ws(p, i, stop)
-        if i >= stop or p[i] != c':':
-            return None
-        i = _ws(p, i + 1, stop)
-        if i >= stop:
+        i = _key(p, i, stop, &k0, &k1)
+        if i < 0:
             return None
         inner = _is(p, k0, k1, b"data", 4)
         if p[i] == c'{' and inner:  # data: an object of string values
@@ -278,18 +287,8 @@ cdef object langflow_token(bytes line, Py_ssize_t start, Py_ssize_t stop, object
                 i += 1
             else:
                 while True:
-                    if i >= stop or p[i] != c'"':
-                        return None
-                    k0 = i + 1
-                    i = _string(p, i, stop, &esc)
-                    if i < 0 or esc:
-                        return None
-                    k1 = i - 1
-                    i = _ws(p, i, stop)
-                    if i >= stop or p[i] != c':':
-                        return None
-                    i = _ws(p, i + 1, stop)
-                    if i >= stop or p[i] != c'"':
+                    i = _key(p, i, stop, &k0, &k1)
+                    if i < 0 or p[i] != c'"':
                         return None
                     v0 = i + 1
                     i = _string(p, i, stop, &esc)
@@ -336,6 +335,20 @@ cdef object langflow_token(bytes line, Py_ssize_t start, Py_ssize_t stop, object
             and PyUnicode_GET_LENGTH(last_id) == m1 - m0 and memcmp(PyUnicode_DATA(last_id), p + m0, m1 - m0) == 0:
         return _value(p, c0, c1, c_esc), last_id
     return _value(p, c0, c1, c_esc), _value(p, m0, m1, m_esc)
+
+
+cdef object frame_token(dict frame):
+    """A Langflow frame orjson parsed, read as :meth:`LangflowDecoder.frame
+    <proxy.protocols.langflow.LangflowDecoder.frame>` reads a ``token`` event: as
+    :func:`langflow_token` answers; None for another event (the decoder's)."""
+    if frame.get("event") != "token":
+        return None
+    payload = frame.get("data")
+    if type(payload) is dict:
+        chunk = payload.get("chunk")
+        if type(chunk) is str and chunk:
+            return chunk, str(payload.get("id", ""))
+    return "", None
 
 
 def scan_langflow_token(bytes line, last_id=None):

@@ -307,6 +307,8 @@ class LoopDatabase:
                           ms=round((loop.time() - began) * 1000, 1), wal_bytes=self._wal_bytes())
             except sqlite3.Error:
                 pass
+            except Exception as exc:  # never the end of checkpoints (the WAL would grow unbounded again)
+                log.warning("sqlite_checkpoint_failed", error=type(exc).__name__)
 
     async def start(self) -> None:
         if self._pool is None:

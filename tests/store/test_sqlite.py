@@ -341,3 +341,32 @@ async def test_writes_made_during_a_checkpoint_wait_for_it_on_the_loop_and_commi
         assert await db.call(lambda c: c.execute("SELECT v FROM kv").fetchone()[0]) == 5
     finally:
         await db.close()
+
+
+async def test_a_checkpoint_that_raises_is_not_the_last_one(tmp_path, monkeypatch):
+    """Anything a checkpoint raises is logged and the next one runs: were the checkpointer to end,
+    the WAL would grow without bound again."""
+    monkeypatch.setattr(sqlite_db, "CHECKPOINT_EVERY_S", 0.0)
+    monkeypatch.setattr(sqlite_db, "WAL_CHECK_EVERY_S", 0.01)
+    calls: list[bool] = []
+    real = sqlite_db.LoopDatabase._checkpoint_wal
+
+    def flaky(self, restart: bool) -> bool:
+        calls.append(restart)
+        if len(calls) == 1:
+            raise RuntimeError("not a sqlite3.Error")
+        return real(self, restart)
+
+    monkeypatch.setattr(sqlite_db.LoopDatabase, "_checkpoint_wal", flaky)
+    s = SqliteStore(str(tmp_path / "f.db"))
+    await s.start()
+    try:
+        for _ in range(100):
+            if len(calls) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert len(calls) >= 3
+        await s.put_token("t", {"owner": "a", "key_id": "k"}, time.time() + 60)  # writes go on
+        assert (await s.consume_token("t"))[0] == "ok"
+    finally:
+        await s.close()

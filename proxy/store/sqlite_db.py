@@ -66,8 +66,7 @@ class LoopDatabase:
         self._db: sqlite3.Connection | None = None  # the store thread's connection
         self._inline: sqlite3.Connection | None = None  # the event loop's (busy_timeout 0)
         self._checkpointer: asyncio.Future | None = None
-        self._checkpointing = False  # a checkpoint is under way: batches wait for it (_deferred)
-        self._deferred: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]] = []
+        self._checkpointing = False  # a checkpoint is under way: the batch waits for it
         self._on_thread = 0  # batches on the store thread, not yet done: later ones queue behind them
         self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]] = []
 
@@ -165,10 +164,9 @@ class LoopDatabase:
             return False, exc
 
     def _flush(self) -> None:
-        batch, self._batch = self._batch, []
-        if self._checkpointing:  # writes wait for the checkpoint here, in order, and run inline after it
-            self._deferred += batch
+        if self._checkpointing:  # the batch waits for the checkpoint (it grows meanwhile, in order)
             return
+        batch, self._batch = self._batch, []
         batch = [(fn, fut) for fn, fut in batch if not fut.cancelled()]
         if not batch:
             return
@@ -251,8 +249,8 @@ class LoopDatabase:
         if db is None:
             return False
         if not restart:
-            _, log, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            return copied >= log
+            _, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            return copied >= frames
         db.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms // 2}")
         try:
             busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
@@ -261,12 +259,10 @@ class LoopDatabase:
         return not busy
 
     def _release_deferred(self) -> None:
-        """The writes that waited for a checkpoint: first in the next batch, in their order."""
-        deferred, self._deferred = self._deferred, []
-        if deferred:
-            if not self._batch:
-                asyncio.get_running_loop().call_soon(self._flush)
-            self._batch[:0] = deferred
+        """The writes that waited for a checkpoint: one batch, now (no flush is pending for them:
+        :meth:`write` asks for one only when the batch was empty)."""
+        if self._batch:
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _wal_bytes(self) -> int:
         try:

@@ -11,8 +11,8 @@ and write. Python runs again only where something happens.
 For a backend that speaks ``langflow`` (transcoded: the workflow route's text, profitbase's JSON
 array) it also splits the events into lines and reads the common one, a ``token`` event, itself
 (scanned in C: :func:`~proxy.stream.tokenlines.langflow_token`; orjson parses a line of another
-shape), and the chunk's text goes on as a text piece does, with the message's count in the decoder's ``emitted`` kept as
-:meth:`LangflowDecoder.frame <proxy.protocols.langflow.LangflowDecoder.frame>` keeps it. Every
+shape), and the chunk's text goes on as a text piece does, the message's count in the
+decoder's ``emitted`` kept as :meth:`LangflowDecoder.frame <proxy.protocols.langflow.LangflowDecoder.frame>` keeps it. Every
 other event (a message, usage, the end, an error, a line that is not JSON) goes to that decoder
 and its events to the pump (``Pump.decoded_events``). The incomplete last line stays in the
 decoder's ``lines`` (its pieces held as they came, joined once the line ends, at most
@@ -45,8 +45,9 @@ it does for every piece of every other protocol:
 The one hand-over. Nothing of the pump's is copied here: its ``ended`` and ``held`` are read
 where they are, per piece. What this path owns is what it counts per piece, kept in C because
 touching Python objects per piece was most of its cost: bytes in and out, generated characters,
-the chunk gaps' sum (the gap's bucket count is written in place), the previous piece's clock. ``hand_over()`` adds the counts to their owners (``run.bytes_in``,
-``run.bytes_out``, ``run.meter.chars``, the chunk-gap histogram child) and is called before
+the chunk gaps' sum (the gap's bucket count is written in place), the previous piece's clock.
+``hand_over()`` adds the counts to their owners (``run.bytes_in``, ``run.bytes_out``,
+``run.meter.chars``, the chunk-gap histogram child) and is called before
 every call into the pump and when the pump detaches it; after every call into the pump, and when
 the pump's hooks ran on their own (a hold's task), ``limits()`` reads the meter and asks the
 policies for their quiet limits again. Between hand-overs those Python objects lag by what this

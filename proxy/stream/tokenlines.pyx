@@ -98,6 +98,7 @@ cdef object chat_text(bytes value):
 
 cdef enum:
     NO_DATA, DATA_OBJECT, DATA_OTHER
+    SMALL_VALUE = 256  # an escaped string up to this many bytes is unescaped on the stack
 
 
 cdef inline Py_ssize_t _ws(const unsigned char *p, Py_ssize_t i, Py_ssize_t n) noexcept:
@@ -186,9 +187,12 @@ cdef object _value(const unsigned char *p, Py_ssize_t a, Py_ssize_t b, bint esca
     """The str of a string :func:`_string` took (``p[a:b]``: between its quotes)."""
     if not escaped:
         return PyUnicode_DecodeASCII(<const char *>p + a, b - a, NULL)
-    cdef unsigned char *out = <unsigned char *>malloc(b - a)  # UTF-8 is never longer than its escape
-    if out == NULL:
-        raise MemoryError()
+    cdef unsigned char small[SMALL_VALUE]  # (a model's token is short: no allocation per chunk)
+    cdef unsigned char *out = small  # UTF-8 is never longer than its escape
+    if b - a > SMALL_VALUE:
+        out = <unsigned char *>malloc(b - a)
+        if out == NULL:
+            raise MemoryError()
     cdef Py_ssize_t i = a, k = 0
     cdef unsigned int u
     cdef unsigned char e
@@ -230,7 +234,8 @@ cdef object _value(const unsigned char *p, Py_ssize_t a, Py_ssize_t b, bint esca
                 k += 1
         return PyUnicode_DecodeUTF8(<const char *>out, k, NULL)
     finally:
-        free(out)
+        if out != small:
+            free(out)
 
 
 cdef inline bint _is(const unsigned char *p, Py_ssize_t a, Py_ssize_t b, const char *name, Py_ssize_t size) noexcept:

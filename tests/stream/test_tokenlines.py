@@ -236,3 +236,11 @@ def test_duplicate_keys_prefixes_and_escapes_read_as_orjson_reads_them(pairs, to
         elif b:
             del b[min(i, len(b) - 1)]
         _agrees(bytes(b))
+
+
+@pytest.mark.parametrize("size", [1, 255, 256, 257, 5000])
+def test_escaped_chunks_on_either_side_of_the_stack_buffer_read_as_orjson_reads_them(size):
+    for unit in ("\n", "é", "😀", "a\\"):
+        chunk = (unit * size)[:size] if len(unit) == 1 else unit * (size // len(unit) + 1)
+        line = json.dumps({"event": "token", "data": {"chunk": chunk, "id": "m"}}).encode()
+        assert _agrees(line), line[:80]

@@ -6,6 +6,7 @@ response is whole and alone on its connection: nothing follows a chunked termina
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -32,6 +33,18 @@ async def nothing_more(reader: asyncio.StreamReader, within: float = 0.3) -> byt
         return b""
 
 
+@contextlib.asynccontextmanager
+async def alone(client):
+    """A raw connection to the gateway; the block's responses must be all it gets: nothing
+    follows them (a second response, bytes after a terminator) before the connection closes."""
+    reader, writer = await connect(client)
+    try:
+        yield reader, writer
+        assert await nothing_more(reader) == b""
+    finally:
+        writer.close()
+
+
 async def request_line(client, dialect: str) -> bytes:
     if dialect == "profitbase":
         return post(PB)
@@ -52,8 +65,7 @@ async def test_an_empty_body_that_ends_with_its_head_is_one_whole_response_and_t
         backend, gateway, compiled, dialect, front):
     b = await backend(lambda n: [CHUNKED_HEAD + b"0\r\n\r\n"])
     client = await gateway(config(b.url, compiled, server={"front": front}))
-    reader, writer = await connect(client)
-    try:
+    async with alone(client) as (reader, writer):
         for _ in range(2):  # twice on one connection: the first left nothing behind it
             writer.write(await request_line(client, dialect))
             status, headers, body = await asyncio.wait_for(response(reader), 5)
@@ -66,9 +78,6 @@ async def test_an_empty_body_that_ends_with_its_head_is_one_whole_response_and_t
                 assert parts[-1] == b"[DONE]" and parts.count(b"[DONE]") == 1
             else:
                 assert b'"event":"end"' in body or body == b"", body
-        assert await nothing_more(reader) == b""
-    finally:
-        writer.close()
 
 
 @PATHS
@@ -81,24 +90,19 @@ async def test_pipelined_requests_each_with_its_body_in_one_write_get_two_respon
 
     b = await backend(script)
     client = await gateway(config(b.url, compiled, server={"front": front}))
-    reader, writer = await connect(client)
-    try:
+    async with alone(client) as (reader, writer):
         writer.write(post(PB, b'{"a": 1}') + post(PB, b'{"b": 2}') + post(PB, b'{"c": 3}'))
         for n in (1, 2, 3):
             status, _, body = await asyncio.wait_for(response(reader), 5)
             assert (status, json.loads(body)) == (200, [f"r{n}"])
-        assert await nothing_more(reader) == b""
-    finally:
-        writer.close()
 
 
 @PATHS
 async def test_a_body_larger_than_the_first_read_and_100_continue(backend, gateway, compiled):
     b = await backend(lambda n: [CHUNKED_HEAD + b"2\r\nok\r\n0\r\n\r\n"])
     client = await gateway(config(b.url, compiled))
-    reader, writer = await connect(client)
     body = b'{"input_value": "' + b"x" * 600 + b'"}'
-    try:
+    async with alone(client) as (reader, writer):
         request = post(LF, body)
         cut = len(request) - 400
         writer.write(request[:cut])  # the head and part of the body
@@ -117,9 +121,6 @@ async def test_a_body_larger_than_the_first_read_and_100_continue(backend, gatew
         assert status == 200 and b"ok" in out
         status, _, out = await asyncio.wait_for(response(reader), 5)
         assert status == 200 and json.loads(out) == ["ok"]
-        assert await nothing_more(reader) == b""
-    finally:
-        writer.close()
 
 
 @PATHS
@@ -197,12 +198,8 @@ async def test_a_run_cap_that_fires_in_the_step_the_stream_completes_keeps_the_c
     monkeypatch.setattr(Pump, "_end", end)
     b = await backend(lambda n: [CHUNKED_HEAD + b"2\r\nab\r\n", 0.1, b"0\r\n\r\n"])
     client = await gateway(config(b.url, compiled, server={"front": front}))
-    reader, writer = await connect(client)
-    try:
+    async with alone(client) as (reader, writer):
         for _ in range(2):
             writer.write(post(LF, b'{"input_value": "x"}'))
             status, _, body = await asyncio.wait_for(response(reader), 5)
             assert status == 200 and b'"event":"error"' not in body and b'"event":"end"' in body, body
-        assert await nothing_more(reader) == b""
-    finally:
-        writer.close()

@@ -162,9 +162,24 @@ async def test_workers_stop_when_the_supervisor_is_killed_outright(upstream, tmp
         assert time.monotonic() < deadline, "a worker outlived its supervisor"
         await asyncio.sleep(0.1)
     assert not list(private.glob("flowgate-*"))  # the orphans removed the supervisor's directory
-    with socket.socket() as s:  # the port is free again: no orphan holds it
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", server.port))
+    assert server.port not in _listening_ports()  # no orphan holds the port
+
+
+def _listening_ports() -> set[int]:
+    """Local ports of every listening TCP socket on the machine (/proc/net/tcp and tcp6). A bind
+    of the freed port would be no proof: once free, it is an ephemeral port like any other, and
+    another process's outgoing connection may take it meanwhile (a one-off EADDRINUSE, seen)."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A":  # TCP_LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def _state(pid: int) -> str:

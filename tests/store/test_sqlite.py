@@ -238,7 +238,10 @@ async def test_the_wal_stays_bounded_under_writes_that_never_pause(tmp_path, mon
     account = await s.get_account("a")
     assert (account.balance, account.held, account.spent) == (10**9 - charged, 0, charged)
     assert charged > 3 * 2000, "the writers did not keep the store busy"
-    assert max(sizes) < 8 << 20, sizes[::10]
+    # bounded: without the restart this file grows to hundreds of MB (372 MB seen) in this time;
+    # with it, a size or two past the 256 KiB limit, but once on the loaded CI machine 8.6 MB
+    # (the checkpoint thread late by ~150 ms while the WAL grew at tens of MB/s)
+    assert max(sizes) < 32 << 20, sizes[::10]
     assert any(b < a for a, b in zip(sizes, sizes[1:], strict=False)), "the WAL was never emptied"
     await s.close()
 

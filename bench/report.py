@@ -106,6 +106,12 @@ def table(results: dict, args) -> str:
         ratios = [ratio(get(results.get(n), *keys), get(ng, *keys)) for n in fg]
         out.append(f"| {label} | " + " | ".join(fmt(v) for v in values) + " | " + " | ".join(ratios) + " |")
 
+    side = [get(results.get(n), "side", "ratio") for n in fg]
+    if any(side):
+        beside = [get(results.get(n), "side", "cpu_us_per_line") if n in fg else None for n in names]
+        out.insert(3, "| CPU µs per line, each flowgate path and nginx at once | " + " | ".join(fmt(v) for v in beside)
+                   + " | " + " | ".join(f"{r:.2f}×" if r else "-" for r in side) + " |")  # below the streams' row
+
     def spread(name: str, *keys) -> str:
         """The per-round ratios to nginx (rounds run path after path, so round i of each is close in time)."""
         mine, theirs = get(results.get(name), keys[0], "rounds"), get(ng, keys[0], "rounds")
@@ -116,11 +122,19 @@ def table(results: dict, args) -> str:
         return f" (rounds {rs[0]:.2f}–{rs[-1]:.2f})" if rs else ""
 
     def line_ratio(name: str):
+        """(the ratio a target is judged on, how it is shown): side by side with nginx where that
+        ran (the steadier figure), else the paths' streams medians; both shown."""
         v, n = get(results.get(name), "streams", "cpu_us_per_line"), get(ng, "streams", "cpu_us_per_line")
-        return (v / n if v and n else None), spread(name, "streams", "cpu_us_per_line")
+        seq = v / n if v and n else None
+        shown = f"{seq:.2f}×{spread(name, 'streams', 'cpu_us_per_line')}" if seq else "-"
+        at_once = get(results.get(name), "side", "ratio")
+        if at_once is None:
+            return seq, shown
+        rs = sorted(r["ratio"] for r in get(results.get(name), "side", "rounds") or [get(results.get(name), "side")])
+        return at_once, f"{at_once:.2f}× at once (rounds {rs[0]:.2f}–{rs[-1]:.2f}); one after the other {shown}"
 
-    lf, lf_spread = line_ratio("flowgate events")
-    tx, tx_spread = line_ratio("flowgate token")
+    lf, lf_shown = line_ratio("flowgate events")
+    tx, tx_shown = line_ratio("flowgate token")
     run_tok, run_key = get(results.get("flowgate token"), "short", "cpu_us_per_run"), \
         get(results.get("flowgate key"), "short", "cpu_us_per_run")
     p99, dp99 = get(results.get("flowgate token"), "latency", "p99_ms"), get(d, "latency", "p99_ms")
@@ -128,9 +142,9 @@ def table(results: dict, args) -> str:
     refused = get(results.get("flowgate token"), "idle", top, "refused")
     bulk, nbulk = get(results.get("flowgate token"), "bulk", "mb_per_s"), get(ng, "bulk", "mb_per_s")
     targets = [  # (name, measured?, shown value, met)
-        ("1. Langflow events → text: CPU per line ≤ 1.5 × nginx's (plain lines)", lf,
-         lambda: f"{lf:.2f}×{lf_spread}", lambda: lf <= 1.5),
-        ("2. text → text: CPU per line ≤ 1.3 × nginx's", tx, lambda: f"{tx:.2f}×{tx_spread}", lambda: tx <= 1.3),
+        ("1. Langflow events → text: CPU per line ≤ 1.5 × nginx's (plain lines)", lf, lambda: lf_shown,
+         lambda: lf <= 1.5),
+        ("2. text → text: CPU per line ≤ 1.3 × nginx's", tx, lambda: tx_shown, lambda: tx <= 1.3),
         ("3a. CPU per run, token path (mint + run) ≤ 300 µs", run_tok, lambda: f"{run_tok:.0f} µs",
          lambda: run_tok <= 300),
         ("3b. CPU per run, key path ≤ 200 µs", run_key, lambda: f"{run_key:.0f} µs", lambda: run_key <= 200),

@@ -39,19 +39,28 @@ import aiohttp
 from . import tls
 from .common import describe_python, flowgate_config, free_port, gateway_python, spawn, start_flowgate, wait_port
 from .report import FLOWGATE, merge_rounds, plot, table
-from .scenarios import Path_, scenario_bulk, scenario_idle, scenario_latency, scenario_short, scenario_streams
+from .scenarios import (
+    Path_,
+    scenario_bulk,
+    scenario_idle,
+    scenario_latency,
+    scenario_short,
+    scenario_side_by_side,
+    scenario_streams,
+)
 
 OUT = Path(__file__).resolve().parent / "out"
 # which paths run which scenario (a flowgate path not named runs none of it)
 TLS = ("nginx-tls", "flowgate-tls")  # with --tls
 SCENARIO_PATHS = {
     "streams": ("direct", "nginx", "pipe", *FLOWGATE, *TLS),
+    "side": FLOWGATE,  # each beside nginx, at once (scenario_side_by_side)
     "latency": ("direct", "nginx", "flowgate key", "flowgate token", *TLS),
     "short": ("direct", "nginx", "flowgate key", "flowgate token", *TLS),
     "bulk": ("direct", "nginx", "pipe", "flowgate token", *TLS),  # the pipe: where its numbers mean something
     "idle": ("nginx", "pipe", "flowgate token"),  # one process: RSS measured once
 }
-ROUNDED = ("streams", "latency", "short")  # run --rounds times, path after path, each figure the median
+ROUNDED = ("streams", "side", "latency", "short")  # run --rounds times, path after path, each figure the median
 
 NGINX_CONF = """
 worker_processes 1;
@@ -129,9 +138,12 @@ async def main(args) -> None:
             # generator that has aged through the others' scenarios; the generator's own GC is off
             # while measuring (its pauses would show up as latency of whichever path runs then)
             results: dict = {p.name: {} for p in paths}
+            nginx = next((p for p in paths if p.name == "nginx"), None)
             steps = [
                 ("streams", f"{args.streams} streams × 100 lines × 20 ms",
                  lambda p, s: scenario_streams(s, p, args.streams)),
+                ("side", f"{args.streams} streams × 100 lines × 20 ms, and as many on nginx at once",
+                 lambda p, s: scenario_side_by_side(s, p, nginx, args.streams)),
                 ("latency", f"{args.latency_streams} streams × 40 lines × 250 ms",
                  lambda p, s: scenario_latency(s, p, args.latency_streams)),
                 ("short", f"{args.runs} short runs at {args.conc} concurrent",
@@ -141,7 +153,7 @@ async def main(args) -> None:
                  lambda p, s: scenario_idle(s, p, args.idle)),
             ]
             for key, label, run in steps:
-                if args.only and key not in args.only:
+                if args.only and key not in args.only or key == "side" and nginx is None:
                     continue
                 rounds = args.rounds if key in ROUNDED else 1
                 per_path: dict[str, list[dict]] = {}
@@ -203,7 +215,7 @@ def cli() -> None:
     ap.add_argument("--no-pipe", action="store_true", help="leave out the uvloop byte pipe (the Python floor)")
     ap.add_argument("--tls", action="store_true", help="also nginx and flowgate over HTTPS (bench/tls.py)")
     ap.add_argument("--only", type=lambda v: v.split(","), default=None,
-                    help="run only these scenarios (streams,latency,short,bulk,idle), e.g. while profiling")
+                    help="run only these scenarios (streams,side,latency,short,bulk,idle), e.g. while profiling")
     asyncio.run(main(ap.parse_args()))
 
 

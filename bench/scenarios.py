@@ -79,6 +79,24 @@ async def scenario_streams(s, path: Path_, n: int) -> dict:
             "ttfb_p50_ms": statistics.median(ttfb), "latency_ms": lat[:: max(1, len(lat) // 2000)]}
 
 
+async def scenario_side_by_side(s, path: Path_, beside: Path_, n: int) -> dict:
+    """The streams scenario on ``path`` and ``beside`` (nginx) at once: ``n`` streams on each, the
+    two proxies sharing their core. Each one's CPU per line is its own (the scheduler's count of its
+    threads), but both are read over the same seconds, so a change in what the shared machine
+    gives the core moves both: their ratio is steadier than that of the streams scenario, which
+    runs the paths one after the other (nginx's own CPU per line moved 11.0–15.9 µs between rounds
+    of one run there)."""
+    lat: list[float] = []
+    c0 = cpu_seconds(path.pid), cpu_seconds(beside.pid)
+    lines = await asyncio.gather(*(stream_once(s, p, "wf_lines", "/lines?n=100&ms=20", lat, None)
+                                   for p in (path, beside) for _ in range(n)))
+    cpu = cpu_seconds(path.pid) - c0[0], cpu_seconds(beside.pid) - c0[1]
+    mine, theirs = sum(lines[:n]), sum(lines[n:])
+    out = {"lines": mine, "cpu_us_per_line": cpu[0] * 1e6 / mine, "nginx_cpu_us_per_line": cpu[1] * 1e6 / theirs}
+    out["ratio"] = out["cpu_us_per_line"] / out["nginx_cpu_us_per_line"]
+    return out
+
+
 async def scenario_latency(s, path: Path_, n: int, ramp_s: float = 2.0) -> dict:
     """``n`` concurrent streams of 40 lines × 250 ms, opened at an even pace over ``ramp_s`` (real
     clients do not arrive in lockstep); one-way latency of the lines sent once all ``n`` are open."""

@@ -8,8 +8,10 @@ backend and load generator on core 0, rounds alternating between them.
 then the workflow route) or ``events`` (a token, then a Langflow-event backend transcoded to text);
 ``--scenario latency`` the p99 line latency of 1,000 streams × 40 lines × 250 ms;
 ``--scenario streams`` compares CPU per line of 200 streams × 100 lines × 20 ms instead of CPU per
-short run. A tree whose config schema predates ``server.workers`` gets its config
-without it.
+short run, the two gateways in turn; ``--scenario side`` runs them at once (200 streams on each,
+both on core 1, read over the same seconds: the steadier comparison of CPU per line, as the
+side-by-side figure of ``bench.run``) and prints each round's ratio of the second tree to the first.
+A tree whose config schema predates ``server.workers`` gets its config without it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import asyncio
 import gc
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,7 +30,7 @@ import aiohttp
 import yaml
 
 from .common import flowgate_config, free_port, spawn, wait_port
-from .scenarios import Path_, scenario_latency, scenario_short, scenario_streams
+from .scenarios import Path_, scenario_latency, scenario_short, scenario_side_by_side, scenario_streams
 
 
 def _config(tmp: Path, tree: Path, port: int, bport: int, name: str) -> Path:
@@ -74,6 +77,9 @@ async def main(args) -> None:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
             for _, path in gateways:  # warm
                 await scenario_short(s, path, 500, args.conc)
+            if args.scenario == "side":
+                await _side_by_side(s, gateways, args.rounds)
+                return
             for _ in range(args.rounds):
                 for tree, path in gateways:
                     gc.collect()  # the load generator's GC off while it measures, as in bench.run (its
@@ -97,11 +103,31 @@ async def main(args) -> None:
             proc.terminate()
 
 
+async def _side_by_side(s, gateways: list[tuple[str, Path_]], rounds: int) -> None:
+    (tree_a, a), (tree_b, b) = gateways
+    ratios: list[float] = []
+    lines: dict[str, list[float]] = {f"first ({tree_a})": [], f"second ({tree_b})": []}
+    first, second = lines.values()
+    for _ in range(rounds):
+        gc.collect()
+        gc.disable()
+        try:
+            out = await scenario_side_by_side(s, b, a, 200)
+        finally:
+            gc.enable()
+        second.append(round(out["cpu_us_per_line"], 2))
+        first.append(round(out["beside_cpu_us_per_line"], 2))
+        ratios.append(round(out["ratio"], 3))
+    for name, values in lines.items():
+        print(f"CPU µs per line, both at once, {name}: {values}")
+    print(f"second / first, round by round: {ratios} (median {statistics.median(ratios):.3f})")
+
+
 def cli() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("trees", nargs=2)
     ap.add_argument("--kind", choices=["key", "token", "events"], default="key")
-    ap.add_argument("--scenario", choices=["short", "streams", "latency"], default="short")
+    ap.add_argument("--scenario", choices=["short", "streams", "side", "latency"], default="short")
     ap.add_argument("--runs", type=int, default=3000)
     ap.add_argument("--conc", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=4)

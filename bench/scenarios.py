@@ -80,7 +80,8 @@ async def scenario_streams(s, path: Path_, n: int) -> dict:
 
 
 async def scenario_side_by_side(s, path: Path_, beside: Path_, n: int) -> dict:
-    """The streams scenario on ``path`` and ``beside`` (nginx) at once: ``n`` streams on each, the
+    """The streams scenario on ``path`` and ``beside`` (nginx; in ``bench.ab`` the other tree's
+    gateway) at once: ``n`` streams on each, the
     two proxies sharing their core. Each one's CPU per line is its own (the scheduler's count of its
     threads), but both are read over the same seconds, so a change in what the shared machine
     gives the core moves both: their ratio is steadier than that of the streams scenario, which
@@ -92,8 +93,8 @@ async def scenario_side_by_side(s, path: Path_, beside: Path_, n: int) -> dict:
                                    for p in (path, beside) for _ in range(n)))
     cpu = cpu_seconds(path.pid) - c0[0], cpu_seconds(beside.pid) - c0[1]
     mine, theirs = sum(lines[:n]), sum(lines[n:])
-    out = {"lines": mine, "cpu_us_per_line": cpu[0] * 1e6 / mine, "nginx_cpu_us_per_line": cpu[1] * 1e6 / theirs}
-    out["ratio"] = out["cpu_us_per_line"] / out["nginx_cpu_us_per_line"]
+    out = {"lines": mine, "cpu_us_per_line": cpu[0] * 1e6 / mine, "beside_cpu_us_per_line": cpu[1] * 1e6 / theirs}
+    out["ratio"] = out["cpu_us_per_line"] / out["beside_cpu_us_per_line"]
     return out
 
 

@@ -38,8 +38,8 @@ async def test_both_paths_stream_at_once_and_each_is_measured(backend):
     async with aiohttp.ClientSession() as s:
         out = await scenario_side_by_side(s, a, b, 4)
     assert out["lines"] == 400  # 4 streams × 100 lines on the first path
-    assert out["cpu_us_per_line"] > 0 and out["nginx_cpu_us_per_line"] > 0
-    assert out["ratio"] == out["cpu_us_per_line"] / out["nginx_cpu_us_per_line"]
+    assert out["cpu_us_per_line"] > 0 and out["beside_cpu_us_per_line"] > 0
+    assert out["ratio"] == out["cpu_us_per_line"] / out["beside_cpu_us_per_line"]
 
 
 def _results(seq: float, at_once: list[float] | None) -> dict:
@@ -48,7 +48,7 @@ def _results(seq: float, at_once: list[float] | None) -> dict:
     for name in ("flowgate token", "flowgate events"):
         out[name] = {"streams": dict(streams)}
         if at_once is not None:
-            rounds = [{"cpu_us_per_line": 10.0 * r, "nginx_cpu_us_per_line": 10.0, "ratio": r} for r in at_once]
+            rounds = [{"cpu_us_per_line": 10.0 * r, "beside_cpu_us_per_line": 10.0, "ratio": r} for r in at_once]
             ratio = sorted(at_once)[len(at_once) // 2]
             out[name]["side"] = {"cpu_us_per_line": 10.0 * ratio, "ratio": ratio, "rounds": rounds}
     return out

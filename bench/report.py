@@ -122,8 +122,10 @@ def table(results: dict, args) -> str:
         return f" (rounds {rs[0]:.2f}–{rs[-1]:.2f})" if rs else ""
 
     def line_ratio(name: str):
-        """(the ratio a target is judged on, how it is shown): side by side with nginx where that
-        ran (the steadier figure), else the paths' streams medians; both shown."""
+        """(the ratio a target is judged on, how it is shown): the streams scenario's, each proxy
+        alone on its core as the targets define it; the side-by-side ratio beside it where it ran
+        (steadier, but each proxy there runs at twice the load on a shared core, where nginx's
+        per-line cost drops more than flowgate's: a pessimistic bound, docs/benchmark.md)."""
         v, n = get(results.get(name), "streams", "cpu_us_per_line"), get(ng, "streams", "cpu_us_per_line")
         seq = v / n if v and n else None
         shown = f"{seq:.2f}×{spread(name, 'streams', 'cpu_us_per_line')}" if seq else "-"
@@ -131,7 +133,7 @@ def table(results: dict, args) -> str:
         if at_once is None:
             return seq, shown
         rs = sorted(r["ratio"] for r in get(results.get(name), "side", "rounds") or [get(results.get(name), "side")])
-        return at_once, f"{at_once:.2f}× at once (rounds {rs[0]:.2f}–{rs[-1]:.2f}); one after the other {shown}"
+        return seq, f"{shown}; side by side {at_once:.2f}× (rounds {rs[0]:.2f}–{rs[-1]:.2f})"
 
     lf, lf_shown = line_ratio("flowgate events")
     tx, tx_shown = line_ratio("flowgate token")

@@ -5,7 +5,8 @@ One command, one run, same workload for every path; the backend and this load ge
 the proxy alone on core 1 (taskset). The streams, latency and short-run scenarios run ``--rounds``
 times (3), every path in turn each round, and each figure is the median of its rounds. The
 side-by-side scenario runs each flowgate path's streams and nginx's at once on core 1 (both read
-over the same seconds: the steadier ratio, on which targets 1 and 2 are judged). Prints a
+over the same seconds: a steadier ratio, but a pessimistic one, shown beside the streams
+scenario's, on which targets 1 and 2 are judged: docs/benchmark.md). Prints a
 table of ratios and writes ``bench/out/`` (JSON + PNG).
 
     make bench                                   # or: .venv/bin/python -m bench.run --help

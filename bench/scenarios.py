@@ -80,13 +80,13 @@ async def scenario_streams(s, path: Path_, n: int) -> dict:
 
 
 async def scenario_side_by_side(s, path: Path_, beside: Path_, n: int) -> dict:
-    """The streams scenario on ``path`` and ``beside`` (nginx; in ``bench.ab`` the other tree's
-    gateway) at once: ``n`` streams on each, the
-    two proxies sharing their core. Each one's CPU per line is its own (the scheduler's count of its
-    threads), but both are read over the same seconds, so a change in what the shared machine
-    gives the core moves both: their ratio is steadier than that of the streams scenario, which
-    runs the paths one after the other (nginx's own CPU per line moved 11.0–15.9 µs between rounds
-    of one run there)."""
+    """The streams scenario on ``path`` and ``beside`` at once (``n`` streams on each), the two
+    proxies sharing their core: each one's CPU per line is its own (the scheduler's count of its
+    threads), read over the same seconds, so the shared machine's drift moves both and their ratio
+    is steady (run one after the other, nginx's own CPU per line moved 11.0–15.9 µs between rounds).
+    Between two gateways (``bench.ab``) that is all. Beside nginx (``bench.run``) it is also
+    pessimistic: at twice the load on one core nginx's lines get cheaper and flowgate's do not
+    (docs/benchmark.md), so the targets are judged on the streams scenario."""
     lat: list[float] = []
     c0 = cpu_seconds(path.pid), cpu_seconds(beside.pid)
     lines = await asyncio.gather(*(stream_once(s, p, "wf_lines", "/lines?n=100&ms=20", lat, None)

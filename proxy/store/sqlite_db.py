@@ -274,37 +274,40 @@ class LoopDatabase:
         loop = asyncio.get_running_loop()
         last = loop.time()
         blocked = False  # the last restart waited its whole time in vain (for a reader of older frames)
+        failing = False  # the last checkpoint failed (logged once, when checkpoints start failing)
         while True:
             await asyncio.sleep(WAL_CHECK_EVERY_S)
             restart = self._wal_bytes() >= WAL_RESTART_BYTES
             if not restart and loop.time() - last < CHECKPOINT_EVERY_S:
                 continue
             last = loop.time()
+            # until it is done, this process's writes wait for it on the loop: a commit made
+            # meanwhile (its WAL writes) could wait in the kernel behind the checkpoint's fsync, and
+            # the loop with it (lines forwarded within 50 ms of a checkpoint: p99 4.4 ms; 2.1 when
+            # they wait; a checkpoint takes 3-40 ms every 2 s)
+            self._checkpointing = True
+            began = loop.time()
             try:
-                # after a restart that waited in vain, first PASSIVE (writers go on): the next one only
-                # once no reader holds older frames (else it would stall every writer again, every look)
-                if restart and blocked:
-                    if not await loop.run_in_executor(self._pool, self._checkpoint_wal, False):
-                        continue
-                # until it is done, this process's writes wait for it on the loop: a commit made
-                # meanwhile (its WAL writes) could wait in the kernel behind the checkpoint's fsync,
-                # and the loop with it (lines forwarded within 50 ms of a checkpoint: p99 4.4 ms; 2.1
-                # when they wait; a checkpoint takes 3-40 ms every 2 s)
-                self._checkpointing = True
-                began = loop.time()
-                try:
-                    done = await loop.run_in_executor(self._pool, self._checkpoint_wal, restart)
-                finally:
-                    self._checkpointing = False
-                    self._release_deferred()
-                # (not another process's checkpoint under way: that one answers at once)
-                blocked = restart and not done and loop.time() - began >= self.busy_timeout_ms / 2000
-                log.debug("sqlite_checkpoint", mode="truncate" if restart else "passive", complete=done,
-                          ms=round((loop.time() - began) * 1000, 1), wal_bytes=self._wal_bytes())
-            except sqlite3.Error:
-                pass
+                # after a restart that waited in vain, first PASSIVE (other processes' writers go
+                # on): the restart only once no reader holds older frames (else it would stall
+                # every writer again, at every look)
+                if restart and blocked and not await loop.run_in_executor(self._pool, self._checkpoint_wal, False):
+                    continue
+                done = await loop.run_in_executor(self._pool, self._checkpoint_wal, restart)
             except Exception as exc:  # never the end of checkpoints (the WAL would grow unbounded again)
-                log.warning("sqlite_checkpoint_failed", error=type(exc).__name__)
+                busy = isinstance(exc, sqlite3.OperationalError) and _is_busy(exc)
+                if not busy and not failing:  # (a persistent fault, a full disk: once, not every look)
+                    log.warning("sqlite_checkpoint_failed", error=type(exc).__name__)
+                failing = failing or not busy
+                continue
+            finally:
+                self._checkpointing = False
+                self._release_deferred()
+            failing = False
+            # (not another process's checkpoint under way: that one answers at once)
+            blocked = restart and not done and loop.time() - began >= self.busy_timeout_ms / 2000
+            log.debug("sqlite_checkpoint", mode="truncate" if restart else "passive", complete=done,
+                      ms=round((loop.time() - began) * 1000, 1), wal_bytes=self._wal_bytes())
 
     async def start(self) -> None:
         if self._pool is None:

@@ -8,6 +8,8 @@ import sqlite3
 import threading
 import time
 
+import pytest
+
 from proxy.store import open_store, sqlite_db
 from proxy.store.sqlite import SqliteStore
 
@@ -346,9 +348,11 @@ async def test_writes_made_during_a_checkpoint_wait_for_it_on_the_loop_and_commi
         await db.close()
 
 
-async def test_a_checkpoint_that_raises_is_not_the_last_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", [RuntimeError("not a sqlite3.Error"), sqlite3.OperationalError("disk I/O error")])
+async def test_a_checkpoint_that_raises_is_not_the_last_one(tmp_path, monkeypatch, capfd, error):
     """Anything a checkpoint raises is logged and the next one runs: were the checkpointer to end,
-    the WAL would grow without bound again."""
+    the WAL would grow without bound again. A fault that lasts (a full disk, an I/O error) is
+    logged once, when checkpoints start failing, not at every look; a busy database not at all."""
     monkeypatch.setattr(sqlite_db, "CHECKPOINT_EVERY_S", 0.0)
     monkeypatch.setattr(sqlite_db, "WAL_CHECK_EVERY_S", 0.01)
     calls: list[bool] = []
@@ -356,20 +360,24 @@ async def test_a_checkpoint_that_raises_is_not_the_last_one(tmp_path, monkeypatc
 
     def flaky(self, restart: bool) -> bool:
         calls.append(restart)
-        if len(calls) == 1:
-            raise RuntimeError("not a sqlite3.Error")
+        if len(calls) <= 5:
+            raise error
+        if len(calls) <= 7:
+            raise sqlite3.OperationalError("database is locked")
         return real(self, restart)
 
     monkeypatch.setattr(sqlite_db.LoopDatabase, "_checkpoint_wal", flaky)
     s = SqliteStore(str(tmp_path / "f.db"))
     await s.start()
     try:
-        for _ in range(100):
-            if len(calls) >= 3:
+        for _ in range(300):
+            if len(calls) >= 9:
                 break
             await asyncio.sleep(0.01)
-        assert len(calls) >= 3
+        assert len(calls) >= 9
         await s.put_token("t", {"owner": "a", "key_id": "k"}, time.time() + 60)  # writes go on
         assert (await s.consume_token("t"))[0] == "ok"
     finally:
         await s.close()
+    err = capfd.readouterr().err
+    assert err.count("sqlite_checkpoint_failed") == 1 and type(error).__name__ in err, err

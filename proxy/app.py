@@ -30,6 +30,7 @@ from .front import FRONT_ROUTES
 from .front.protocol import MAX_HEAD_BYTES
 from .logging import make_access_middleware
 from .policies import build_chains
+from .policies.checkpoints import Checkpoints
 from .policies.credits import sweep_expired_holds
 from .policies.hold_size import HoldSizer
 from .policies.keys import KeyRing
@@ -63,7 +64,8 @@ def create_app(config: Config) -> web.Application:
     gw.hold_sizer = HoldSizer(gw.store, config.limits)
     gw.balances = Balances(gw.store, {name: acct.initial_credits for name, acct in config.accounts.items()})
     gw.keys = KeyRing(config, gw.store)
-    gw.chains = build_chains(config, gw.store, gw.keys, gw.hold_sizer, gw.balances)
+    gw.checkpoints = Checkpoints(gw.store)
+    gw.chains = build_chains(config, gw.store, gw.keys, gw.hold_sizer, gw.balances, gw.checkpoints)
     app[GATEWAY] = gw
 
     front_routes: list[web.AbstractRoute] = []
@@ -157,6 +159,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         except StoreUnavailable:
             pass  # seeded on a later start; runs fail closed until the store is back
     yield
+    if gw.checkpoints is not None:
+        with contextlib.suppress(Exception):  # (a failing batch is logged by the batcher)
+            await gw.checkpoints.flush()  # the runs' last counts, before the store goes
     await gw.store.close()
 
 

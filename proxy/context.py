@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .balances import Balances
     from .config import Config
     from .policies import Chain
+    from .policies.checkpoints import Checkpoints
     from .policies.hold_size import HoldSizer
     from .policies.keys import KeyRing
     from .store import Store
@@ -31,6 +32,7 @@ class Gateway:
     chains: dict[str, Chain] = field(default_factory=dict)  # the policy chain per credential kind
     hold_sizer: HoldSizer | None = None  # first credit holds per flow (shared by the chains)
     balances: Balances | None = None  # the account balance gauge
+    checkpoints: Checkpoints | None = None  # this process's credit checkpoints, written in batches
     keys: KeyRing | None = None  # config keys and the admin API's
     generation: int = 0  # how many reloads this gateway has taken
 

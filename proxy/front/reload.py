@@ -97,7 +97,7 @@ async def apply(gw: Gateway, config: Config) -> None:
     if sizer is None or config.limits != running.limits:
         sizer = HoldSizer(gw.store, config.limits)
     keys = KeyRing(config, gw.store)  # config keys as reloaded; the store's are read again on first use
-    chains = build_chains(config, gw.store, keys, sizer, gw.balances)
+    chains = build_chains(config, gw.store, keys, sizer, gw.balances, gw.checkpoints)
     for account, acct in config.accounts.items():
         if account not in running.accounts:
             with contextlib.suppress(StoreUnavailable):  # else seeded at the next start (runs fail closed)

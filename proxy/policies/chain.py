@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ..protocols import Event
     from ..run import Run
     from ..store import Store
+    from .checkpoints import Checkpoints
     from .hold_size import HoldSizer
     from .keys import KeyRing
 
@@ -84,17 +85,17 @@ class Chain:
 
 
 def build_chains(config: Config, store: Store, keys: KeyRing, sizer: HoldSizer | None,
-                 balances: Balances | None) -> dict[str, Chain]:
+                 balances: Balances | None, checkpoints: Checkpoints | None = None) -> dict[str, Chain]:
     """The chain of each credential kind ("key", "token"), as the gateway holds them (and a reload swaps them)."""
-    return {kind: build_chain(config, store, keys, sizer, balances, kind) for kind in ("key", "token")}
+    return {kind: build_chain(config, store, keys, sizer, balances, kind, checkpoints) for kind in ("key", "token")}
 
 
 def build_chain(config: Config, store: Store, keys: KeyRing, sizer: HoldSizer | None, balances: Balances | None,
-                credential: str) -> Chain:
+                credential: str, checkpoints: Checkpoints | None = None) -> Chain:
     """The policy chain for runs authenticated by ``credential`` ("key" or "token")."""
     return Chain([
         StreamToken(config, store, keys) if credential == "token" else ApiKey(config, store, keys),
         Routing(config, store),
         RateLimit(config, store),
-        Credits(config, store, sizer, balances),
+        Credits(config, store, sizer, balances, checkpoints),
     ], compiled=config.server.compiled_text_path)

@@ -14,12 +14,13 @@ no more than was held (a balance never goes below 0); ``allow`` lets the run go 
 quantum past what it holds, then cuts it (an owner never goes below -(concurrent runs x quantum)).
 Progress is checkpointed in the store at every growth and at least every second, so a hold whose
 replica died is settled from its last checkpoint by any live replica (see
-:func:`sweep_expired_holds`). ``on_complete`` settles exactly once: it charges what was metered
+:func:`sweep_expired_holds`); a process's checkpoints are written in batches
+(:mod:`proxy.policies.checkpoints`). ``on_complete`` settles exactly once: it charges what was metered
 (up to that ceiling), releases the rest and writes one ledger entry, keyed like everything else by
 the run's own job id.
 
 The hot path costs one comparison per event; the store is touched only when the hold must grow
-and at most once a second for checkpoints (which do not block the stream).
+and at most once a second for a checkpoint (queued for the next batch: the stream never waits).
 
 A run that crosses quanta faster than once a second (a bulk stream, not a model generating text)
 holds ahead: each growth less than a second after the previous one doubles the step, up to
@@ -46,7 +47,9 @@ from .. import metrics as m
 from ..errors import NoCredits, StoreUnavailable
 from ..protocols import Event
 from ..run import COMPLETED, CREDITS_CUT, Run
+from ..store import Progress
 from .base import Policy, StopRun
+from .checkpoints import Checkpoints
 
 if TYPE_CHECKING:
     from ..balances import Balances
@@ -98,11 +101,13 @@ monotonic = time.monotonic
 class Credits(Policy):
     name = "credits"
 
-    def __init__(self, config, store, sizer: HoldSizer | None = None, balances: Balances | None = None) -> None:
+    def __init__(self, config, store, sizer: HoldSizer | None = None, balances: Balances | None = None,
+                 checkpoints: Checkpoints | None = None) -> None:
         super().__init__(config, store)
         self.sizer = sizer  # first holds sized from the flow's recent runs (shared by the chains)
         self.balances = balances  # the balance gauge, told of each settlement
-        self._background: set[asyncio.Task] = set()
+        # this process's runs' checkpoints, written in batches (the gateway's: one per process)
+        self.checkpoints = checkpoints if checkpoints is not None else Checkpoints(store)
 
     def _expiry(self, run: Run) -> float:
         assert run.flow is not None
@@ -146,7 +151,7 @@ class Credits(Policy):
         now = monotonic()
         if now - hold.last_checkpoint >= CHECKPOINT_EVERY_S and tokens != hold.checkpointed_tokens:
             hold.last_checkpoint = now
-            self._spawn(self._checkpoint(run, hold, credits_for(tokens, hold.per_1k)))
+            self._checkpoint(run, hold, credits_for(tokens, hold.per_1k))
         return None
 
     def quiet(self, run: Run) -> tuple[int | None, float]:
@@ -175,27 +180,20 @@ class Credits(Policy):
         # past what is held, allow's grace quantum covers the run until its next growth attempt
         hold.covered = covered_tokens(hold.held if hold.held >= cost else ceiling, hold.per_1k)
         hold.last_checkpoint = time.monotonic()
-        self._spawn(self._checkpoint(run, hold, min(cost, ceiling)))
+        self._checkpoint(run, hold, min(cost, ceiling))
         if ceiling < cost:
             raise StopRun(CREDITS_CUT, "the account ran out of credits")
 
-    async def _checkpoint(self, run: Run, hold: RunHold, cost: int) -> None:
-        hold.checkpointed_tokens = run.meter.output_tokens
-        try:
-            await self.store.checkpoint(run.job_id, hold.account, cost, run.meter.input_tokens,
-                                           run.meter.output_tokens, hold.expires_at)
-        except StoreUnavailable:
-            log.warning("checkpoint_failed", job_id=run.job_id)
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _checkpoint(self, run: Run, hold: RunHold, cost: int) -> None:
+        meter = run.meter
+        hold.checkpointed_tokens = tokens = meter.output_tokens
+        self.checkpoints.add(Progress(run.job_id, hold.account, cost, meter.input_tokens, tokens, hold.expires_at))
 
     async def on_complete(self, run: Run) -> None:
         hold: RunHold | None = run.extra.get(self.name)
         if hold is None:
             return
+        self.checkpoints.drop(run.job_id)  # the settlement records the final count
         # the stream stopped at the first event past the ceiling; what that last chunk carried past
         # it is not charged (cut: a balance never goes below zero; allow: one quantum at most)
         charge = min(credits_for(run.meter.output_tokens, hold.per_1k), hold.ceiling)

@@ -53,10 +53,11 @@ import structlog
 
 from .. import metrics as m
 from ..errors import StoreUnavailable
-from .base import USAGE_KEEP, Account, Hold, RateResult, Store
+from .base import USAGE_KEEP, Account, Hold, Progress, RateResult, Store
 from .urls import check_store_url
 
-__all__ = ["USAGE_KEEP", "Account", "Hold", "RateResult", "Store", "Instrumented", "check_store_url", "open_store"]
+__all__ = ["USAGE_KEEP", "Account", "Hold", "Progress", "RateResult", "Store", "Instrumented", "check_store_url",
+           "open_store"]
 
 log = structlog.get_logger("flowgate.store")
 

@@ -5,6 +5,7 @@ helpers every implementation uses the same way (:mod:`proxy.store` says the sema
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -41,6 +42,18 @@ class Hold:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(slots=True, frozen=True)
+class Progress:
+    """A running job's metering so far, as a checkpoint records it on its hold."""
+
+    job_id: str
+    account: str
+    metered: int
+    input_tokens: int
+    output_tokens: int
+    expires_at: float
+
+
 class Store(Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
@@ -61,8 +74,7 @@ class Store(Protocol):
                         minimum: int = 1, initial: int = 0) -> int: ...
     async def grow_hold(self, job_id: str, account: str, want: int, expires_at: float,
                         reopen: dict | None = None, initial: int = 0) -> int: ...
-    async def checkpoint(self, job_id: str, account: str, metered: int, input_tokens: int, output_tokens: int,
-                         expires_at: float) -> None: ...
+    async def checkpoint(self, progress: Sequence[Progress]) -> None: ...
     async def settle(self, job_id: str, account: str, charge: int | None, entry: dict,
                      now: float | None = None, initial: int = 0) -> dict | None: ...
     async def recent_usage(self, account: str, flow: str, limit: int) -> list[int]: ...

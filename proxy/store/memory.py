@@ -6,11 +6,13 @@ from __future__ import annotations
 import copy
 import time
 from collections import deque
+from collections.abc import Sequence
 
 from .base import (
     USAGE_KEEP,
     Account,
     Hold,
+    Progress,
     RateResult,
     account_seeded,
     key_record,
@@ -132,12 +134,12 @@ class MemoryStore:
         hold.expires_at = expires_at
         return granted
 
-    async def checkpoint(self, job_id: str, account: str, metered: int, input_tokens: int, output_tokens: int,
-                         expires_at: float) -> None:
-        hold = self.holds.get(job_id)
-        if hold is not None:
-            hold.metered, hold.input_tokens, hold.output_tokens = metered, input_tokens, output_tokens
-            hold.expires_at = expires_at
+    async def checkpoint(self, progress: Sequence[Progress]) -> None:
+        for p in progress:
+            hold = self.holds.get(p.job_id)
+            if hold is not None:
+                hold.metered, hold.input_tokens, hold.output_tokens = p.metered, p.input_tokens, p.output_tokens
+                hold.expires_at = p.expires_at
 
     async def settle(self, job_id: str, account: str, charge: int | None, entry: dict,
                      now: float | None = None, initial: int = 0) -> dict | None:

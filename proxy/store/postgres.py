@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 import asyncpg
 import orjson
@@ -28,6 +29,7 @@ from .base import (
     USAGE_KEEP,
     Account,
     Hold,
+    Progress,
     RateResult,
     account_seeded,
     key_record,
@@ -293,11 +295,18 @@ class PostgresStore:
             account_seeded(account, initial)
         return granted
 
-    async def checkpoint(self, job_id: str, account: str, metered: int, input_tokens: int, output_tokens: int,
-                         expires_at: float) -> None:
+    async def checkpoint(self, progress: Sequence[Progress]) -> None:
+        if not progress:
+            return
+        progress = sorted(progress, key=lambda p: p.job_id)  # rows locked in one order by every replica
+        # one statement for the batch (a hold settled meanwhile is simply not found)
         await self._run(lambda conn: conn.execute(
-            "UPDATE holds SET metered = $2, input_tokens = $3, output_tokens = $4, expires_at = $5 WHERE job_id = $1",
-            job_id, metered, input_tokens, output_tokens, expires_at), transaction=False)
+            "UPDATE holds SET metered = p.metered, input_tokens = p.input_tokens, output_tokens = p.output_tokens, "
+            "expires_at = p.expires_at FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], "
+            "$5::double precision[]) AS p(job_id, metered, input_tokens, output_tokens, expires_at) "
+            "WHERE holds.job_id = p.job_id",
+            [p.job_id for p in progress], [p.metered for p in progress], [p.input_tokens for p in progress],
+            [p.output_tokens for p in progress], [p.expires_at for p in progress]), transaction=False)
 
     async def settle(self, job_id: str, account: str, charge: int | None, entry: dict,
                      now: float | None = None, initial: int = 0) -> dict | None:

@@ -10,7 +10,9 @@ closed) quickly; the client reconnects by itself when it is back.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Sequence
 
 import orjson
 import redis.asyncio as aioredis
@@ -20,7 +22,17 @@ from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from ..errors import StoreUnavailable
-from .base import USAGE_KEEP, Account, Hold, RateResult, account_seeded, key_record, usage_sample, usage_values
+from .base import (
+    USAGE_KEEP,
+    Account,
+    Hold,
+    Progress,
+    RateResult,
+    account_seeded,
+    key_record,
+    usage_sample,
+    usage_values,
+)
 from .redis_scripts import (
     CHECKPOINT,
     CONSUME_TOKEN,
@@ -182,11 +194,11 @@ class RedisStore:
             account_seeded(account, initial)
         return int(granted)
 
-    async def checkpoint(self, job_id: str, account: str, metered: int, input_tokens: int, output_tokens: int,
-                         expires_at: float) -> None:
-        keys = [self._hold(account, job_id), self._index(account)]
-        await self._do(self._checkpoint(keys=keys, args=[job_id, metered, input_tokens, output_tokens,
-                                                         _f(expires_at)]))
+    async def checkpoint(self, progress: Sequence[Progress]) -> None:
+        # one script per hold (a batch's holds live under different accounts' hash tags), sent at once
+        await asyncio.gather(*(self._do(self._checkpoint(
+            keys=[self._hold(p.account, p.job_id), self._index(p.account)],
+            args=[p.job_id, p.metered, p.input_tokens, p.output_tokens, _f(p.expires_at)])) for p in progress))
 
     async def settle(self, job_id: str, account: str, charge: int | None, entry: dict,
                      now: float | None = None, initial: int = 0) -> dict | None:

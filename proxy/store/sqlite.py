@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 
 import orjson
 
@@ -16,6 +17,7 @@ from .base import (
     USAGE_KEEP,
     Account,
     Hold,
+    Progress,
     RateResult,
     account_seeded,
     key_record,
@@ -237,11 +239,12 @@ class SqliteStore:
             account_seeded(account, initial)
         return granted
 
-    async def checkpoint(self, job_id: str, account: str, metered: int, input_tokens: int, output_tokens: int,
-                         expires_at: float) -> None:
-        await self._write(lambda db: db.execute(
-            "UPDATE holds SET metered = ?, input_tokens = ?, output_tokens = ?, expires_at = ? WHERE job_id = ?",
-            (metered, input_tokens, output_tokens, expires_at, job_id)))
+    async def checkpoint(self, progress: Sequence[Progress]) -> None:
+        rows = [(p.metered, p.input_tokens, p.output_tokens, p.expires_at, p.job_id) for p in progress]
+        if rows:
+            await self._write(lambda db: db.executemany(
+                "UPDATE holds SET metered = ?, input_tokens = ?, output_tokens = ?, expires_at = ? WHERE job_id = ?",
+                rows))
 
     async def settle(self, job_id: str, account: str, charge: int | None, entry: dict,
                      now: float | None = None, initial: int = 0) -> dict | None:

@@ -215,8 +215,8 @@ async def scenario_run(kind: str, tmp_path, sc: dict) -> None:
         out: list[Outcome] = []
         await all_or_first_failure([one_run(me, procs[me][1], flow, spec, totals, out)
                                     for me in (0, 1) for spec in sc[f"gw{me}"]])
-        for _, credits in procs:  # checkpoints still on their way
-            await asyncio.gather(*credits._background)
+        for _, credits in procs:  # checkpoints still waiting in each process's batch (or on their way)
+            await credits.checkpoints.flush()
 
         # the replicas that died: both live processes sweep at once, each hold settled once
         died = [r for r in out if r.died]

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from proxy.context import GATEWAY
 from proxy.policies.credits import CHECKPOINT_EVERY_S, Credits, RunHold, credits_for, sweep_expired_holds
+from proxy.store import Progress
 from tests.conftest import SECRET, base_config, stream_chunks
 from tests.dialects.test_langflow import frame
 
@@ -240,7 +241,7 @@ async def test_hold_is_checkpointed_and_an_expired_hold_is_swept_once(upstream, 
     gw = client.app[GATEWAY]
     store = gw.store
     assert await store.open_hold("job-dead", "acme", 1000, time.time() - 1, {"flow": "wf_text"}) == 1000
-    await store.checkpoint("job-dead", "acme", 42, 3, 42, time.time() - 1)
+    await store.checkpoint([Progress("job-dead", "acme", 42, 3, 42, time.time() - 1)])
     assert await sweep_expired_holds(gw) == 1
     assert await sweep_expired_holds(gw) == 0
     entries = await store.ledger("acme")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from proxy.store import Account
+from proxy.store import Account, Progress
 
 NOW = time.time()
 
@@ -94,7 +94,7 @@ async def test_grow_checkpoint_and_settle_once(store):
     await store.seed_account("acme", 1000)
     await store.open_hold("j", "acme", 100, NOW + 60, {"flow": "wf", "key_id": "k"})
     assert await store.grow_hold("j", "acme", 100, NOW + 90) == 100
-    await store.checkpoint("j", "acme", 150, 5, 150, NOW + 90)
+    await store.checkpoint([Progress("j", "acme", 150, 5, 150, NOW + 90)])
     entry = await store.settle("j", "acme", 160, {"outcome": "completed", "output_tokens": 160, "ended_at": NOW})
     assert entry["job_id"] == "j" and entry["owner"] == "acme" and entry["credits"] == 160
     assert entry["flow"] == "wf" and entry["key_id"] == "k" and entry["input_tokens"] == 5
@@ -110,7 +110,7 @@ async def test_settle_from_checkpoint_and_expired_holds(store):
     await store.seed_account("acme", 1000)
     await store.open_hold("dead", "acme", 100, NOW - 5, {"flow": "wf"})
     await store.open_hold("alive", "acme", 100, NOW + 500, {"flow": "wf"})
-    await store.checkpoint("dead", "acme", 42, 1, 42, NOW - 5)
+    await store.checkpoint([Progress("dead", "acme", 42, 1, 42, NOW - 5)])
     expired = await store.expired_holds(["acme"], now=NOW)
     assert [h.job_id for h in expired] == ["dead"]
     assert expired[0].metered == 42 and expired[0].meta == {"flow": "wf"}
@@ -119,6 +119,29 @@ async def test_settle_from_checkpoint_and_expired_holds(store):
     assert await store.expired_holds(["acme"], now=NOW) == []
     acct = await store.get_account("acme")
     assert acct == Account(958, 100, 42)
+
+
+async def test_a_batch_of_checkpoints_reaches_every_hold_and_skips_the_settled(store):
+    """One call checkpoints the holds of several accounts; a settled job's (it settled while its
+    checkpoint waited) and an unknown job's are no-ops: no hold comes back, nothing is charged."""
+    await store.seed_account("acme", 1000)
+    await store.seed_account("beta", 1000)
+    await store.open_hold("a1", "acme", 100, NOW + 60, {"flow": "wf"})
+    await store.open_hold("a2", "acme", 100, NOW + 60, {"flow": "wf"})
+    await store.open_hold("b1", "beta", 100, NOW + 60, {"flow": "wf"})
+    await store.open_hold("gone", "acme", 100, NOW + 60, {"flow": "wf"})
+    await store.settle("gone", "acme", 10, {"outcome": "completed", "ended_at": NOW})
+    await store.checkpoint([])
+    await store.checkpoint([Progress("a1", "acme", 11, 1, 11, NOW - 5), Progress("gone", "acme", 99, 1, 99, NOW - 5),
+                            Progress("b1", "beta", 33, 3, 33, NOW - 5), Progress("never", "acme", 7, 0, 7, NOW - 5),
+                            Progress("a2", "acme", 22, 2, 22, NOW - 5)])
+    expired = {h.job_id: h for h in await store.expired_holds(["acme", "beta"], now=NOW)}
+    assert sorted(expired) == ["a1", "a2", "b1"]
+    assert [(expired[j].metered, expired[j].input_tokens, expired[j].output_tokens) for j in ("a1", "a2", "b1")] == [
+        (11, 1, 11), (22, 2, 22), (33, 3, 33)]
+    assert await store.get_account("acme") == Account(990, 200, 10)
+    assert await store.get_account("beta") == Account(1000, 100, 0)
+    assert [e["job_id"] for e in await store.ledger("acme")] == ["gone"]
 
 
 async def test_expired_holds_of_other_accounts_never_hide_this_replicas(store):

@@ -36,7 +36,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
-from proxy.store import Account
+from proxy.store import Account, Progress
 from proxy.store.memory import MemoryStore
 from proxy.store.sqlite import SqliteStore
 from tests.backends import ALL, postgres_url, redis_cluster_url, redis_url, require_backend
@@ -374,7 +374,7 @@ async def client(backend: Backend, model: Model, me: int, steps: list) -> None:
             if jid in model.known and jid not in model.owner_settled:
                 model.metered[jid] = metered
             model.trace.append(f"c{me} checkpoint {jid} metered={metered} exp={exp}")
-            await store.checkpoint(jid, ACCT, metered, 3, metered, exp)
+            await store.checkpoint([Progress(jid, ACCT, metered, 3, metered, exp)])
         elif kind == "settle":
             _, j, p, outcome = op
             jid = job(j)
@@ -483,7 +483,7 @@ async def scenario_run(kind: str, tmp_path, sc: dict) -> None:
                 assert await s.settle(jid, ACCT, None, {"outcome": "replica_lost"}, initial=sc["initial"]) is None
                 assert await s.open_hold(jid, ACCT, 5, FAR, {}, minimum=1, initial=sc["initial"]) == 0
                 assert await s.grow_hold(jid, ACCT, 5, FAR) == 0
-                await s.checkpoint(jid, ACCT, 99, 1, 99, FAR)
+                await s.checkpoint([Progress(jid, ACCT, 99, 1, 99, FAR)])
         assert await backend.snapshot() == snap, "a settled job's second settle/open changed the account"
         assert len(await s0.ledger(ACCT)) == len(model.settled)
     finally:

@@ -38,6 +38,18 @@ from .base import (
     usage_values,
 )
 from .postgres_schema import migrate, quoted
+from .postgres_sql import (
+    HOLD_COLUMNS,
+    LOCK_ACCOUNT,
+    LOCK_KEYS,
+    LOCK_SLOTS,
+    LOCK_WINDOW,
+    advisory_lock,
+    ensure_account,
+    hold_of,
+    json_text,
+    open_hold_in,
+)
 from .urls import parse_pg_url
 
 log = structlog.get_logger("flowgate.store")
@@ -48,57 +60,9 @@ ACQUIRE_TIMEOUT_S = 2.0
 COMMAND_TIMEOUT_S = 5.0
 PURGE_EVERY = 1000
 
-LOCK_ACCOUNT, LOCK_SLOTS, LOCK_WINDOW, LOCK_KEYS = 1, 2, 3, 4  # pg_advisory_xact_lock(namespace, hashtext(name))
-
 # what an outage looks like (anything else from the server is a bug: logged loudly, still a 503)
 OUTAGE = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
           asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError)
-
-HOLD_COLUMNS = "job_id, account, amount, metered, input_tokens, output_tokens, expires_at, meta"
-
-
-def _json(value) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _hold(row) -> Hold:
-    return Hold(row[0], row[1], row[2], row[3], row[4], row[5], row[6], orjson.loads(row[7]))
-
-
-async def _lock(conn, namespace: int, name: str) -> None:
-    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", namespace, name)
-
-
-async def _ensure_account(conn, account: str, initial: int) -> tuple[int, bool]:
-    """(available credits, created now): a missing account is created with ``initial`` (under the
-    caller's account lock, so no other transaction creates it between this INSERT and its SELECT)."""
-    row = await conn.fetchrow(
-        "WITH ins AS (INSERT INTO accounts (account, balance) VALUES ($1, $2) ON CONFLICT (account) DO NOTHING "
-        "RETURNING balance - held AS available) "
-        "SELECT available, true FROM ins UNION ALL SELECT balance - held, false FROM accounts WHERE account = $1",
-        account, initial)
-    return row[0], row[1]
-
-
-async def _open(conn, job_id: str, account: str, want: int, expires_at: float, meta: dict, minimum: int,
-                initial: int) -> tuple[int, bool]:
-    """The hold created with what the account has free (if at least ``minimum``), unless the job
-    already has one (an idempotent retry) or was settled; under the caller's account lock."""
-    row = await conn.fetchrow("SELECT (SELECT amount FROM holds WHERE job_id = $1), "
-                              "EXISTS (SELECT 1 FROM ledger WHERE job_id = $1)", job_id)
-    if row[0] is not None:
-        return row[0], False
-    if row[1]:
-        return 0, False
-    available, seeded = await _ensure_account(conn, account, initial)
-    if available <= 0 or available < minimum:
-        return 0, seeded
-    granted = min(want, available)
-    await conn.execute(
-        "WITH h AS (INSERT INTO holds (job_id, account, amount, expires_at, meta) VALUES ($1, $2, $3, $4, $5)) "
-        "UPDATE accounts SET held = held + $3 WHERE account = $2", job_id, account, granted, expires_at, _json(meta))
-    return granted, seeded
-
 
 class PostgresStore:
     def __init__(self, url: str) -> None:
@@ -174,7 +138,7 @@ class PostgresStore:
             await conn.execute(
                 "INSERT INTO tokens (hash, record, expires_at) VALUES ($1, $2, $3) ON CONFLICT (hash) DO UPDATE "
                 "SET record = excluded.record, expires_at = excluded.expires_at, used = false",
-                token_hash, _json(record), expires_at)
+                token_hash, json_text(record), expires_at)
             if purge:  # tokens report "expired" for an hour, then are forgotten; old rate windows too
                 now = time.time()
                 await conn.execute("DELETE FROM tokens WHERE expires_at < $1", now - 3600)
@@ -201,7 +165,7 @@ class PostgresStore:
         now = time.time() if now is None else now
 
         async def fn(conn) -> RateResult:
-            await _lock(conn, LOCK_WINDOW, bucket)
+            await advisory_lock(conn, LOCK_WINDOW, bucket)
             row = await conn.fetchrow("SELECT start, count FROM windows WHERE bucket = $1", bucket)
             start, count = (row[0], row[1]) if row is not None else (now, 0)
             if now >= start + window_s:
@@ -220,7 +184,7 @@ class PostgresStore:
         now = time.time() if now is None else now
 
         async def fn(conn) -> RateResult:
-            await _lock(conn, LOCK_SLOTS, bucket)
+            await advisory_lock(conn, LOCK_SLOTS, bucket)
             await conn.execute("DELETE FROM slots WHERE bucket = $1 AND expires_at <= $2", bucket, now)
             rows = await conn.fetch("SELECT job_id, expires_at FROM slots WHERE bucket = $1", bucket)
             held = {r[0] for r in rows}
@@ -240,7 +204,7 @@ class PostgresStore:
     # --- credits
     async def seed_account(self, account: str, initial: int) -> None:
         async def fn(conn) -> None:
-            await _lock(conn, LOCK_ACCOUNT, account)
+            await advisory_lock(conn, LOCK_ACCOUNT, account)
             await conn.execute("INSERT INTO accounts (account, balance) VALUES ($1, $2) ON CONFLICT (account) "
                                "DO NOTHING", account, initial)
 
@@ -248,8 +212,8 @@ class PostgresStore:
 
     async def grant(self, account: str, amount: int, initial: int = 0) -> int:
         async def fn(conn) -> tuple[int, bool]:
-            await _lock(conn, LOCK_ACCOUNT, account)
-            _, seeded = await _ensure_account(conn, account, initial)
+            await advisory_lock(conn, LOCK_ACCOUNT, account)
+            _, seeded = await ensure_account(conn, account, initial)
             balance = await conn.fetchval("UPDATE accounts SET balance = balance + $2 WHERE account = $1 "
                                           "RETURNING balance", account, amount)
             return balance, seeded
@@ -267,8 +231,8 @@ class PostgresStore:
     async def open_hold(self, job_id: str, account: str, want: int, expires_at: float, meta: dict,
                         minimum: int = 1, initial: int = 0) -> int:
         async def fn(conn) -> tuple[int, bool]:
-            await _lock(conn, LOCK_ACCOUNT, account)
-            return await _open(conn, job_id, account, want, expires_at, meta, minimum, initial)
+            await advisory_lock(conn, LOCK_ACCOUNT, account)
+            return await open_hold_in(conn, job_id, account, want, expires_at, meta, minimum, initial)
 
         granted, seeded = await self._run(fn)
         if seeded:
@@ -278,12 +242,12 @@ class PostgresStore:
     async def grow_hold(self, job_id: str, account: str, want: int, expires_at: float,
                         reopen: dict | None = None, initial: int = 0) -> int:
         async def fn(conn) -> tuple[int, bool]:
-            await _lock(conn, LOCK_ACCOUNT, account)
+            await advisory_lock(conn, LOCK_ACCOUNT, account)
             if await conn.fetchval("SELECT 1 FROM holds WHERE job_id = $1", job_id) is None:
                 if reopen is None:
                     return 0, False
-                return await _open(conn, job_id, account, want, expires_at, reopen, 1, initial)  # lost: again
-            available, seeded = await _ensure_account(conn, account, initial)
+                return await open_hold_in(conn, job_id, account, want, expires_at, reopen, 1, initial)  # lost: again
+            available, seeded = await ensure_account(conn, account, initial)
             granted = max(0, min(want, available))
             await conn.execute(
                 "WITH h AS (UPDATE holds SET amount = amount + $3, expires_at = $4 WHERE job_id = $1) "
@@ -314,14 +278,14 @@ class PostgresStore:
         sample = usage_sample(entry)
 
         async def fn(conn) -> tuple[dict | None, bool]:
-            await _lock(conn, LOCK_ACCOUNT, account)
+            await advisory_lock(conn, LOCK_ACCOUNT, account)
             # a job has a hold or a ledger entry, never both: taking the hold proves it unsettled
             row = await conn.fetchrow(f"DELETE FROM holds WHERE job_id = $1 RETURNING {HOLD_COLUMNS}", job_id)
             if row is None and await conn.fetchval("SELECT 1 FROM ledger WHERE job_id = $1", job_id):
                 return None, False
-            hold = _hold(row) if row is not None else None
+            hold = hold_of(row) if row is not None else None
             amount = charge if charge is not None else (hold.metered if hold else 0)
-            _, seeded = await _ensure_account(conn, account, initial)
+            _, seeded = await ensure_account(conn, account, initial)
             await conn.execute("UPDATE accounts SET held = greatest(0, held - $2), balance = balance - $3, "
                                "spent = spent + $3 WHERE account = $1", account, hold.amount if hold else 0, amount)
             result = ledger_entry(hold, job_id, account, amount, entry, now)
@@ -330,7 +294,7 @@ class PostgresStore:
                 "INSERT INTO ledger (job_id, account, credits, outcome, flow, ended_at, entry) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7)", job_id, account, amount,
                 outcome if isinstance(outcome, str) else None, flow if isinstance(flow, str) else None,
-                float(result["ended_at"]), _json(result))
+                float(result["ended_at"]), json_text(result))
             if sample is not None:  # a completed run: its flow's recent usage keeps the last USAGE_KEEP
                 await conn.execute(
                     "WITH ins AS (INSERT INTO usage (account, flow, output_tokens) VALUES ($1, $2, $3)) "
@@ -355,7 +319,7 @@ class PostgresStore:
         rows = await self._run(lambda conn: conn.fetch(
             f"SELECT {HOLD_COLUMNS} FROM holds WHERE account = ANY($1::text[]) AND expires_at < $2 "
             "ORDER BY expires_at LIMIT $3", list(accounts), now, limit), transaction=False)
-        return [_hold(r) for r in rows]
+        return [hold_of(r) for r in rows]
 
     async def ledger(self, account: str, since: float | None = None, limit: int | None = None) -> list[dict]:
         rows = await self._run(lambda conn: conn.fetch(
@@ -378,13 +342,13 @@ class PostgresStore:
         record = key_record(record)
 
         async def fn(conn) -> str:
-            await _lock(conn, LOCK_KEYS, "keys")  # the id and hash checks and the insert, one at a time
+            await advisory_lock(conn, LOCK_KEYS, "keys")  # the id and hash checks and the insert, one at a time
             if await conn.fetchval("SELECT 1 FROM api_keys WHERE id = $1", record["id"]):
                 return "id_taken"
             if await conn.fetchval("SELECT 1 FROM api_keys WHERE sha256 = $1", record["sha256"]):
                 return "hash_taken"
             await conn.execute("INSERT INTO api_keys (id, sha256, record) VALUES ($1, $2, $3)",
-                               record["id"], record["sha256"], _json(record))
+                               record["id"], record["sha256"], json_text(record))
             await self._bump(conn)
             return "ok"
 

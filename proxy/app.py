@@ -150,6 +150,9 @@ async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+CHECKPOINT_FLUSH_S = 1.5
+
+
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
     await gw.store.start()
@@ -161,7 +164,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     if gw.checkpoints is not None:
         with contextlib.suppress(Exception):  # (a failing batch is logged by the batcher)
-            await gw.checkpoints.flush()  # the runs' last counts, before the store goes
+            # the runs' last counts, before the store goes; bounded: the supervisor kills a worker
+            # KILL_GRACE_S after its drain, and the pooled counters are saved after this
+            await gw.checkpoints.flush(within=CHECKPOINT_FLUSH_S)
     await gw.store.close()
 
 

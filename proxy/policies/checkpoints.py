@@ -7,10 +7,16 @@ checkpoint by another. With hundreds of runs open, each checkpoint as a store op
 are gathered for ``GATHER_S`` and written as one store operation (one SQLite transaction, one
 PostgreSQL statement, one burst of Redis scripts).
 
-Order: one batch is in flight at a time, and a run's later checkpoint replaces its earlier one
-while both wait, so a hold never goes back to an older count. A run that settles drops its
-pending checkpoint (the settlement records the final count); a checkpoint that reaches a hold
-already settled finds none and does nothing, in every store.
+Order: one batch is in flight at a time (every store answers for the whole batch before the
+next goes), and a run's later checkpoint replaces its earlier one while both wait, so a hold
+never goes back to an older count. A run that settles drops its pending checkpoint (the
+settlement records the final count); a checkpoint that reaches a hold already settled finds none
+and does nothing, in every store.
+
+Failure: a batch the store refuses goes back to wait (a newer count of the same run wins) and is
+tried with the next, every ``GATHER_S`` while the store is down; the first failure of a streak is
+logged (``checkpoints_failing``) and its end (``checkpoints_written_again``). At shutdown
+:meth:`Checkpoints.flush` writes what waits, bounded in time (``checkpoints_abandoned``).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from ..store import Progress, Store
 log = structlog.get_logger("flowgate.credits")
 
 # how long a checkpoint waits for others to share its write: well under the checkpoint interval
-# (1 s), so a replica lost mid-run is settled from a count at most ~1.05 s old
+# (1 s), so a replica lost mid-run is settled from a count ~1.05 s old at most (a store answering)
 GATHER_S = 0.05
 
 
@@ -37,6 +43,7 @@ class Checkpoints:
         self.due: dict[str, Progress] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._writing: asyncio.Task | None = None
+        self._failed = 0  # batches failed in a row (the first of a streak is logged, then its end)
 
     def add(self, progress: Progress) -> None:
         self.due[progress.job_id] = progress  # a newer count replaces a waiting one
@@ -49,30 +56,53 @@ class Checkpoints:
 
     def _flush(self) -> None:
         self._timer = None
-        if self.due:
+        if self.due and self._writing is None:
             batch, self.due = list(self.due.values()), {}
-            self._writing = asyncio.ensure_future(self._write(batch))
+            self._writing = task = asyncio.ensure_future(self._write(batch))
+            task.add_done_callback(self._written)  # (runs even for a task cancelled before it started)
 
-    async def _write(self, batch: list[Progress]) -> None:
+    def _written(self, _task: asyncio.Task) -> None:
+        self._writing = None
+        if self.due and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(GATHER_S, self._flush)
+
+    async def _write(self, batch: list[Progress]) -> bool:
         try:
             await self.store.checkpoint(batch)
-        except StoreUnavailable:
-            log.warning("checkpoint_failed", runs=len(batch))
-        except Exception as exc:  # never lose the batcher to one bad batch
-            log.error("checkpoint_failed", runs=len(batch), error=type(exc).__name__)
-        finally:
-            self._writing = None
-            if self.due and self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(GATHER_S, self._flush)
+        except Exception as exc:  # (never lose the batcher to one bad batch)
+            for progress in batch:  # tried again with the next batch, unless a newer count waits
+                self.due.setdefault(progress.job_id, progress)
+            self._failed += 1
+            if self._failed == 1:  # once per streak, as the store's own store_unreachable
+                unavailable = isinstance(exc, StoreUnavailable)
+                (log.warning if unavailable else log.error)(
+                    "checkpoints_failing", runs=len(batch), error=exc.detail if unavailable else type(exc).__name__)
+            return False
+        if self._failed:
+            log.info("checkpoints_written_again", failed_batches=self._failed)
+            self._failed = 0
+        return True
 
-    async def flush(self) -> None:
-        """Write what waits now, after what is being written (tests; a clean shutdown)."""
-        while True:
+    async def flush(self, within: float | None = None) -> None:
+        """Write what waits, after the batch on its way; a batch that fails ends it (what failed
+        waits for the next). Past ``within`` seconds the batch on its way is cancelled and what
+        waits is let go (a shutdown must not hang on an unreachable store)."""
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    if self._writing is None:
+                        if not self.due:
+                            return
+                        if self._timer is not None:
+                            self._timer.cancel()
+                        self._flush()
+                    task = self._writing
+                    assert task is not None
+                    await asyncio.wait([task])
+                    if task.cancelled() or not task.result():
+                        return
+        except TimeoutError:
+            log.warning("checkpoints_abandoned", waiting=len(self.due), within_s=within)
+            self.due.clear()
             if self._writing is not None:
-                await asyncio.shield(self._writing)
-                continue
-            if not self.due:
-                return
-            if self._timer is not None:
-                self._timer.cancel()
-            self._flush()
+                self._writing.cancel()

@@ -213,6 +213,10 @@ class Credits(Policy):
                 # the hold stays in the store with its checkpoint; a live replica settles it later
                 if attempt == 2:
                     log.warning("settle_deferred", job_id=run.job_id)
+                    # what that replica settles it from: the final count, not the last one queued
+                    # before (which the drop above let go)
+                    self.checkpoints.add(Progress(run.job_id, hold.account, charge, run.meter.input_tokens,
+                                                  run.meter.output_tokens, hold.expires_at))
                     return
                 await asyncio.sleep(0.2 * (attempt + 1))
         run.extra["credits_charged"] = charge

@@ -262,13 +262,17 @@ class PostgresStore:
     async def checkpoint(self, progress: Sequence[Progress]) -> None:
         if not progress:
             return
-        progress = sorted(progress, key=lambda p: p.job_id)  # rows locked in one order by every replica
-        # one statement for the batch (a hold settled meanwhile is simply not found)
+        # one statement for the batch: a job given twice keeps its last count; a hold settled
+        # meanwhile is not found; a hold row another transaction has locked (a settle, a growth) is
+        # skipped rather than waited for (the run's next checkpoint, or its settlement, follows)
         await self._run(lambda conn: conn.execute(
+            "WITH p AS (SELECT DISTINCT ON (job_id) * FROM unnest($1::text[], $2::bigint[], $3::bigint[], "
+            "$4::bigint[], $5::double precision[]) WITH ORDINALITY "
+            "AS p(job_id, metered, input_tokens, output_tokens, expires_at, n) ORDER BY job_id, n DESC), "
+            "free AS (SELECT holds.job_id FROM holds JOIN p USING (job_id) ORDER BY holds.job_id "
+            "FOR UPDATE OF holds SKIP LOCKED) "
             "UPDATE holds SET metered = p.metered, input_tokens = p.input_tokens, output_tokens = p.output_tokens, "
-            "expires_at = p.expires_at FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], "
-            "$5::double precision[]) AS p(job_id, metered, input_tokens, output_tokens, expires_at) "
-            "WHERE holds.job_id = p.job_id",
+            "expires_at = p.expires_at FROM p JOIN free USING (job_id) WHERE holds.job_id = p.job_id",
             [p.job_id for p in progress], [p.metered for p in progress], [p.input_tokens for p in progress],
             [p.output_tokens for p in progress], [p.expires_at for p in progress]), transaction=False)
 

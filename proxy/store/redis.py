@@ -196,9 +196,15 @@ class RedisStore:
 
     async def checkpoint(self, progress: Sequence[Progress]) -> None:
         # one script per hold (a batch's holds live under different accounts' hash tags), sent at once
-        await asyncio.gather(*(self._do(self._checkpoint(
+        # every script answered (or failed) before this returns: the next batch never overtakes one
+        # still on its way (a re-sent script, one waiting for a connection)
+        done = await asyncio.gather(*(self._do(self._checkpoint(
             keys=[self._hold(p.account, p.job_id), self._index(p.account)],
-            args=[p.job_id, p.metered, p.input_tokens, p.output_tokens, _f(p.expires_at)])) for p in progress))
+            args=[p.job_id, p.metered, p.input_tokens, p.output_tokens, _f(p.expires_at)])) for p in progress),
+            return_exceptions=True)
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def settle(self, job_id: str, account: str, charge: int | None, entry: dict,
                      now: float | None = None, initial: int = 0) -> dict | None:

@@ -144,6 +144,15 @@ async def test_a_batch_of_checkpoints_reaches_every_hold_and_skips_the_settled(s
     assert [e["job_id"] for e in await store.ledger("acme")] == ["gone"]
 
 
+async def test_a_job_given_twice_in_one_checkpoint_batch_keeps_its_last_count(store):
+    await store.seed_account("acme", 1000)
+    await store.open_hold("a", "acme", 10, NOW + 60, {})
+    await store.open_hold("b", "acme", 10, NOW + 60, {})
+    await store.checkpoint([Progress("a", "acme", 3, 1, 3, NOW - 5), Progress("a", "acme", 5, 1, 5, NOW - 5)])
+    await store.checkpoint([Progress("b", "acme", 5, 1, 5, NOW - 5), Progress("b", "acme", 3, 1, 3, NOW - 5)])
+    assert {h.job_id: h.metered for h in await store.expired_holds(["acme"], now=NOW)} == {"a": 5, "b": 3}
+
+
 async def test_expired_holds_of_other_accounts_never_hide_this_replicas(store):
     """The sweeper asks for its own accounts: more than ``limit`` expired holds of another account
     (one a reload removed, or another deployment's) must not stand in front of them."""

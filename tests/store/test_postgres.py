@@ -215,3 +215,71 @@ async def test_a_refused_login_puts_its_password_in_no_log_line_and_no_error_det
         assert "Wr0ng" not in out.out + out.err + err.value.detail
     finally:
         await s.close()
+
+
+async def _locked(url: str, statement: str):
+    """A transaction of another client holding ``statement``'s locks (rolled back by the caller)."""
+    import asyncpg
+
+    from tests.backends import postgres_url
+
+    locker = await asyncpg.connect(postgres_url())
+    tr = locker.transaction()
+    await tr.start()
+    await locker.execute(statement.format(schema=url.split("schema=")[1]))
+    return locker, tr
+
+
+async def test_a_locked_hold_row_costs_its_own_checkpoint_not_the_batchs(tmp_path):
+    """A hold row another transaction holds (a settlement, a growth) is skipped: the batch's other
+    holds are written at once instead of waiting, and failing, behind it."""
+    from proxy.policies.checkpoints import Checkpoints
+    from proxy.store import Progress
+
+    far = time.time() + 3600
+    with backend_url("postgres", tmp_path) as url:
+        store = open_store(url)
+        await store.start()
+        await store.seed_account("acme", 1000)
+        for job in ("a", "b", "c"):
+            await store.open_hold(job, "acme", 10, far, {})
+        locker, tr = await _locked(url, "SELECT 1 FROM {schema}.holds WHERE job_id = 'a' FOR UPDATE")
+        try:
+            batcher = Checkpoints(store)
+            for job in ("a", "b", "c"):
+                batcher.add(Progress(job, "acme", 7, 1, 7, far))
+            started = time.monotonic()
+            await batcher.flush()
+            assert time.monotonic() - started < 2
+            held = {h.job_id: h.metered for h in await store.expired_holds(["acme"], now=far + 10**6)}
+            assert held == {"a": 0, "b": 7, "c": 7}
+        finally:
+            await tr.rollback()
+            await locker.close()
+            await store.close()
+
+
+async def test_a_bounded_flush_lets_a_shutdown_close_a_store_that_cannot_answer(tmp_path, capfd):
+    from proxy.policies.checkpoints import Checkpoints
+    from proxy.store import Progress
+
+    far = time.time() + 3600
+    with backend_url("postgres", tmp_path) as url:
+        store = open_store(url)
+        await store.start()
+        await store.seed_account("acme", 1000)
+        await store.open_hold("a", "acme", 10, far, {})
+        locker, tr = await _locked(url, "LOCK TABLE {schema}.holds IN ACCESS EXCLUSIVE MODE")  # a migration, say
+        try:
+            batcher = Checkpoints(store)
+            batcher.add(Progress("a", "acme", 1, 1, 1, far))
+            await asyncio.sleep(0.1)
+            batcher.add(Progress("a", "acme", 2, 1, 2, far))
+            started = time.monotonic()
+            await batcher.flush(within=1.0)
+            await store.close()
+            assert time.monotonic() - started < 2
+            assert '"checkpoints_abandoned"' in capfd.readouterr().err
+        finally:
+            await tr.rollback()
+            await locker.close()

@@ -46,3 +46,51 @@ async def test_outage_raises_fast_and_recovers():
         await s.close()
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_a_checkpoint_batch_returns_only_once_every_script_answered(kind, tmp_path):
+    """One hold's script fails at once, another's is slow: the batch must not return (and let the
+    next batch go) while the slow one is still on its way, or an older count lands after a newer."""
+    import asyncio
+
+    import redis.exceptions
+
+    from proxy.policies.checkpoints import Checkpoints
+    from proxy.store import Progress
+    from tests.backends import store_url as backend_url
+
+    far = time.time() + 3600
+    with backend_url(kind, tmp_path) as url:
+        store = open_store(url)
+        await store.start()
+        try:
+            await store.seed_account("acme", 1000)
+            await store.seed_account("beta", 1000)
+            await store.open_hold("x", "acme", 10, far, {})
+            await store.open_hold("y", "beta", 10, far, {})
+            real = store.inner._checkpoint
+            refused = asyncio.Event()
+
+            def script(keys, args):
+                async def run():
+                    if args[0] == "y" and not refused.is_set():  # this hold's node refuses at once, the first time
+                        refused.set()
+                        raise redis.exceptions.ConnectionError("Connection refused")
+                    if args[0] == "x" and args[1] == 1:  # this one takes its time (a re-sent script)
+                        await asyncio.sleep(0.5)
+                    return await real(keys=keys, args=args)
+                return run()
+
+            store.inner._checkpoint = script
+            batcher = Checkpoints(store)
+            batcher.add(Progress("x", "acme", 1, 1, 1, far))
+            batcher.add(Progress("y", "beta", 1, 1, 1, far))
+            await refused.wait()  # batch 1 went: y refused, x = 1 on its way
+            batcher.add(Progress("x", "acme", 2, 1, 2, far))  # before the refused batch is tried again
+            await batcher.flush()
+            await asyncio.sleep(0.6)
+            held = {h.job_id: h.metered for h in await store.expired_holds(["acme"], now=far + 10**6)}
+            assert held["x"] == 2, "the hold went back to an older count"
+        finally:
+            await store.close()

@@ -85,13 +85,14 @@ class Chain:
 
 
 def build_chains(config: Config, store: Store, keys: KeyRing, sizer: HoldSizer | None,
-                 balances: Balances | None, checkpoints: Checkpoints | None = None) -> dict[str, Chain]:
-    """The chain of each credential kind ("key", "token"), as the gateway holds them (and a reload swaps them)."""
+                 balances: Balances | None, checkpoints: Checkpoints | None) -> dict[str, Chain]:
+    """The chain of each credential kind ("key", "token"), as the gateway holds them (and a reload
+    swaps them); ``checkpoints``: the process's batcher, which its shutdown flushes."""
     return {kind: build_chain(config, store, keys, sizer, balances, kind, checkpoints) for kind in ("key", "token")}
 
 
 def build_chain(config: Config, store: Store, keys: KeyRing, sizer: HoldSizer | None, balances: Balances | None,
-                credential: str, checkpoints: Checkpoints | None = None) -> Chain:
+                credential: str, checkpoints: Checkpoints | None) -> Chain:
     """The policy chain for runs authenticated by ``credential`` ("key" or "token")."""
     return Chain([
         StreamToken(config, store, keys) if credential == "token" else ApiKey(config, store, keys),

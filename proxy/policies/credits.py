@@ -106,7 +106,8 @@ class Credits(Policy):
         super().__init__(config, store)
         self.sizer = sizer  # first holds sized from the flow's recent runs (shared by the chains)
         self.balances = balances  # the balance gauge, told of each settlement
-        # this process's runs' checkpoints, written in batches (the gateway's: one per process)
+        # this process's runs' checkpoints, written in batches: the gateway's, one per process and
+        # flushed at its shutdown (a policy made without one, in a test, gets its own)
         self.checkpoints = checkpoints if checkpoints is not None else Checkpoints(store)
 
     def _expiry(self, run: Run) -> float:

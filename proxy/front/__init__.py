@@ -16,35 +16,21 @@ their handlers run under the app's middlewares, exactly as aiohttp would run the
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from functools import partial
 
 from aiohttp import web
-from aiohttp.web_urldispatcher import UrlMappingMatchInfo
+from aiohttp.web_urldispatcher import MatchInfoError, UrlMappingMatchInfo
 
 from ..context import GATEWAY
 from .handover import QuietServer
 from .protocol import FrontProtocol
+from .routing import Routes
 from .timers import Ticker
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 FRONT_ROUTES = web.AppKey("front_routes", list)  # the routes (web.AbstractRoute) served by the front
-
-_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def _pattern(canonical: str) -> re.Pattern[str]:
-    """A route template as aiohttp reads it (``{name}`` is one path segment), for paths without
-    ``%``-escapes (the front hands those to aiohttp, whose decoding rules then apply)."""
-    out, last = [], 0
-    for m in _PARAM.finditer(canonical):
-        out += (re.escape(canonical[last:m.start()]), f"(?P<{m.group(1)}>[^{{}}/]+)")
-        last = m.end()
-    out.append(re.escape(canonical[last:]))
-    return re.compile("".join(out))
-
 
 class FrontServer:
     """The protocol factory, and what aiohttp's runner asks of a server (``pre_shutdown``, ``shutdown``)."""
@@ -68,21 +54,19 @@ class FrontServer:
                    self.lingering_s) / 4
         self.ticker = Ticker(lambda: self.connections, max(0.02, min(tick, 1.0)))
         self.closing = False
-        handler_for = _with_middlewares(app)
-        self.routes = [(_pattern(r.resource.canonical), r.method, r, handler_for(r.handler))
-                       for r in app[FRONT_ROUTES] if r.resource is not None]
+        self.routes = Routes(app.router, app[FRONT_ROUTES], _with_middlewares(app))
+        # a request no route takes (404, 405) is answered here, under every middleware (the access
+        # line, the problem+json body), as aiohttp would answer it: see proxy.front.routing
+        self.refuse = _with_middlewares(app, routed=False)(_raise_refusal)
 
     def __call__(self) -> FrontProtocol:
         return FrontProtocol(self)
 
     def match(self, method: str, path: str) -> tuple[UrlMappingMatchInfo, Handler] | None:
-        if "%" in path or "/." in path:
-            return None  # escaped or dot segments: aiohttp's rules
-        for pattern, route_method, route, handler in self.routes:
-            m = pattern.fullmatch(path)
-            if m is not None and route_method == method:
-                return UrlMappingMatchInfo(m.groupdict(), route), handler
-        return None
+        return self.routes.match(method, path)
+
+    def refusal(self, method: str, path: str) -> MatchInfoError | None:
+        return self.routes.refusal(method, path)
 
     def pre_shutdown(self) -> None:
         self.closing = True
@@ -106,10 +90,16 @@ class FrontServer:
         self.ticker.stop()
 
 
-def _with_middlewares(app: web.Application) -> Callable[[Handler], Handler]:
-    """The app's middlewares around a route's handler, less those that only act on aiohttp's own
-    routing (``front_skips``: a route served here was matched, so they would only add a frame)."""
-    middlewares = [mw for mw in app.middlewares if not getattr(mw, "front_skips", False)]
+async def _raise_refusal(request: web.Request) -> web.StreamResponse:
+    """The handler of a request no route takes: aiohttp's 404 or 405, rendered by the middlewares."""
+    raise request.match_info.http_exception  # type: ignore[attr-defined] # a MatchInfoError
+
+
+def _with_middlewares(app: web.Application, routed: bool = True) -> Callable[[Handler], Handler]:
+    """The app's middlewares around a route's handler; for a route served here (``routed``), less
+    those that only act on aiohttp's own routing (``front_skips``: the route was matched, so they
+    would only add a frame)."""
+    middlewares = [mw for mw in app.middlewares if not (routed and getattr(mw, "front_skips", False))]
 
     def wrap(handler: Handler) -> Handler:
         for mw in reversed(middlewares):

@@ -9,8 +9,10 @@ The request it hands the handler never sees the protocol: it gets the connection
 :class:`~proxy.http1.flow.FlowControl` and two callbacks (the body's ``want_body``, the request's
 ``start_stream``).
 
-Every other valid request (ops and jobs routes, unknown paths, wrong methods, chunked bodies,
-HTTP/1.0) is *handed over* to aiohttp for that one request (:mod:`proxy.front.handover`); invalid
+A request no route of the app takes (an unknown path: 404; a wrong method: 405) is answered here
+too, through the app's middlewares, as aiohttp would answer it (:mod:`proxy.front.routing`). Every
+other valid request (ops and jobs routes, HEAD, chunked bodies, HTTP/1.0, %-escaped paths) is
+*handed over* to aiohttp for that one request (:mod:`proxy.front.handover`); invalid
 heads are answered here with fixed bodies (400, 431, 405 for CONNECT, 417) and never reach aiohttp.
 
 A connection is always making progress or on a timer (:mod:`proxy.front.timers`):
@@ -226,6 +228,10 @@ class FrontProtocol(Endings, asyncio.Protocol):
         found = None
         if head.version == "1.1" and not head.chunked and "#" not in head.url:
             found = self.server.match(head.method, path)
+            if found is None and head.method != "HEAD":  # (a HEAD's answer has no body: aiohttp's to write)
+                refused = self.server.refusal(head.method, path)
+                if refused is not None:  # no route takes it: 404 or 405, answered here (proxy.front.routing)
+                    found = refused, self.server.refuse
         if found is None:
             rebuilt = rebuild(head)
             self._hand_over(rebuilt + rest, None if head.chunked else len(rebuilt) + (head.length or 0))

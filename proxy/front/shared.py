@@ -28,4 +28,8 @@ class Server(Protocol):
     refused: int  # connections refused at the cap since the last log line
     refused_logged_at: float
 
+    refuse: Any  # the handler of a request no route takes (see proxy.front.routing)
+
     def match(self, method: str, path: str) -> tuple[Any, Any] | None: ...
+
+    def refusal(self, method: str, path: str) -> Any | None: ...

@@ -156,7 +156,7 @@ async def test_a_long_head_is_served_and_one_over_32_kib_is_431(upstream, gatewa
     writer.close()
 
 
-async def test_escaped_paths_and_wrong_methods_get_aiohttps_routing(upstream, gateway):
+async def test_escaped_paths_get_aiohttps_routing_and_wrong_methods_its_answer(upstream, gateway):
     client = await gateway(config(upstream))
     reader, writer = await connect(client)
     writer.write(post("/api/v1/run/wf%5Ftext"))  # langflow's route; the client's escape reaches us as sent

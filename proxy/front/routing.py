@@ -1,0 +1,97 @@
+"""Which of the app's routes a request head names, decided by the front without aiohttp.
+
+:class:`Routes` answers two questions for a path without ``%``-escapes or dot segments (those are
+aiohttp's to decode, so they are always handed over):
+
+- :meth:`Routes.match`: the front route (a dialect route, :data:`~proxy.front.FRONT_ROUTES`) the
+  method and path name, if any;
+- :meth:`Routes.refusal`: whether *no* route of the whole app takes the method and path, and then
+  the exception aiohttp's router would raise for it: ``404`` (no resource matches the path) or
+  ``405`` (resources match, none with this method; ``Allow`` lists theirs, as aiohttp writes it).
+
+The second lets the front answer junk paths and wrong methods itself, through the app's
+middlewares (the access line, the problem+json body), instead of handing the connection to aiohttp
+for one request, which costs several times a valid token mint: an unauthenticated flood of junk
+paths would otherwise be the cheapest way to load a worker.
+
+Both are read off aiohttp's own resources (their ``canonical`` templates, ``{name}`` being one path
+segment, as :class:`aiohttp.web_urldispatcher.DynamicResource` reads it). A router holding anything
+else (a ``{name:regex}`` segment, a static or sub-app resource, a ``*`` method) is not modelled here:
+:meth:`Routes.refusal` then answers nothing and every unmatched request is handed over as before.
+``tests/front/test_routing.py`` checks the decisions against aiohttp's router, path by path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_urldispatcher import DynamicResource, MatchInfoError, PlainResource, UrlMappingMatchInfo
+
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def pattern(canonical: str) -> re.Pattern[str]:
+    """A route template as aiohttp reads it (``{name}`` is one path segment), for paths without
+    ``%``-escapes (the front hands those to aiohttp, whose decoding rules then apply)."""
+    out, last = [], 0
+    for m in _PARAM.finditer(canonical):
+        out += (re.escape(canonical[last:m.start()]), f"(?P<{m.group(1)}>[^{{}}/]+)")
+        last = m.end()
+    out.append(re.escape(canonical[last:]))
+    return re.compile("".join(out))
+
+
+def decidable(path: str) -> bool:
+    """A path the front may route: no ``%``-escape, no dot segment, one leading slash."""
+    return path[:1] == "/" and path[1:2] != "/" and "%" not in path and "/." not in path
+
+
+class Routes:
+    """The front's routes and, when the router is plain enough, every route's path and methods."""
+
+    __slots__ = ("front", "resources")
+
+    def __init__(self, router: web.UrlDispatcher, front_routes: Iterable[web.AbstractRoute],
+                 handler_for: Callable[[Any], Any]) -> None:
+        self.front = [(pattern(r.resource.canonical), r.method, r, handler_for(r.handler))
+                      for r in front_routes if r.resource is not None]
+        # (pattern, methods) of every resource; None: a router this module does not model
+        self.resources: list[tuple[re.Pattern[str], frozenset[str]]] | None = []
+        for resource in router.resources():
+            methods = frozenset(route.method for route in resource)
+            plain = type(resource) in (PlainResource, DynamicResource)
+            if not plain or "*" in methods or (isinstance(resource, DynamicResource)  # a {name:regex} segment
+                                               and pattern(resource.canonical).pattern
+                                               != resource.get_info()["pattern"].pattern):
+                self.resources = None
+                break
+            self.resources.append((pattern(resource.canonical), methods))
+
+    def match(self, method: str, path: str) -> tuple[UrlMappingMatchInfo, Any] | None:
+        """The front route for ``method`` and ``path`` (with its match info and wrapped handler)."""
+        if not decidable(path):
+            return None  # escaped or dot segments: aiohttp's rules
+        for compiled, route_method, route, handler in self.front:
+            m = compiled.fullmatch(path)
+            if m is not None and route_method == method:
+                return UrlMappingMatchInfo(m.groupdict(), route), handler
+        return None
+
+    def refusal(self, method: str, path: str) -> MatchInfoError | None:
+        """aiohttp's answer when no route of the app takes ``method`` on ``path`` (404 or 405, as
+        the match info its router would give the request), else None: a route takes it, or the
+        path is not :func:`decidable`, or the router is not modelled here."""
+        if self.resources is None or not decidable(path):
+            return None
+        allowed: set[str] = set()
+        for compiled, methods in self.resources:
+            if compiled.fullmatch(path) is not None:
+                if method in methods:
+                    return None
+                allowed |= methods
+        if allowed:
+            return MatchInfoError(web.HTTPMethodNotAllowed(method, allowed))
+        return MatchInfoError(web.HTTPNotFound())

@@ -10,7 +10,6 @@ closed) quickly; the client reconnects by itself when it is back.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 
@@ -195,16 +194,20 @@ class RedisStore:
         return int(granted)
 
     async def checkpoint(self, progress: Sequence[Progress]) -> None:
-        # one script per hold (a batch's holds live under different accounts' hash tags), sent at once
-        # every script answered (or failed) before this returns: the next batch never overtakes one
-        # still on its way (a re-sent script, one waiting for a connection)
-        done = await asyncio.gather(*(self._do(self._checkpoint(
-            keys=[self._hold(p.account, p.job_id), self._index(p.account)],
-            args=[p.job_id, p.metered, p.input_tokens, p.output_tokens, _f(p.expires_at)])) for p in progress),
-            return_exceptions=True)
-        for outcome in done:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        # one pipeline: a batch of any size takes one connection of the pool and two round trips
+        # (redis-py checks the script is loaded, then sends every call), not one connection per
+        # hold; it returns once every script answered, so the next batch never overtakes one
+        if not progress:
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for p in progress:
+            await self._checkpoint(keys=[self._hold(p.account, p.job_id), self._index(p.account)],
+                                   args=self._checkpoint_args(p), client=pipe)
+        await self._do(pipe.execute())
+
+    @staticmethod
+    def _checkpoint_args(p: Progress) -> list:
+        return [p.job_id, p.metered, p.input_tokens, p.output_tokens, _f(p.expires_at)]
 
     async def settle(self, job_id: str, account: str, charge: int | None, entry: dict,
                      now: float | None = None, initial: int = 0) -> dict | None:

@@ -14,6 +14,7 @@ for TLS); any seed nodes will do, the rest are discovered.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -21,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 
 from ..errors import StoreUnavailable
+from .base import Progress
 from .redis import POOL_SIZE, POOL_WAIT_S, RedisStore, log
 from .urls import parse_seeds
 
@@ -87,3 +89,15 @@ class RedisClusterStore(RedisStore):
     async def ping(self) -> None:
         """Every master answers (an account on a master that does not would get 503s)."""
         await self._do(self._r.ping(target_nodes=RedisCluster.PRIMARIES))
+
+    async def checkpoint(self, progress: Sequence[Progress]) -> None:
+        # one script per hold (a batch's holds live under different accounts' hash tags, on
+        # different masters), sent at once; every script answered (or failed) before this returns,
+        # so the next batch never overtakes one still on its way (a re-sent script, one waiting
+        # for a connection)
+        done = await asyncio.gather(*(self._do(self._checkpoint(
+            keys=[self._hold(p.account, p.job_id), self._index(p.account)], args=self._checkpoint_args(p)))
+            for p in progress), return_exceptions=True)
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome

@@ -48,10 +48,49 @@ async def test_outage_raises_fast_and_recovers():
         proc.wait()
 
 
-@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
-async def test_a_checkpoint_batch_returns_only_once_every_script_answered(kind, tmp_path):
-    """One hold's script fails at once, another's is slow: the batch must not return (and let the
-    next batch go) while the slow one is still on its way, or an older count lands after a newer."""
+async def test_a_checkpoint_batch_on_one_redis_is_one_connection_and_one_pipeline(tmp_path):
+    """A batch of any size takes one connection of the pool (a pipeline), not one per hold: 300
+    holds' scripts sent at once would take the whole pool from the runs' own store calls."""
+    from proxy.store import Progress
+    from tests.backends import store_url as backend_url
+
+    far = time.time() + 3600
+    with backend_url("redis", tmp_path) as url:
+        store = open_store(url)
+        await store.start()
+        try:
+            accounts = [f"acct{i}" for i in range(3)]
+            for account in accounts:
+                await store.seed_account(account, 10**6)
+            jobs = [(f"job{i}", accounts[i % 3]) for i in range(300)]
+            for job, account in jobs:
+                await store.open_hold(job, account, 10, far, {})
+            pool = store.inner._r.connection_pool
+            taken = []
+            real = pool.get_connection
+
+            async def get_connection(*args, **kwargs):
+                taken.append(1)
+                return await real(*args, **kwargs)
+
+            pool.get_connection = get_connection
+            await store.checkpoint([Progress(job, account, 7, 2, 7, far) for job, account in jobs])
+            assert 1 <= len(taken) <= 2  # the script's check, then the batch
+            held = {}
+            for account in accounts:
+                held.update({h.job_id: (h.metered, h.output_tokens)
+                             for h in await store.expired_holds([account], now=far + 10**6, limit=1000)})
+            assert held == {job: (7, 7) for job, _ in jobs}
+        finally:
+            await store.close()
+
+
+async def test_a_checkpoint_batch_returns_only_once_every_script_answered(tmp_path):
+    """Redis Cluster (one script per hold, on their masters): one hold's script fails at once,
+    another's is slow; the batch must not return (and let the next batch go) while the slow one is
+    still on its way, or an older count lands after a newer. (On one Redis a batch is one pipeline,
+    answered whole.)"""
+    kind = "redis-cluster"
     import asyncio
 
     import redis.exceptions

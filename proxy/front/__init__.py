@@ -91,8 +91,14 @@ class FrontServer:
 
 
 async def _raise_refusal(request: web.Request) -> web.StreamResponse:
-    """The handler of a request no route takes: aiohttp's 404 or 405, rendered by the middlewares."""
-    raise request.match_info.http_exception  # type: ignore[attr-defined] # a MatchInfoError
+    """The handler of a request no route takes: aiohttp's 404 or 405, rendered by the middlewares.
+    A new exception, not the match info's: raised, an exception keeps its traceback, whose frames
+    keep the request, whose match info would keep the exception (a cycle per answer, the request's
+    body with it, left for the cyclic GC)."""
+    refused = request.match_info.http_exception  # type: ignore[attr-defined] # a MatchInfoError
+    if isinstance(refused, web.HTTPMethodNotAllowed):
+        raise web.HTTPMethodNotAllowed(refused.method, refused.allowed_methods)
+    raise web.HTTPNotFound()
 
 
 def _with_middlewares(app: web.Application, routed: bool = True) -> Callable[[Handler], Handler]:

@@ -45,8 +45,13 @@ def pattern(canonical: str) -> re.Pattern[str]:
 
 
 def decidable(path: str) -> bool:
-    """A path the front may route: no ``%``-escape, no dot segment, one leading slash."""
-    return path[:1] == "/" and path[1:2] != "/" and "%" not in path and "/." not in path
+    """A path the front may route: one leading slash, no ``%``-escape, no dot segment (``.`` or
+    ``..``, which aiohttp's URL parsing removes; ``/.env`` is an ordinary segment)."""
+    if path[:1] != "/" or path[1:2] == "/" or "%" in path:
+        return False
+    if "/." not in path:
+        return True
+    return not any(segment in (".", "..") for segment in path.split("/"))
 
 
 class Routes:

@@ -199,11 +199,13 @@ class RedisStore:
         # hold; it returns once every script answered, so the next batch never overtakes one
         if not progress:
             return
-        pipe = self._r.pipeline(transaction=False)
-        for p in progress:
-            await self._checkpoint(keys=[self._hold(p.account, p.job_id), self._index(p.account)],
-                                   args=self._checkpoint_args(p), client=pipe)
-        await self._do(pipe.execute())
+        # (``async with``: the pipeline gives its connection back whatever fails, its script check
+        # included, which redis-py's execute() runs outside its own clean-up)
+        async with self._r.pipeline(transaction=False) as pipe:
+            for p in progress:
+                await self._checkpoint(keys=[self._hold(p.account, p.job_id), self._index(p.account)],
+                                       args=self._checkpoint_args(p), client=pipe)
+            await self._do(pipe.execute())
 
     @staticmethod
     def _checkpoint_args(p: Progress) -> list:

@@ -5,6 +5,7 @@ fraction of the cost of a hand-over."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 
 import orjson
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from proxy.app import create_app
 from proxy.config import parse_config
 from proxy.front import FRONT_ROUTES
+from proxy.front.request import FrontRequest
 from proxy.front.routing import Routes, decidable
 from tests.conftest import base_config
 from tests.front.raw import STREAM, closed, config, connect, get, head, post, response
@@ -90,6 +92,8 @@ def test_a_router_it_does_not_model_refuses_nothing():
 # what no route takes: (request bytes, status); each compared with what aiohttp answers
 REFUSED = [
     (get("/wp-login.php"), 404),
+    (get("/.env"), 404),  # a segment starting with a dot is an ordinary one (not "." or "..")
+    (get("/.git/config?token=abc"), 404),
     (get("/api/v1/token/"), 404),  # a trailing slash is another path, as in aiohttp
     (post("/api/v1/run/wf_text/stream/more", b"{}"), 404),
     (head("PUT", STREAM, "Content-Length: 0"), 405),
@@ -160,3 +164,33 @@ async def test_head_requests_to_no_route_still_go_to_aiohttp_and_get_no_body(ups
     head_part, _, body = rest.partition(b"\r\n\r\n")
     assert b"aiohttp" in head_part.lower() and body == b""
     writer.close()
+
+
+async def test_an_answered_refusal_leaves_nothing_for_the_cyclic_gc(upstream, gateway):
+    """A 404 or 405 answered by the front is freed as its answer leaves, body and all, as a front
+    route's answer is: nothing per request waits for the cyclic GC (an exception raised from the
+    request's own match info would keep the request alive through its traceback)."""
+    client = await gateway(config(upstream, access_log=False))
+
+    async def answer(raw: bytes, n: int) -> None:
+        reader, writer = await connect(client)
+        for _ in range(n):
+            writer.write(raw)
+            assert (await response(reader))[0] in (404, 405)
+        writer.close()
+
+    def alive() -> int:
+        return sum(1 for o in gc.get_objects() if type(o) is FrontRequest)
+
+    junk = [post("/wp-login.php", b"x" * 512), head("PUT", STREAM, "Content-Length: 0")]
+    for raw in junk:
+        await answer(raw, 5)
+    gc.collect()
+    gc.disable()
+    try:
+        before = alive()
+        for raw in junk:
+            await answer(raw, 200)
+        assert alive() - before <= 1  # (the last one may still be on its way out)
+    finally:
+        gc.enable()

@@ -85,6 +85,57 @@ async def test_a_checkpoint_batch_on_one_redis_is_one_connection_and_one_pipelin
             await store.close()
 
 
+async def test_a_checkpoint_batch_that_fails_gives_its_connection_back():
+    """Redis stalls while batches are on their way (each fails on its timeout, its script check
+    included): every connection goes back to the pool, and the store answers once Redis does."""
+    import asyncio
+    import uuid
+
+    from proxy.errors import StoreUnavailable
+    from proxy.store import Progress
+    from proxy.store.redis import POOL_SIZE, RedisStore
+
+    flowing = asyncio.Event()  # cleared: Redis's replies stop on their way (a stalled Redis)
+    flowing.set()
+
+    async def pipe(reader, writer, replies: bool) -> None:
+        try:
+            while data := await reader.read(65536):
+                if replies:
+                    await flowing.wait()
+                writer.write(data)
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def relay(client_reader, client_writer) -> None:
+        redis_reader, redis_writer = await asyncio.open_connection("127.0.0.1", 6379)
+        await asyncio.gather(pipe(client_reader, redis_writer, False), pipe(redis_reader, client_writer, True))
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix="fgtest" + uuid.uuid4().hex[:8])
+    pool = store._r.connection_pool
+    far = time.time() + 3600
+    try:
+        await store.seed_account("acme", 1000)
+        await store.open_hold("x", "acme", 10, far, {})
+        flowing.clear()
+        failed = await asyncio.gather(*(store.checkpoint([Progress("x", "acme", i, 1, i, far)])
+                                        for i in range(POOL_SIZE + 4)), return_exceptions=True)
+        assert all(isinstance(outcome, StoreUnavailable) for outcome in failed)
+        flowing.set()
+        assert len(pool._in_use_connections) == 0
+        await store.ping()  # (the pool was used up for good before: every call after failed)
+        await store.checkpoint([Progress("x", "acme", 99, 1, 99, far)])
+        held = {h.job_id: h.metered for h in await store.expired_holds(["acme"], now=far + 10**6)}
+        assert held == {"x": 99}
+    finally:
+        await store.close()
+        server.close()
+
+
 async def test_a_checkpoint_batch_returns_only_once_every_script_answered(tmp_path):
     """Redis Cluster (one script per hold, on their masters): one hold's script fails at once,
     another's is slow; the batch must not return (and let the next batch go) while the slow one is

@@ -1,5 +1,5 @@
-"""Connections the front gives to aiohttp's server (ops and jobs routes, HEAD, chunked bodies,
-HTTP/1.0, %-escaped paths), kept on the front's timers.
+"""Connections the front gives to aiohttp's server (ops and jobs routes, chunked bodies, HTTP/1.0,
+%-escaped paths), kept on the front's timers.
 
 A hand-over is one request: the front hands aiohttp a head it has already parsed and validated,
 rebuilt from its validated fields with ``Connection: close`` (:func:`~proxy.front.head.rebuild`), so

@@ -11,7 +11,7 @@ The request it hands the handler never sees the protocol: it gets the connection
 
 A request no route of the app takes (an unknown path: 404; a wrong method: 405) is answered here
 too, through the app's middlewares, as aiohttp would answer it (:mod:`proxy.front.routing`). Every
-other valid request (ops and jobs routes, HEAD, chunked bodies, HTTP/1.0, %-escaped paths) is
+other valid request (ops and jobs routes, chunked bodies, HTTP/1.0, %-escaped paths) is
 *handed over* to aiohttp for that one request (:mod:`proxy.front.handover`); invalid
 heads are answered here with fixed bodies (400, 431, 405 for CONNECT, 417) and never reach aiohttp.
 
@@ -228,7 +228,7 @@ class FrontProtocol(Endings, asyncio.Protocol):
         found = None
         if head.version == "1.1" and not head.chunked and "#" not in head.url:
             found = self.server.match(head.method, path)
-            if found is None and head.method != "HEAD":  # (a HEAD's answer has no body: aiohttp's to write)
+            if found is None:
                 refused = self.server.refusal(head.method, path)
                 if refused is not None:  # no route takes it: 404 or 405, answered here (proxy.front.routing)
                     found = refused, self.server.refuse
@@ -288,7 +288,7 @@ class FrontProtocol(Endings, asyncio.Protocol):
                 return
             else:
                 try:
-                    self._send(resp)
+                    self._send(resp, request.method == "HEAD")
                 except Exception as exc:
                     log.error("response_failed", error=type(exc).__name__)
                     self._fail(500)
@@ -300,7 +300,9 @@ class FrontProtocol(Endings, asyncio.Protocol):
             log.error("front_serve_failed", error=type(exc).__name__)
             self._fail(500)
 
-    def _send(self, resp: web.StreamResponse) -> None:
+    def _send(self, resp: web.StreamResponse, head_only: bool = False) -> None:
+        """A whole response in one write; ``head_only`` (an answer to ``HEAD``): its head alone,
+        ``Content-Length`` the body's as the same ``GET`` would have it."""
         assert self.transport is not None
         body = resp.body if isinstance(resp, web.Response) else None
         if not isinstance(body, (bytes, bytearray, type(None))):
@@ -316,7 +318,8 @@ class FrontProtocol(Endings, asyncio.Protocol):
         if not self.keep_alive or self.remaining:
             head.append(b"Connection: close\r\n")
         head.append(b"\r\n")
-        head.append(body)
+        if not head_only:
+            head.append(body)
         self._write(b"".join(head))
 
     def _done(self) -> None:

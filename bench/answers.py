@@ -1,6 +1,6 @@
 """What a request the gateway answers at once costs it: gateway CPU per request for the CORS
 preflight (the floor of a request the front serves), the token mint, a path no route matches
-(404), a wrong method on a run route (405) and ``/healthz``; each over keep-alive connections.
+(404, by GET and by HEAD), a wrong method on a run route (405) and ``/healthz``; each over keep-alive connections.
 
     .venv/bin/python -m bench.answers --requests 4000 --conc 50 --rounds 3
 
@@ -31,6 +31,7 @@ KINDS: dict[str, tuple[str, str, dict[str, str], int]] = {
     "preflight": ("OPTIONS", RUN, {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}, 204),
     "mint": ("GET", "/api/v1/token", {"x-api-key": SECRET}, 200),
     "junk 404": ("GET", "/wp-login.php", {}, 404),
+    "junk HEAD 404": ("HEAD", "/.env", {}, 404),
     "wrong method 405": ("PUT", RUN, {}, 405),
     "healthz": ("GET", "/healthz", {}, 200),
 }

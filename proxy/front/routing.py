@@ -57,12 +57,15 @@ def decidable(path: str) -> bool:
 class Routes:
     """The front's routes and, when the router is plain enough, every route's path and methods."""
 
-    __slots__ = ("front", "resources")
+    __slots__ = ("front", "resources", "not_found")
 
     def __init__(self, router: web.UrlDispatcher, front_routes: Iterable[web.AbstractRoute],
                  handler_for: Callable[[Any], Any]) -> None:
         self.front = [(pattern(r.resource.canonical), r.method, r, handler_for(r.handler))
                       for r in front_routes if r.resource is not None]
+        # every 404's match info (never raised: the handler raises an exception of its own, or the
+        # tracebacks of every request would pile up on this one)
+        self.not_found = MatchInfoError(web.HTTPNotFound())
         # (pattern, methods) of every resource; None: a router this module does not model
         self.resources: list[tuple[re.Pattern[str], frozenset[str]]] | None = []
         for resource in router.resources():
@@ -99,4 +102,4 @@ class Routes:
                 allowed |= methods
         if allowed:
             return MatchInfoError(web.HTTPMethodNotAllowed(method, allowed))
-        return MatchInfoError(web.HTTPNotFound())
+        return self.not_found

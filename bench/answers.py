@@ -23,7 +23,17 @@ from pathlib import Path
 
 import aiohttp
 
-from .common import SECRET, cpu_seconds, describe_python, flowgate_config, free_port, gateway_python, spawn, wait_port
+from .common import (
+    SECRET,
+    cpu_seconds,
+    describe_python,
+    flowgate_config,
+    free_port,
+    gateway_python,
+    spawn,
+    start_flowgate,
+    wait_port,
+)
 
 RUN = "/api/v1/run/wf_short/stream"
 KINDS: dict[str, tuple[str, str, dict[str, str], int]] = {
@@ -58,8 +68,7 @@ async def main(args) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="flowgate-answers-"))
     bport, port = free_port(), free_port()
     procs = [spawn([sys.executable, "-m", "bench.backend", str(bport)], 0)]
-    gateway = spawn([gateway_python(), "-m", "proxy", "serve", "--config",
-                     str(flowgate_config(tmp, port, bport, name="answers"))], 1)
+    gateway = start_flowgate(flowgate_config(tmp, port, bport, name="answers"), 1)
     procs.append(gateway)
     base = f"http://127.0.0.1:{port}"
     figures: dict[str, list[float]] = {kind: [] for kind in KINDS}

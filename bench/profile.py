@@ -31,7 +31,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .common import describe_python, flowgate_config, free_port, gateway_python, spawn, wait_port
+from .common import describe_python, flowgate_config, free_port, gateway_python, spawn, start_flowgate, wait_port
 from .scenarios import Path_, scenario_short
 
 # (step, frame pattern): a frame is "function (file)"; the innermost frame that matches decides
@@ -98,8 +98,7 @@ async def main(args) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="flowgate-profile-"))
     bport, port = free_port(), free_port()
     procs = [spawn([sys.executable, "-m", "bench.backend", str(bport)], 0)]
-    gateway = spawn([gateway_python(), "-m", "proxy", "serve", "--config",
-                     str(flowgate_config(tmp, port, bport, name="profile"))], 1)
+    gateway = start_flowgate(flowgate_config(tmp, port, bport, name="profile"), 1)
     procs.append(gateway)
     raw = tmp / "stacks.txt"
     try:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from aiohttp import web
-from aiohttp.web_urldispatcher import MatchInfoError, UrlMappingMatchInfo
+from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from ..context import GATEWAY
 from .handover import QuietServer
@@ -54,19 +54,16 @@ class FrontServer:
                    self.lingering_s) / 4
         self.ticker = Ticker(lambda: self.connections, max(0.02, min(tick, 1.0)))
         self.closing = False
-        self.routes = Routes(app.router, app[FRONT_ROUTES], _with_middlewares(app))
-        # a request no route takes (404, 405) is answered here, under every middleware (the access
-        # line, the problem+json body), as aiohttp would answer it: see proxy.front.routing
-        self.refuse = _with_middlewares(app, routed=False)(_raise_refusal)
+        # a request no route takes (404, 405) is answered here too, under every middleware (the
+        # access line, the problem+json body), as aiohttp would answer it: see proxy.front.routing
+        self.routes = Routes(app.router, app[FRONT_ROUTES], _with_middlewares(app),
+                             refuse=_with_middlewares(app, routed=False)(_raise_refusal))
 
     def __call__(self) -> FrontProtocol:
         return FrontProtocol(self)
 
     def match(self, method: str, path: str) -> tuple[UrlMappingMatchInfo, Handler] | None:
-        return self.routes.match(method, path)
-
-    def refusal(self, method: str, path: str) -> MatchInfoError | None:
-        return self.routes.refusal(method, path)
+        return self.routes.route(method, path)
 
     def pre_shutdown(self) -> None:
         self.closing = True

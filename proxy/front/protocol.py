@@ -227,11 +227,7 @@ class FrontProtocol(Endings, asyncio.Protocol):
         path, _, query = head.url.partition("?")
         found = None
         if head.version == "1.1" and not head.chunked and "#" not in head.url:
-            found = self.server.match(head.method, path)
-            if found is None:
-                refused = self.server.refusal(head.method, path)
-                if refused is not None:  # no route takes it: 404 or 405, answered here (proxy.front.routing)
-                    found = refused, self.server.refuse
+            found = self.server.match(head.method, path)  # (a 404 or 405 too: proxy.front.routing)
         if found is None:
             rebuilt = rebuild(head)
             self._hand_over(rebuilt + rest, None if head.chunked else len(rebuilt) + (head.length or 0))

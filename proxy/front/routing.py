@@ -1,13 +1,11 @@
 """Which of the app's routes a request head names, decided by the front without aiohttp.
 
-:class:`Routes` answers two questions for a path without ``%``-escapes or dot segments (those are
-aiohttp's to decode, so they are always handed over):
-
-- :meth:`Routes.match`: the front route (a dialect route, :data:`~proxy.front.FRONT_ROUTES`) the
-  method and path name, if any;
-- :meth:`Routes.refusal`: whether *no* route of the whole app takes the method and path, and then
-  the exception aiohttp's router would raise for it: ``404`` (no resource matches the path) or
-  ``405`` (resources match, none with this method; ``Allow`` lists theirs, as aiohttp writes it).
+:meth:`Routes.route` answers, for a path without ``%``-escapes or dot segments (those are aiohttp's
+to decode, so they are always handed over), the front route (a dialect route,
+:data:`~proxy.front.FRONT_ROUTES`) the method and path name, if any; else whether *no* route of the
+whole app takes them, and then what aiohttp's router would answer: ``404`` (no resource matches
+the path) or ``405`` (resources match, none with this method; ``Allow`` lists theirs, as aiohttp
+writes it).
 
 The second lets the front answer junk paths and wrong methods itself, through the app's
 middlewares (the access line, the problem+json body), instead of handing the connection to aiohttp
@@ -17,7 +15,7 @@ paths would otherwise be the cheapest way to load a worker.
 Both are read off aiohttp's own resources (their ``canonical`` templates, ``{name}`` being one path
 segment, as :class:`aiohttp.web_urldispatcher.DynamicResource` reads it). A router holding anything
 else (a ``{name:regex}`` segment, a static or sub-app resource, a ``*`` method) is not modelled here:
-:meth:`Routes.refusal` then answers nothing and every unmatched request is handed over as before.
+:meth:`Routes.route` then refuses nothing and every unmatched request is handed over as before.
 ``tests/front/test_routing.py`` checks the decisions against aiohttp's router, path by path.
 """
 
@@ -57,12 +55,13 @@ def decidable(path: str) -> bool:
 class Routes:
     """The front's routes and, when the router is plain enough, every route's path and methods."""
 
-    __slots__ = ("front", "resources", "not_found")
+    __slots__ = ("front", "resources", "not_found", "refuse")
 
     def __init__(self, router: web.UrlDispatcher, front_routes: Iterable[web.AbstractRoute],
-                 handler_for: Callable[[Any], Any]) -> None:
+                 handler_for: Callable[[Any], Any], refuse: Any) -> None:
         self.front = [(pattern(r.resource.canonical), r.method, r, handler_for(r.handler))
                       for r in front_routes if r.resource is not None]
+        self.refuse = refuse  # the handler of a request no route takes (its match info says 404 or 405)
         # every 404's match info (never raised: the handler raises an exception of its own, or the
         # tracebacks of every request would pile up on this one)
         self.not_found = MatchInfoError(web.HTTPNotFound())
@@ -78,21 +77,18 @@ class Routes:
                 break
             self.resources.append((pattern(resource.canonical), methods))
 
-    def match(self, method: str, path: str) -> tuple[UrlMappingMatchInfo, Any] | None:
-        """The front route for ``method`` and ``path`` (with its match info and wrapped handler)."""
+    def route(self, method: str, path: str) -> tuple[UrlMappingMatchInfo, Any] | None:
+        """(match info, handler) of the front route ``method`` and ``path`` name; when no route of
+        the app takes them, (the match info aiohttp's router would give the request, 404 or 405,
+        and ``refuse``); None: the request is aiohttp's (an ops route, a path that is not
+        :func:`decidable`, a router not modelled here)."""
         if not decidable(path):
             return None  # escaped or dot segments: aiohttp's rules
         for compiled, route_method, route, handler in self.front:
             m = compiled.fullmatch(path)
             if m is not None and route_method == method:
                 return UrlMappingMatchInfo(m.groupdict(), route), handler
-        return None
-
-    def refusal(self, method: str, path: str) -> MatchInfoError | None:
-        """aiohttp's answer when no route of the app takes ``method`` on ``path`` (404 or 405, as
-        the match info its router would give the request), else None: a route takes it, or the
-        path is not :func:`decidable`, or the router is not modelled here."""
-        if self.resources is None or not decidable(path):
+        if self.resources is None:
             return None
         allowed: set[str] = set()
         for compiled, methods in self.resources:
@@ -101,5 +97,5 @@ class Routes:
                     return None
                 allowed |= methods
         if allowed:
-            return MatchInfoError(web.HTTPMethodNotAllowed(method, allowed))
-        return self.not_found
+            return MatchInfoError(web.HTTPMethodNotAllowed(method, allowed)), self.refuse
+        return self.not_found, self.refuse

@@ -28,8 +28,7 @@ class Server(Protocol):
     refused: int  # connections refused at the cap since the last log line
     refused_logged_at: float
 
-    refuse: Any  # the handler of a request no route takes (see proxy.front.routing)
-
-    def match(self, method: str, path: str) -> tuple[Any, Any] | None: ...
-
-    def refusal(self, method: str, path: str) -> Any | None: ...
+    def match(self, method: str, path: str) -> tuple[Any, Any] | None:
+        """(match info, handler) the front serves the request with (a dialect route, or a 404/405
+        no route takes), or None: hand it over (see proxy.front.routing)."""
+        ...

@@ -5,7 +5,7 @@ A run checkpoints its metering on its hold at every growth and at least once a s
 checkpoint by another. With hundreds of runs open, each checkpoint as a store operation of its own
 (a task, a transaction or a round trip each) cost about 3 % of a forwarded line's CPU. Here they
 are gathered for ``GATHER_S`` and written as one store operation (one SQLite transaction, one
-PostgreSQL statement, one burst of Redis scripts).
+PostgreSQL statement, one Redis pipeline; on a Redis Cluster one script per hold, sent at once).
 
 Order: one batch is in flight at a time (every store answers for the whole batch before the
 next goes), and a run's later checkpoint replaces its earlier one while both wait, so a hold

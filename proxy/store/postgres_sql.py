@@ -36,7 +36,7 @@ async def ensure_account(conn, account: str, initial: int) -> tuple[int, bool]:
 
 
 async def open_hold_in(conn, job_id: str, account: str, want: int, expires_at: float, meta: dict, minimum: int,
-                initial: int) -> tuple[int, bool]:
+                       initial: int) -> tuple[int, bool]:
     """The hold created with what the account has free (if at least ``minimum``), unless the job
     already has one (an idempotent retry) or was settled; under the caller's account lock."""
     row = await conn.fetchrow("SELECT (SELECT amount FROM holds WHERE job_id = $1), "

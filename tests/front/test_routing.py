@@ -28,7 +28,8 @@ from tests.front.served import sample
 pytestmark = pytest.mark.usefixtures("text_upstream")
 
 APP = create_app(parse_config(base_config("http://127.0.0.1:1")))
-ROUTES = Routes(APP.router, APP[FRONT_ROUTES], lambda handler: handler)
+REFUSE = object()  # the handler a request no route takes is given
+ROUTES = Routes(APP.router, APP[FRONT_ROUTES], lambda handler: handler, refuse=REFUSE)
 
 # the segments of every route the app has, a few near misses, and anything else
 WORDS = ["api", "v1", "v2", "run", "token", "jobs", "tenants", "t1", "workspaces", "w1", "flows", "wf_text",
@@ -53,21 +54,21 @@ async def test_the_fronts_decisions_agree_with_aiohttps_router(method, path):
         theirs = await APP.router.resolve(make_mocked_request(method, path, app=APP))
     except ValueError:
         return  # not a path aiohttp can take at all (the front's head parser refuses it too)
-    refused = ROUTES.refusal(method, path)
-    matched = ROUTES.match(method, path)
+    found = ROUTES.route(method, path)
     if not decidable(path):
-        assert refused is None and matched is None  # aiohttp's to decode
+        assert found is None  # aiohttp's to decode
         return
     if isinstance(theirs, MatchInfoError):
-        assert refused is not None and matched is None
+        assert found is not None and found[1] is REFUSE
+        refused = found[0]
         assert refused.http_exception.status == theirs.http_exception.status
         assert refused.http_exception.headers.get("Allow") == theirs.http_exception.headers.get("Allow")
         return
-    assert refused is None
+    assert found is None or found[1] is not REFUSE
     if theirs.route in APP[FRONT_ROUTES]:
-        assert matched is not None and matched[0].route is theirs.route and dict(matched[0]) == dict(theirs)
+        assert found is not None and found[0].route is theirs.route and dict(found[0]) == dict(theirs)
     else:
-        assert matched is None  # an ops, jobs or admin route: handed over
+        assert found is None  # an ops, jobs or admin route: handed over
 
 
 def test_a_router_it_does_not_model_refuses_nothing():
@@ -79,14 +80,14 @@ def test_a_router_it_does_not_model_refuses_nothing():
         app = web.Application()
         app.router.add_get("/plain", ok)
         add(app.router)
-        routes = Routes(app.router, [], lambda handler: handler)
-        assert routes.refusal("GET", "/nope") is None and routes.refusal("GET", "/items/x") is None
+        routes = Routes(app.router, [], lambda handler: handler, refuse=REFUSE)
+        assert routes.route("GET", "/nope") is None and routes.route("GET", "/items/x") is None
     plain = web.Application()
     plain.router.add_get("/items/{n}", ok)
-    routes = Routes(plain.router, [], lambda handler: handler)
-    assert routes.refusal("GET", "/items/1") is None
-    assert routes.refusal("GET", "/items/1/2").http_exception.status == 404
-    assert routes.refusal("POST", "/items/1").http_exception.headers["Allow"] == "GET,HEAD"
+    routes = Routes(plain.router, [], lambda handler: handler, refuse=REFUSE)
+    assert routes.route("GET", "/items/1") is None
+    assert routes.route("GET", "/items/1/2")[0].http_exception.status == 404
+    assert routes.route("POST", "/items/1")[0].http_exception.headers["Allow"] == "GET,HEAD"
 
 
 # what no route takes: (request bytes, status); each compared with what aiohttp answers

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .common import SECRET, STAMP, flowgate_config, free_port, spawn, start_flowgate, wait_port
+from .common import SECRET, STAMP, flowgate_config, free_port, no_options, spawn, start_flowgate, wait_port
 
 
 async def line_latencies(session: aiohttp.ClientSession, method: str, url: str, **kw) -> list[float]:
@@ -132,4 +132,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    no_options(__doc__)
     asyncio.run(main())

@@ -42,6 +42,19 @@ def spawn(cmd: list[str], core: int | None, **kw) -> subprocess.Popen:
                             **kw)
 
 
+def no_options(doc: str | None) -> None:
+    """For a bench command that takes no options: ``--help`` prints its docstring and exits, any
+    other argument is refused (rather than measuring regardless)."""
+    import argparse
+
+    argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+
+
+def nginx_binary() -> str | None:
+    """nginx on the PATH, else Debian's ``/usr/sbin/nginx`` (a user's PATH may lack sbin)."""
+    return shutil_which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+
+
 def shutil_which(name: str) -> str | None:
     import shutil
 

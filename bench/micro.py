@@ -28,6 +28,8 @@ from proxy.stream.pump import Pump, TextPath
 from proxy.stream.sinks import ClientSink
 from proxy.upstream.connection import ChunkedBody
 
+from .common import no_options
+
 LINE = b"L12:123456789012345;\n"
 EVENT = json.dumps({"event": "token", "data": {"chunk": LINE.decode(), "id": "msg-1",
                                                "timestamp": "2026-12-01T00:00:00.000000Z"}}).encode() + b"\n\n"
@@ -107,4 +109,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    no_options(__doc__)
     asyncio.run(main())

@@ -31,7 +31,6 @@ import gc
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,16 @@ from pathlib import Path
 import aiohttp
 
 from . import tls
-from .common import describe_python, flowgate_config, free_port, gateway_python, spawn, start_flowgate, wait_port
+from .common import (
+    describe_python,
+    flowgate_config,
+    free_port,
+    gateway_python,
+    nginx_binary,
+    spawn,
+    start_flowgate,
+    wait_port,
+)
 from .report import FLOWGATE, merge_rounds, plot, table
 from .scenarios import (
     Path_,
@@ -98,7 +106,7 @@ async def main(args) -> None:
     bport, nport, gport = free_port(), free_port(), free_port()
     procs: list[subprocess.Popen] = [spawn([sys.executable, "-m", "bench.backend", str(bport)], 0)]
     paths = [Path_("direct", f"http://127.0.0.1:{bport}", None, "plain")]
-    nginx_bin = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)  # noqa: ASYNC240
+    nginx_bin = nginx_binary()
     if nginx_bin and not args.no_nginx:
         (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, bport=bport, port=nport, ssl="", ssl_lines=""))
         procs.append(spawn([nginx_bin, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], 1))

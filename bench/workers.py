@@ -27,7 +27,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from .common import ROOT, SECRET, children, cpu_seconds, free_port, rss_bytes, spawn, wait_port
+from .common import ROOT, SECRET, children, cpu_seconds, free_port, no_options, rss_bytes, spawn, wait_port
 
 NEW_SECRET = "fg_bench_reloaded"
 URL = "/api/v1/tenants/t/workspaces/w/flows/{}/run-streaming"
@@ -225,5 +225,6 @@ def _own_rss(pid: int) -> int:
 
 
 if __name__ == "__main__":
+    no_options(__doc__)
     os.chdir(ROOT)
     sys.exit(asyncio.run(main()))

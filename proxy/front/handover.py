@@ -19,6 +19,11 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+try:
+    from ..upstream.chunked import ChunkedParser
+except ImportError:  # not built (no C compiler at install): a chunked request's bytes all go to aiohttp
+    ChunkedParser = None
+
 if TYPE_CHECKING:
     from .shared import Server
 
@@ -65,14 +70,26 @@ class _Watched:
 
 
 class HandedOver(asyncio.Protocol):
-    __slots__ = ("server", "transport", "handler", "deadline", "writing_paused", "closing_since", "budget")
+    __slots__ = ("server", "transport", "handler", "deadline", "writing_paused", "closing_since", "budget",
+                 "chunks")
 
-    def __init__(self, server: Server, transport: asyncio.Transport, budget: int | None) -> None:
+    def __init__(self, server: Server, transport: asyncio.Transport, budget: int, chunked: bool = False) -> None:
         self.server = server
         self.transport = transport
-        # bytes of the one request aiohttp is given (None: a chunked body, its end unknown here); what
-        # a client pipelines after it is dropped, as the connection closes after the answer anyway
-        self.budget = budget
+        # aiohttp is given the one request and nothing after it: the ``budget`` bytes of its head
+        # and a counted body, then a chunked body's bytes up to its last chunk (read by the
+        # compiled chunked parser, llhttp's grammar). What a client pipelines after it is dropped,
+        # as the connection closes after the answer anyway; were it passed on, aiohttp's parser
+        # would refuse the bytes after a ``Connection: close`` request, and the request with them.
+        # None: no limit (a chunked body where the parser is not built, or one it found malformed,
+        # which aiohttp's parser refuses too).
+        self.budget: int | None = budget
+        self.chunks = None
+        if chunked:
+            if ChunkedParser is None:
+                self.budget = None
+            else:
+                self.chunks = ChunkedParser()
         self.handler = server.inner()
         self.deadline = 0.0
         self.writing_paused = False
@@ -91,13 +108,26 @@ class HandedOver(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.budget is not None:
-            if len(data) > self.budget:
-                data = data[:self.budget]
-            self.budget -= len(data)
+            data = self._within(data)
             if not data:
                 return  # (and no re-arm: bytes past the request keep nothing alive)
         self.touch()
         self.handler.data_received(data)
+
+    def _within(self, data: bytes) -> bytes:
+        """What of ``data`` belongs to the request: the budget's bytes, then a chunked body's."""
+        assert self.budget is not None
+        take = min(len(data), self.budget)
+        self.budget -= take
+        chunks = self.chunks
+        if chunks is not None and take < len(data):
+            take += chunks.skip(data[take:])
+            if chunks.failed:
+                self.budget = None  # aiohttp reads the malformed framing and answers 400
+                return data
+            if chunks.done:
+                self.chunks = None
+        return data if take == len(data) else data[:take]
 
     def eof_received(self) -> bool | None:
         return self.handler.eof_received()

@@ -230,7 +230,7 @@ class FrontProtocol(Endings, asyncio.Protocol):
             found = self.server.match(head.method, path)  # (a 404 or 405 too: proxy.front.routing)
         if found is None:
             rebuilt = rebuild(head)
-            self._hand_over(rebuilt + rest, None if head.chunked else len(rebuilt) + (head.length or 0))
+            self._hand_over(rebuilt + rest, len(rebuilt) + (head.length or 0), head.chunked)
             return
         if head.expect is not None and head.expect.lower() != "100-continue":
             self._reject(417, "expect")
@@ -352,7 +352,7 @@ class FrontProtocol(Endings, asyncio.Protocol):
             self.phase = IDLE
             self.deadline = now + self.server.keepalive_timeout_s
 
-    def _hand_over(self, data: bytes, budget: int | None) -> None:
+    def _hand_over(self, data: bytes, budget: int, chunked: bool = False) -> None:
         """Give the connection to aiohttp for one request (see :mod:`proxy.front.handover`)."""
         transport = self.transport
         self.server.connections.discard(self)
@@ -362,4 +362,4 @@ class FrontProtocol(Endings, asyncio.Protocol):
             return
         if self.reading_paused:
             transport.resume_reading()
-        HandedOver(self.server, transport, budget).data_received(data)
+        HandedOver(self.server, transport, budget, chunked).data_received(data)

@@ -190,25 +190,30 @@ class SqliteStore:
                 initial: int):
         """``fn(db) -> (granted, seeded)``: the hold created with what the account has free (if at
         least ``minimum``), unless the job already has a hold (an idempotent retry) or a ledger entry
-        (settled): two statements on the common path."""
+        (settled): two statements on the common path.
+
+        A loop, not a call of ``fn`` from within itself: a closure that names itself is a reference
+        cycle, which only the cyclic GC frees (every run's hold left 13 such objects to it)."""
         data = orjson.dumps(meta)
+        params = (job_id, account, want, expires_at, data, account, minimum, job_id)
 
         def fn(db: sqlite3.Connection) -> tuple[int, bool]:
-            row = db.execute(
-                "INSERT INTO holds (job_id, account, amount, expires_at, meta) "
-                "SELECT ?, ?, min(?, balance - held), ?, ? FROM accounts WHERE account = ? "
-                "AND balance - held >= max(?, 1) AND NOT EXISTS (SELECT 1 FROM ledger WHERE job_id = ?) "
-                "ON CONFLICT (job_id) DO NOTHING RETURNING amount",
-                (job_id, account, want, expires_at, data, account, minimum, job_id)).fetchone()
-            if row is None:
+            seeded = False
+            while True:
+                row = db.execute(
+                    "INSERT INTO holds (job_id, account, amount, expires_at, meta) "
+                    "SELECT ?, ?, min(?, balance - held), ?, ? FROM accounts WHERE account = ? "
+                    "AND balance - held >= max(?, 1) AND NOT EXISTS (SELECT 1 FROM ledger WHERE job_id = ?) "
+                    "ON CONFLICT (job_id) DO NOTHING RETURNING amount", params).fetchone()
+                if row is not None:
+                    db.execute("UPDATE accounts SET held = held + ? WHERE account = ?", (row[0], account))
+                    return row[0], seeded
                 existing = db.execute("SELECT amount FROM holds WHERE job_id = ?", (job_id,)).fetchone()
                 if existing is not None:
-                    return existing[0], False
-                if not self._ensure_account(db, account, initial):
-                    return 0, False
-                return fn(db)[0], True  # the account was missing: created, so the hold now decides
-            db.execute("UPDATE accounts SET held = held + ? WHERE account = ?", (row[0], account))
-            return row[0], False
+                    return existing[0], seeded
+                if seeded or not self._ensure_account(db, account, initial):
+                    return 0, seeded
+                seeded = True  # the account was missing: created, so the hold now decides
 
         return fn
 

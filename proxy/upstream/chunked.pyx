@@ -131,6 +131,15 @@ cdef class ChunkedParser:
                 pieces.append(data[start:start + take])
         return pieces
 
+    def skip(self, bytes data) -> int:
+        """Read ``data`` as the body's next bytes without keeping them: how many belong to the body
+        (all of them until its end; then see ``done`` / ``failed``). The front hands a chunked
+        request to aiohttp up to the body's end and no further (:mod:`proxy.front.handover`)."""
+        cdef Py_ssize_t i = 0, start = 0, take = 0, n = PyBytes_GET_SIZE(data)
+        while i < n and self.state < DONE:
+            i = self.scan(data, i, &start, &take)
+        return i
+
     cdef Py_ssize_t scan(self, bytes data, Py_ssize_t i, Py_ssize_t *start, Py_ssize_t *take) except -1:
         """Read ``data`` from ``i`` up to a run of body bytes (``*start``, ``*take``; the run is
         read), the body's end (DONE), a fault (FAILED) or the end of ``data``; returns where it

@@ -155,3 +155,26 @@ def test_a_trailer_section_is_bounded():
     stream = b"0\r\n" + b"X-T: v\r\n" * (MAX_TRAILER_BYTES // 8 + 1) + b"\r\n"
     assert llhttp([stream])[0] == "complete"  # llhttp alone has no bound here; the gateway has one
     assert compiled([stream])[0] == "rejected"
+
+
+@given(st.data())
+def test_skip_reads_what_feed_reads_and_stops_at_the_bodys_last_byte(data):
+    """``skip`` (the front's hand-over of a chunked request: proxy/front/handover.py) gives the
+    verdict ``feed`` gives, and says how many bytes were the body's: none of what follows it."""
+    stream = data.draw(framing(), label="stream")
+    after = data.draw(st.sampled_from([b"", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"\r\n", b"0\r\n\r\n"]))
+    whole = stream + after
+    cuts = data.draw(st.lists(st.integers(0, len(whole)), max_size=4), label="cuts")
+    bounds = [0, *sorted(set(cuts)), len(whole)]
+    pieces = [whole[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    parser, read = ChunkedParser(), 0
+    for piece in pieces:
+        n = parser.skip(piece)
+        read += n
+        if parser.done or parser.failed:
+            break
+        assert n == len(piece)
+    verdict = "complete" if parser.done else "rejected" if parser.failed else "incomplete"
+    assert verdict == compiled(pieces)[0]
+    if parser.done:
+        assert read == end_of_body(whole) <= len(whole)

@@ -78,18 +78,18 @@ class HandedOver(asyncio.Protocol):
         self.transport = transport
         # aiohttp is given the one request and nothing after it: the ``budget`` bytes of its head
         # and a counted body, then a chunked body's bytes up to its last chunk (read by the
-        # compiled chunked parser, llhttp's grammar). What a client pipelines after it is dropped,
-        # as the connection closes after the answer anyway; were it passed on, aiohttp's parser
-        # would refuse the bytes after a ``Connection: close`` request, and the request with them.
-        # None: no limit (a chunked body where the parser is not built, or one it found malformed,
-        # which aiohttp's parser refuses too).
+        # compiled chunked parser, llhttp's grammar, with no trailer limits of its own: aiohttp's
+        # apply). What a client pipelines after it is dropped, as the connection closes after the
+        # answer anyway; were it passed on, aiohttp's parser would refuse the bytes after a
+        # ``Connection: close`` request, and the request with them. None: no limit (a chunked body
+        # where the parser is not built, or malformed framing, which aiohttp's parser refuses too).
         self.budget: int | None = budget
         self.chunks = None
         if chunked:
             if ChunkedParser is None:
                 self.budget = None
             else:
-                self.chunks = ChunkedParser()
+                self.chunks = ChunkedParser(bounded=False)
         self.handler = server.inner()
         self.deadline = 0.0
         self.writing_paused = False

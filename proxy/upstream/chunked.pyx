@@ -67,19 +67,14 @@ cdef inline int _hex(unsigned char c) noexcept:
     return -1
 
 
-class _Trailers:
-    """llhttp reading a trailer section: primed with a chunked head and a last chunk."""
+class _Section:
+    """llhttp reading a trailer section: primed with a chunked head and a last chunk. No field
+    callback, so httptools keeps none of the section: it streams through llhttp."""
 
     def __init__(self) -> None:
         self.done = False
-        self.fields = 0
         self.parser = httptools.HttpResponseParser(self)
         self.parser.feed_data(_PRIMER)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields += 1
-        if self.fields > MAX_TRAILER_FIELDS:
-            raise ValueError("too many trailer fields")
 
     def on_message_complete(self) -> None:
         self.done = True
@@ -93,24 +88,44 @@ class _Trailers:
         return True
 
 
+class _Trailers(_Section):
+    """A trailer section of at most ``MAX_TRAILER_FIELDS`` fields (a backend's)."""
+
+    def __init__(self) -> None:
+        self.fields = 0
+        super().__init__()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields += 1
+        if self.fields > MAX_TRAILER_FIELDS:
+            raise ValueError("too many trailer fields")
+
+
 cdef enum:
     SIZE_START, SIZE, EXT, EXT_NAME, EXT_VALUE, EXT_QUOTED, EXT_QPAIR, EXT_QDONE, SIZE_LF, DATA, DATA_CR,
     DATA_LF, TRAILER, END_LF, TRAILERS, DONE, FAILED
 
 
 cdef class ChunkedParser:
-    """One chunked body's framing. ``scan`` (from C) or ``feed`` (from Python, for the tests)."""
+    """One chunked body's framing. ``scan`` (from C) or ``feed`` (from Python, for the tests).
+
+    ``bounded`` (a backend's body): a trailer section past ``MAX_TRAILER_BYTES`` or
+    ``MAX_TRAILER_FIELDS`` fails the body. Unbounded (the front finding where a client's chunked
+    request ends, for aiohttp's parser, which applies its own limits): only malformed framing
+    fails it."""
 
     cdef readonly int state
     cdef unsigned long long remaining
     cdef object trailers
     cdef bytes tail
     cdef Py_ssize_t trailer_bytes
+    cdef bint bounded
 
-    def __init__(self):
+    def __init__(self, bint bounded=True):
         self.state = SIZE_START
         self.remaining = 0
         self.tail = b""
+        self.bounded = bounded
 
     @property
     def done(self) -> bool:
@@ -245,13 +260,13 @@ cdef class ChunkedParser:
         """The trailer section: to llhttp up to its end (the first CRLF CRLF in it; a field line
         holds no CR), and not one byte more."""
         if self.trailers is None:
-            self.trailers = _Trailers()
+            self.trailers = _Trailers() if self.bounded else _Section()
         rest = data[i:] if i else data
         seen = self.tail + rest
         end = seen.find(b"\r\n\r\n")
         cut = len(rest) if end < 0 else end + 4 - len(self.tail)
         self.trailer_bytes += cut
-        if self.trailer_bytes > _MAX_TRAILER or not self.trailers.feed(rest[:cut] if cut < len(rest) else rest):
+        if (self.bounded and self.trailer_bytes > _MAX_TRAILER) or not self.trailers.feed(rest[:cut] if cut < len(rest) else rest):
             self.state = FAILED
             return i + cut
         if end < 0:

@@ -178,3 +178,21 @@ def test_skip_reads_what_feed_reads_and_stops_at_the_bodys_last_byte(data):
     assert verdict == compiled(pieces)[0]
     if parser.done:
         assert read == end_of_body(whole) <= len(whole)
+
+
+@pytest.mark.parametrize("section", [
+    b"".join(b"X-%d: v\r\n" % i for i in range(150)),  # past MAX_TRAILER_FIELDS
+    b"X-Big: " + b"a" * (MAX_TRAILER_BYTES + 10) + b"\r\n",  # past MAX_TRAILER_BYTES
+], ids=["fields", "bytes"])
+def test_an_unbounded_parser_reads_a_trailer_section_past_a_backends_limits(section):
+    """A backend's body fails past the limits; the front's reading of a client's request (whose
+    trailers aiohttp's parser limits) ends at the section's end, not one byte further."""
+    stream = b"3\r\nabc\r\n0\r\n" + section + b"\r\n"
+    bounded = ChunkedParser()
+    bounded.skip(stream)
+    assert bounded.failed
+    unbounded = ChunkedParser(bounded=False)
+    assert unbounded.skip(stream + b"GET / HTTP/1.1\r\n\r\n") == len(stream) and unbounded.done
+    malformed = ChunkedParser(bounded=False)
+    malformed.skip(b"3\r\nabc\r\n0\r\nX-T v\r\n\r\n")
+    assert malformed.failed

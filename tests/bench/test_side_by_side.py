@@ -5,29 +5,12 @@ and 2 are judged."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import aiohttp
-import pytest
 
-from bench.common import ROOT, free_port, wait_port
 from bench.report import table
 from bench.scenarios import Path_, scenario_side_by_side
-
-
-@pytest.fixture
-def backend():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.backend", str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield port, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 async def test_both_paths_stream_at_once_and_each_is_measured(backend):

@@ -4,15 +4,12 @@ line they stream, and the flows it adds are a config flowgate loads."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.common import ROOT, free_port, wait_port
 from bench.scenarios import Path_
 from bench.split import FLOWS, LONG, SHORT, _batch, _config, split
 from proxy.config import load_config
@@ -38,22 +35,9 @@ def test_the_split_flows_load_and_name_their_backends(tmp_path):
             assert f"n={lines}&" in raw
 
 
-@pytest.fixture
-def backend():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.backend", str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 async def test_a_batch_counts_every_line_and_the_process_cpu(backend):
     # the backend itself as the "proxy" (this process's pid for CPU): what matters is the bookkeeping
-    path = Path_("nginx", f"http://127.0.0.1:{backend}", os.getpid(), "plain")
+    path = Path_("nginx", f"http://127.0.0.1:{backend[0]}", os.getpid(), "plain")
     async with aiohttp.ClientSession() as s:
         cpu, lines = await _batch(s, path, "plain", SHORT, 3)
     assert lines == 3 * SHORT

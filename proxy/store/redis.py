@@ -203,13 +203,13 @@ class RedisStore:
         # included, which redis-py's execute() runs outside its own clean-up)
         async with self._r.pipeline(transaction=False) as pipe:
             for p in progress:
-                await self._checkpoint(keys=[self._hold(p.account, p.job_id), self._index(p.account)],
-                                       args=self._checkpoint_args(p), client=pipe)
+                await self._checkpoint(**self._checkpoint_call(p), client=pipe)
             await self._do(pipe.execute())
 
-    @staticmethod
-    def _checkpoint_args(p: Progress) -> list:
-        return [p.job_id, p.metered, p.input_tokens, p.output_tokens, _f(p.expires_at)]
+    def _checkpoint_call(self, p: Progress) -> dict:
+        """The checkpoint script's keys and arguments for one hold (here and on a cluster)."""
+        return {"keys": [self._hold(p.account, p.job_id), self._index(p.account)],
+                "args": [p.job_id, p.metered, p.input_tokens, p.output_tokens, _f(p.expires_at)]}
 
     async def settle(self, job_id: str, account: str, charge: int | None, entry: dict,
                      now: float | None = None, initial: int = 0) -> dict | None:

@@ -95,9 +95,8 @@ class RedisClusterStore(RedisStore):
         # different masters), sent at once; every script answered (or failed) before this returns,
         # so the next batch never overtakes one still on its way (a re-sent script, one waiting
         # for a connection)
-        done = await asyncio.gather(*(self._do(self._checkpoint(
-            keys=[self._hold(p.account, p.job_id), self._index(p.account)], args=self._checkpoint_args(p)))
-            for p in progress), return_exceptions=True)
+        done = await asyncio.gather(*(self._do(self._checkpoint(**self._checkpoint_call(p))) for p in progress),
+                                    return_exceptions=True)
         for outcome in done:
             if isinstance(outcome, BaseException):
                 raise outcome
